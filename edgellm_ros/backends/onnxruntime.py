@@ -1,0 +1,160 @@
+"""ONNX Runtime (CPU) executor of the decoder graph.
+
+Every buffer the graph reads or writes is allocated once, here: the KV cache,
+the embeddings / positions / mask / logits-index inputs and the logits /
+hidden-state outputs. Each step binds views of them by address through
+``IOBinding``: past = cache rows [0, P), present = cache rows [P, P+T), so ONNX
+Runtime writes the new keys and values straight into the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import BackendError, BackendUnavailable, ContextFull
+from ..export.decoder import MASK_VALUE
+from ..kv_cache import KVCache
+from ..models.spec import ModelConfig
+
+
+def import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailable(f"onnxruntime cannot be imported: {exc}") from exc
+    return onnxruntime
+
+
+def make_session(onnx_path: str, num_threads: int = 0) -> Any:
+    """An InferenceSession on the CPU with full graph optimisation."""
+    ort = import_ort()
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if num_threads:
+        opts.intra_op_num_threads = num_threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(onnx_path, sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        from ..errors import ModelLoadError
+        raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load it ({exc})") from exc
+
+
+class OrtDecoder:
+    """Runs decoder steps on preallocated, address-bound buffers."""
+
+    def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
+                 max_seq_len: int, max_chunk: int, num_threads: int = 0):
+        self.config = config
+        self.max_seq_len = max_seq_len
+        self.max_chunk = max_chunk
+        self.session = make_session(onnx_path, num_threads)
+        self.embeddings = embeddings                                         # [V, H]
+        c = config
+        self.kv = KVCache(c.num_layers, max_seq_len, c.num_kv_heads, c.head_dim)
+        self._embeds = np.zeros((max_chunk, c.hidden_size), np.float32)       # [T, H]
+        self._pos = np.zeros(max_chunk, np.int64)                             # [T]
+        self._mask = np.zeros(max_chunk * max_seq_len, np.float32)            # [T * S]
+        self._lidx = np.zeros(max_chunk, np.int64)                            # [L]
+        self._logits = np.zeros((max_chunk, c.vocab_size), np.float32)        # [L, V]
+        self._hidden = np.zeros((max_chunk, c.hidden_size), np.float32)       # [T, H]
+        # upper triangle of MASK_VALUE: row j of a chunk drops new rows > j
+        self._tri = np.triu(np.full((max_chunk, max_chunk), MASK_VALUE, np.float32), 1)
+        self._binding = self.session.io_binding()
+        self._kv_shape = (c.num_kv_heads, c.head_dim)
+
+    # -- buffers the caller may fill before a step --------------------------------
+    def embeds_buffer(self, t: int) -> np.ndarray:
+        """[t, H] view of the embeddings input, for callers that bring their own."""
+        return self._embeds[:t]
+
+    @property
+    def hidden(self) -> np.ndarray:
+        return self._hidden
+
+    def buffer_addresses(self) -> dict:
+        """Data addresses of every bound buffer (tests prove they never change)."""
+        out = {n: getattr(self, n).ctypes.data for n in
+               ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
+        for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values)):
+            out[f"k{i}"], out[f"v{i}"] = k.ctypes.data, v.ctypes.data
+        return out
+
+    # -- one step ----------------------------------------------------------------
+    def forward(self, n_past: int, token_ids: Optional[Sequence[int]] = None, *,
+                num_tokens: int = 0, positions: Optional[np.ndarray] = None,
+                logits_rows: Union[str, Sequence[int]] = "last",
+                mask: Optional[np.ndarray] = None) -> np.ndarray:
+        """Run T new tokens after ``n_past`` cached rows; returns logits [L, V] (a view).
+
+        token_ids: looked up in the embedding table; or pass num_tokens after
+        filling ``embeds_buffer(num_tokens)``. positions default to
+        P..P+T-1; mask defaults to causal ([T, P+T], additive).
+        """
+        t = len(token_ids) if token_ids is not None else num_tokens
+        p = n_past
+        if not 1 <= t <= self.max_chunk:
+            raise BackendError(f"step of {t} tokens is outside [1, {self.max_chunk}]")
+        if p + t > self.max_seq_len:
+            raise ContextFull(f"{p + t} tokens do not fit in max_seq_len={self.max_seq_len}")
+        if token_ids is not None:
+            np.take(self.embeddings, token_ids, axis=0, out=self._embeds[:t])
+        if positions is None:
+            if t == 1:
+                self._pos[0] = p
+            else:
+                self._pos[:t] = np.arange(p, p + t)
+        else:
+            self._pos[:t] = positions
+        s = p + t
+        m = self._mask[:t * s].reshape(t, s)
+        if mask is None:
+            m[:, :p] = 0.0
+            m[:, p:] = self._tri[:t, :t]
+        else:
+            m[...] = mask
+        if isinstance(logits_rows, str):
+            if logits_rows == "last":
+                n_logits = 1
+                self._lidx[0] = t - 1
+            else:  # "all"
+                n_logits = t
+                self._lidx[:t] = np.arange(t)
+        else:
+            n_logits = len(logits_rows)
+            self._lidx[:n_logits] = logits_rows
+        self._run(p, t, n_logits)
+        return self._logits[:n_logits]
+
+    def _run(self, p: int, t: int, n_logits: int) -> None:
+        b = self._binding
+        c = self.config
+        f32, i64 = np.float32, np.int64
+        b.bind_input("inputs_embeds", "cpu", 0, f32, (1, t, c.hidden_size), self._embeds.ctypes.data)
+        b.bind_input("position_ids", "cpu", 0, i64, (1, t), self._pos.ctypes.data)
+        b.bind_input("attention_mask", "cpu", 0, f32, (1, 1, t, p + t), self._mask.ctypes.data)
+        b.bind_input("logits_index", "cpu", 0, i64, (n_logits,), self._lidx.ctypes.data)
+        b.bind_output("logits", "cpu", 0, f32, (n_logits, c.vocab_size), self._logits.ctypes.data)
+        b.bind_output("hidden_states", "cpu", 0, f32, (1, t, c.hidden_size), self._hidden.ctypes.data)
+        row = self.kv.row_nbytes
+        past_shape = (1, p) + self._kv_shape
+        new_shape = (1, t) + self._kv_shape
+        for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values)):
+            ka, va = k.ctypes.data, v.ctypes.data
+            b.bind_input(f"past_key.{i}", "cpu", 0, f32, past_shape, ka)
+            b.bind_input(f"past_value.{i}", "cpu", 0, f32, past_shape, va)
+            b.bind_output(f"present_key.{i}", "cpu", 0, f32, new_shape, ka + p * row)
+            b.bind_output(f"present_value.{i}", "cpu", 0, f32, new_shape, va + p * row)
+        try:
+            self.session.run_with_iobinding(b)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime step failed (P={p}, T={t}): {exc}") from exc
+
+    def close(self) -> None:
+        self._binding = None
+        self.session = None
+        self.kv = None  # type: ignore[assignment]

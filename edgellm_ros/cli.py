@@ -1,0 +1,101 @@
+"""``edgellm``: the runtime from a terminal, without ROS.
+
+    edgellm generate "What should a robot do near stairs?"
+    edgellm generate --system "Answer in one sentence." --temperature 0.7 --seed 1 "hi"
+    edgellm export [--model PATH] [--engine-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from .config import EngineConfig, GenerationRequest, SamplingConfig
+from .errors import EdgeLLMError
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="", help="GGUF file or Hugging Face folder "
+                   "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--engine-dir", default="", help="engine folder (default: user cache)")
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
+    p.add_argument("--max-seq-len", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log engine loading")
+
+
+def _engine_config(a: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(model=a.model, engine_dir=a.engine_dir, backend=a.backend,
+                        max_seq_len=a.max_seq_len, num_threads=a.threads)
+
+
+def _log(verbose: bool):
+    return (lambda m: print(f"[edgellm] {m}", file=sys.stderr)) if verbose else (lambda m: None)
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from .engine import Engine
+
+    req = GenerationRequest(
+        prompt=a.prompt, system_prompt=a.system, max_new_tokens=a.max_new_tokens,
+        sampling=SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                                seed=a.seed),
+        stop=tuple(a.stop or ()), raw=a.raw)
+    engine = Engine.load(_engine_config(a), log=_log(a.verbose))
+    try:
+        res = engine.generate(req, on_token=lambda ev: (sys.stdout.write(ev.text), sys.stdout.flush()))
+    finally:
+        engine.close()
+    sys.stdout.write("\n")
+    stats = {"finish_reason": res.finish_reason, "prompt_tokens": res.prompt_tokens,
+             "generated_tokens": res.generated_tokens, "cached_tokens": res.cached_tokens,
+             "time_to_first_token_s": round(res.time_to_first_token, 4),
+             "decode_tokens_per_s": round(res.tokens_per_second, 2)}
+    print(json.dumps(stats), file=sys.stderr)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .engine_dir import ensure_engine
+
+    print(ensure_engine(a.model, a.engine_dir, log=_log(True)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgellm", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="answer a question, streaming the tokens")
+    g.add_argument("prompt")
+    g.add_argument("--system", default=None, help="system prompt")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--raw", action="store_true", help="no chat template")
+    _engine_args(g)
+    g.set_defaults(func=cmd_generate)
+    e = sub.add_parser("export", help="write (or reuse) the engine folder")
+    _engine_args(e)
+    e.set_defaults(func=cmd_export)
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except EdgeLLMError as exc:
+        print(f"edgellm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

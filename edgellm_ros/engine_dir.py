@@ -1,0 +1,138 @@
+"""The engine folder: exported graphs, manifest, tokenizer and embeddings.
+
+Layout::
+
+    manifest.json        model config, graph I/O, dtype, source hash, versions
+    decoder.onnx(.data)  the decoder graph (export/decoder.py)
+    embeddings.npy       [V, H] float32 token embeddings (looked up by the runtime)
+    tokenizer.json, tokenizer_config.json
+
+The folder is rebuilt when its manifest is missing or unreadable, when the
+source's hash differs, or when the export format changed; otherwise reused.
+Exports go to a temporary sibling folder that is renamed into place, so an
+interrupted export never leaves a half-written engine behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from .errors import ModelLoadError
+from .export.decoder import decoder_io_names, export_decoder
+
+#: Bump when the exported graphs or the folder layout change.
+EXPORT_FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+def source_hash(path: str) -> str:
+    """sha256 of a model file, or of every file of a model folder (names included)."""
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    for fp in files:
+        h.update(os.path.relpath(fp, os.path.dirname(path)).encode())
+        with open(fp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def default_engine_dir(source: str, digest: str) -> str:
+    base = os.environ.get("EDGELLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgellm_ros")
+    name = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
+    return os.path.join(base, "engines", f"{name}-{digest[:12]}")
+
+
+def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            m = json.load(f)
+        return m if isinstance(m, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(folder: str, digest: str) -> bool:
+    m = read_manifest(folder)
+    return bool(m) and m.get("source_hash") == digest and m.get("format") == EXPORT_FORMAT
+
+
+def load_tokenizer_for(weights: Any) -> Any:
+    """The tokenizer that came with a loaded model (GGUF metadata or HF folder)."""
+    from .tokenizer import Tokenizer
+
+    kind, src = weights.tokenizer_source
+    if kind == "gguf":
+        return Tokenizer.from_gguf_metadata(src)
+    if kind == "hf":
+        return Tokenizer.from_hf_folder(src)
+    raise ModelLoadError(f"{weights.source}: no tokenizer found")
+
+
+def export_engine(source: str, folder: str, digest: str,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Load the model at ``source`` and write a complete engine folder."""
+    from .loaders import load_model
+    t0 = time.perf_counter()
+    log(f"exporting {source} -> {folder}")
+    weights = load_model(source)
+    tokenizer = load_tokenizer_for(weights)
+    log(f"loaded weights in {time.perf_counter() - t0:.1f} s; writing ONNX")
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        export_decoder(weights, tmp)
+        np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])
+        tokenizer.save(tmp)
+        manifest = {
+            "format": EXPORT_FORMAT,
+            "source": source,
+            "source_hash": digest,
+            "model": weights.config.to_dict(),
+            "graphs": {"decoder": {"file": "decoder.onnx", "dtype": "float32",
+                                   **decoder_io_names(weights.config.num_layers)}},
+            "max_lora_rank": 0,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"engine written in {time.perf_counter() - t0:.1f} s")
+    return manifest
+
+
+def ensure_engine(model: str, engine_dir: str = "",
+                  log: Callable[[str], None] = print) -> str:
+    """Return an up-to-date engine folder for ``model``, exporting when needed."""
+    from .loaders import resolve_model_source
+
+    source = resolve_model_source(model)
+    digest = source_hash(source)
+    folder = os.path.abspath(os.path.expanduser(engine_dir)) if engine_dir else \
+        default_engine_dir(source, digest)
+    if is_current(folder, digest):
+        log(f"engine {folder} is current")
+        return folder
+    if os.path.exists(folder) and not os.path.exists(os.path.join(folder, MANIFEST)) \
+            and os.listdir(folder):
+        raise ModelLoadError(
+            f"engine_dir {folder} exists, is not empty and holds no {MANIFEST}: "
+            "refusing to overwrite it")
+    export_engine(source, folder, digest, log)
+    return folder

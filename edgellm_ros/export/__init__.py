@@ -1,0 +1,1 @@
+"""ONNX export of the graphs every backend runs."""

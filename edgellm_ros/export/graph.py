@@ -1,0 +1,100 @@
+"""A small ONNX graph builder: named nodes, constants and external weights.
+
+Node names follow ``/model/layers.{i}/attn/q_proj/MatMul`` so a profile or a
+TensorRT layer report points back at the model. Weights go to one external
+data file written as the graph is built (no second in-memory copy).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ALIGN = 4096
+
+
+class GraphBuilder:
+    """Accumulates nodes, initializers and I/O of one ONNX graph."""
+
+    def __init__(self, name: str, data_path: Optional[str] = None, opset: int = 17):
+        self.name = name
+        self.opset = opset
+        self.nodes: List[onnx.NodeProto] = []
+        self.inits: List[TensorProto] = []
+        self.inputs: List[onnx.ValueInfoProto] = []
+        self.outputs: List[onnx.ValueInfoProto] = []
+        self._consts: Dict[Any, str] = {}
+        self._names: Dict[str, int] = {}
+        self.data_path = data_path
+        self._data = open(data_path, "wb") if data_path else None
+
+    # -- naming -------------------------------------------------------------
+    def _unique(self, base: str) -> str:
+        n = self._names.get(base, 0)
+        self._names[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def op(self, op_type: str, inputs: Sequence[str], scope: str, n_out: int = 1,
+           **attrs: Any) -> Any:
+        """Add one node named ``{scope}/{op_type}``; returns its output name(s)."""
+        name = self._unique(f"{scope}/{op_type}")
+        outs = [f"{name}_output_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    # -- tensors ------------------------------------------------------------
+    def const(self, value: Any, dtype: Any = np.int64) -> str:
+        """A small constant initializer, deduplicated by value."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            name = f"/model/constants/{arr.dtype.name}_{len(self._consts)}"
+            self.inits.append(numpy_helper.from_array(arr, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+    def weight(self, name: str, arr: np.ndarray) -> str:
+        """A large initializer, stored in the external data file when there is one."""
+        arr = np.ascontiguousarray(arr)
+        if self._data is None or arr.nbytes < 1024:
+            self.inits.append(numpy_helper.from_array(arr, name))
+            return name
+        pad = (-self._data.tell()) % ALIGN
+        if pad:
+            self._data.write(b"\0" * pad)
+        offset = self._data.tell()
+        self._data.write(arr.tobytes())
+        t = TensorProto()
+        t.name = name
+        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        t.dims.extend(arr.shape)
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", os.path.basename(self.data_path or "")),
+                     ("offset", str(offset)), ("length", str(arr.nbytes))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        self.inits.append(t)
+        return name
+
+    def input(self, name: str, elem: int, shape: Sequence[Any]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+        return name
+
+    def output(self, value: str, name: str, elem: int, shape: Sequence[Any]) -> None:
+        self.nodes.append(helper.make_node("Identity", [value], [name], name=f"/model/outputs/{name}"))
+        self.outputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
+
+    # -- finish -------------------------------------------------------------
+    def save(self, onnx_path: str, doc: str = "") -> onnx.ModelProto:
+        if self._data is not None:
+            self._data.close()
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+                                  producer_name="edgellm_ros", doc_string=doc)
+        model.ir_version = 8
+        onnx.save_model(model, onnx_path)
+        return model

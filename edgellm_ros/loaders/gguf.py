@@ -1,0 +1,154 @@
+"""Load a Llama-family model from a GGUF file with llama.cpp's ``gguf`` reader.
+
+GGUF stores the Q and K projection rows permuted for llama.cpp's interleaved
+rotary embedding (``convert_hf_to_gguf.py`` applies
+``w.reshape(n_head, 2, D // 2, H).swapaxes(1, 2)``). We undo that permutation
+exactly, so the weights are in the Hugging Face half-split order that the
+reference forward and the ONNX graph use.
+
+The file is treated as hostile: a bad magic number, a truncated tensor, a
+missing key or an architecture we do not run each raise
+:class:`~edgellm_ros.errors.ModelLoadError` naming the file and the value.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import numpy as np
+
+from ..errors import ModelLoadError, UnsupportedModelError
+from ..models.spec import ModelConfig, ModelWeights
+
+#: Architectures whose GGUF tensors map onto our Llama graph.
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def _open(path: str) -> Any:
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:  # pragma: no cover - dependency missing
+        raise ModelLoadError(f"the gguf package is not installed: {exc}") from exc
+    if os.path.getsize(path) < 24:
+        raise ModelLoadError(f"{path}: not a GGUF file (only {os.path.getsize(path)} bytes)")
+    try:
+        return GGUFReader(path, "r")
+    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError...
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+
+
+def read_metadata(reader: Any) -> Dict[str, Any]:
+    """All key/value fields of a GGUF as plain Python values."""
+    out: Dict[str, Any] = {}
+    for key, fld in reader.fields.items():
+        try:
+            out[key] = fld.contents()
+        except Exception as exc:
+            raise ModelLoadError(f"GGUF field {key!r} is corrupt: {exc}") from exc
+    return out
+
+
+def _require(md: Dict[str, Any], key: str, path: str) -> Any:
+    if key not in md:
+        raise ModelLoadError(f"{path}: GGUF metadata key {key!r} is missing")
+    return md[key]
+
+
+def config_from_metadata(md: Dict[str, Any], path: str) -> ModelConfig:
+    """Map GGUF ``{arch}.*`` keys to a ModelConfig."""
+    arch = md.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{path}: GGUF architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    num_heads = int(_require(md, f"{arch}.attention.head_count", path))
+    hidden = int(_require(md, f"{arch}.embedding_length", path))
+    num_kv = int(md.get(f"{arch}.attention.head_count_kv", num_heads))
+    head_dim = int(md.get(f"{arch}.attention.key_length", hidden // num_heads))
+    vocab = md.get(f"{arch}.vocab_size")
+    if vocab is None:
+        vocab = len(_require(md, "tokenizer.ggml.tokens", path))
+    return ModelConfig(
+        architecture=arch,
+        num_layers=int(_require(md, f"{arch}.block_count", path)),
+        hidden_size=hidden,
+        intermediate_size=int(_require(md, f"{arch}.feed_forward_length", path)),
+        num_heads=num_heads,
+        num_kv_heads=num_kv,
+        head_dim=head_dim,
+        vocab_size=int(vocab),
+        rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
+        rms_norm_eps=float(md.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        tie_word_embeddings=False,  # decided from the tensors below
+        attention_bias=(arch == "qwen2"),
+        max_position_embeddings=int(md.get(f"{arch}.context_length", 2048)),
+    )
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's interleaved-rotary row permutation of a Q or K weight/bias."""
+    rows = w.shape[0]
+    half = rows // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tensor_name(gguf_name: str) -> str:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _LAYER_NAMES:
+        return f"layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}"
+    return ""
+
+
+def load_gguf(path: str) -> ModelWeights:
+    """Read config, float32 weights and tokenizer metadata from a GGUF file."""
+    from gguf import quants
+
+    reader = _open(path)
+    md = read_metadata(reader)
+    cfg = config_from_metadata(md, path)
+    tensors: Dict[str, np.ndarray] = {}
+    for t in reader.tensors:
+        name = _tensor_name(t.name)
+        if not name:
+            continue  # e.g. rope_freqs: recomputed from the config
+        try:
+            arr = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be read: {exc}") from exc
+        expected = tuple(int(x) for x in reversed(list(t.shape)))
+        if arr.size != int(np.prod(expected)):
+            raise ModelLoadError(
+                f"{path}: tensor {t.name} is truncated ({arr.size} values, expected {expected})")
+        arr = arr.reshape(expected)
+        if name.endswith(("q_proj.weight", "q_proj.bias")) and cfg.architecture == "llama":
+            arr = unpermute_qk(arr, cfg.num_heads)
+        elif name.endswith(("k_proj.weight", "k_proj.bias")) and cfg.architecture == "llama":
+            arr = unpermute_qk(arr, cfg.num_kv_heads)
+        tensors[name] = np.ascontiguousarray(arr)
+    tied = "lm_head.weight" not in tensors
+    cfg = ModelConfig.from_dict({**cfg.to_dict(), "tie_word_embeddings": tied})
+    return ModelWeights(config=cfg, tensors=tensors, source=path, tokenizer_source=("gguf", md))

@@ -1,0 +1,136 @@
+"""One in-memory description of a decoder-only model, whatever file it came from.
+
+Weights use the Hugging Face Llama names without the ``model.`` prefix and the
+Hugging Face layout: linear weights are ``[out_features, in_features]`` and the
+Q/K rows are in the half-split rotary order (``rotate_half``), so every loader
+(GGUF, safetensors) hands the same tensors to the reference and to the export.
+
+    embed_tokens.weight                       [V, H]
+    layers.{i}.input_layernorm.weight         [H]
+    layers.{i}.self_attn.q_proj.weight        [NH*D, H]   (+ .bias [NH*D] for Qwen2)
+    layers.{i}.self_attn.k_proj.weight        [KVH*D, H]  (+ .bias)
+    layers.{i}.self_attn.v_proj.weight        [KVH*D, H]  (+ .bias)
+    layers.{i}.self_attn.o_proj.weight        [H, NH*D]
+    layers.{i}.post_attention_layernorm.weight [H]
+    layers.{i}.mlp.gate_proj.weight           [F, H]
+    layers.{i}.mlp.up_proj.weight             [F, H]
+    layers.{i}.mlp.down_proj.weight           [H, F]
+    norm.weight                               [H]
+    lm_head.weight                            [V, H]  (absent when tied)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from ..errors import ModelLoadError
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters of a Llama-family decoder."""
+
+    # Architecture family name ("llama"; Qwen2 is llama with q/k/v biases).
+    architecture: str
+    # Decoder layers.
+    num_layers: int
+    # Model width H.
+    hidden_size: int
+    # MLP width F.
+    intermediate_size: int
+    # Query heads NH.
+    num_heads: int
+    # Key/value heads KVH (grouped-query attention when < NH).
+    num_kv_heads: int
+    # Per-head width D.
+    head_dim: int
+    # Vocabulary size V.
+    vocab_size: int
+    # Rotary base.
+    rope_theta: float = 10000.0
+    # RMSNorm epsilon.
+    rms_norm_eps: float = 1e-5
+    # The LM head shares the embedding matrix.
+    tie_word_embeddings: bool = False
+    # q/k/v projections carry biases (Qwen2).
+    attention_bias: bool = False
+    # Training context length (informational; the KV cache size is ours).
+    max_position_embeddings: int = 2048
+    # Llama-3 style rope scaling dict, or None.
+    rope_scaling: Optional[Dict[str, Any]] = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
+                     "num_kv_heads", "head_dim", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ModelLoadError(f"model config {name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ModelLoadError(
+                f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ModelLoadError(f"head_dim must be even for rotary embedding, got {self.head_dim}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class ModelWeights:
+    """A loaded model: its config, float32 weights and tokenizer metadata."""
+
+    config: ModelConfig
+    # Tensor name (see module docstring) -> float32 array.
+    tensors: Dict[str, np.ndarray]
+    # Where it came from (a file or a folder).
+    source: str
+    # Tokenizer source: ("gguf", metadata dict) or ("hf", folder path).
+    tokenizer_source: tuple = field(default=("none", None))
+
+    def lm_head(self) -> np.ndarray:
+        """[V, H] output projection (the embedding when tied)."""
+        if "lm_head.weight" in self.tensors:
+            return self.tensors["lm_head.weight"]
+        return self.tensors["embed_tokens.weight"]
+
+    def check(self) -> None:
+        """Raise ModelLoadError when a tensor is missing or has the wrong shape."""
+        c = self.config
+        H, F, V, D = c.hidden_size, c.intermediate_size, c.vocab_size, c.head_dim
+        want = {"embed_tokens.weight": (V, H), "norm.weight": (H,)}
+        if not c.tie_word_embeddings:
+            want["lm_head.weight"] = (V, H)
+        for i in range(c.num_layers):
+            p = f"layers.{i}."
+            want.update({
+                p + "input_layernorm.weight": (H,),
+                p + "post_attention_layernorm.weight": (H,),
+                p + "self_attn.q_proj.weight": (c.num_heads * D, H),
+                p + "self_attn.k_proj.weight": (c.num_kv_heads * D, H),
+                p + "self_attn.v_proj.weight": (c.num_kv_heads * D, H),
+                p + "self_attn.o_proj.weight": (H, c.num_heads * D),
+                p + "mlp.gate_proj.weight": (F, H),
+                p + "mlp.up_proj.weight": (F, H),
+                p + "mlp.down_proj.weight": (H, F),
+            })
+            if c.attention_bias:
+                want[p + "self_attn.q_proj.bias"] = (c.num_heads * D,)
+                want[p + "self_attn.k_proj.bias"] = (c.num_kv_heads * D,)
+                want[p + "self_attn.v_proj.bias"] = (c.num_kv_heads * D,)
+        for name, shape in want.items():
+            t = self.tensors.get(name)
+            if t is None:
+                raise ModelLoadError(f"{self.source}: tensor {name} is missing")
+            if tuple(t.shape) != shape:
+                raise ModelLoadError(
+                    f"{self.source}: tensor {name} has shape {tuple(t.shape)}, expected {shape}")
