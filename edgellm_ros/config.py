@@ -100,6 +100,8 @@ class GenerationRequest:
     stop: Tuple[str, ...] = ()
     # True: feed prompt as is, without the chat template.
     raw: bool = False
+    # True: keep going past end tokens (benchmarks); max_new_tokens still ends it.
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():

@@ -29,7 +29,7 @@ from .errors import ModelLoadError
 from .export.decoder import decoder_io_names, export_decoder
 
 #: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 MANIFEST = "manifest.json"
 
 
@@ -94,7 +94,7 @@ def export_engine(source: str, folder: str, digest: str,
     try:
         export_decoder(weights, tmp)
         np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])
-        tokenizer.save(tmp)
+        tokenizer.save_hf_folder(tmp)
         manifest = {
             "format": EXPORT_FORMAT,
             "source": source,

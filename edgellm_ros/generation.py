@@ -114,8 +114,13 @@ class Generator:
         with self._lock:
             return self._generate(req, on_token, cancel)
 
-    def _prefill(self, ids: List[int], prefix: int) -> Tuple[Any, int]:
-        """Fill the KV cache with the prompt; returns (last logits row, cached rows)."""
+    def prefill(self, ids: List[int], prefix: int) -> Tuple[Any, int]:
+        """Fill the KV cache with the prompt; returns (last logits row, cached rows).
+
+        The first ``prefix`` ids (the cacheable system part) are always run as a
+        chunk of their own, so restoring them from the prompt cache gives the
+        same bits as computing them.
+        """
         dec = self.decoder
         p = cached = 0
         key = prefix_key(ids[:prefix], self.adapter()) if prefix else None
@@ -146,9 +151,9 @@ class Generator:
             raise ContextFull(
                 f"prompt is {len(ids)} tokens; max_seq_len={limit} leaves no room for an answer")
         sample = make_sampler(req.sampling)
-        stop_ids = self.tok.stop_ids
+        stop_ids = frozenset() if req.ignore_eos else self.tok.stop_ids
         stops = _StopMatcher(req.stop)
-        stream = self.tok.stream_decoder()
+        stream = self.tok.stream()
         text = ""
         emitted = 0
         index = 0
@@ -169,7 +174,7 @@ class Generator:
             row = None
             cached = 0
         else:
-            row, cached = self._prefill(ids, prefix)
+            row, cached = self.prefill(ids, prefix)
         while row is not None:
             tok = sample(row)
             out.append(tok)

@@ -66,6 +66,12 @@ class OrtDecoder:
         self._tri = np.triu(np.full((max_chunk, max_chunk), MASK_VALUE, np.float32), 1)
         self._binding = self.session.io_binding()
         self._kv_shape = (c.num_kv_heads, c.head_dim)
+        # addresses are read once: binding is then integer arithmetic only
+        self._addr = {n: getattr(self, n).ctypes.data for n in
+                      ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
+        self._kv_addr = [(f"past_key.{i}", f"past_value.{i}", f"present_key.{i}",
+                          f"present_value.{i}", k.ctypes.data, v.ctypes.data)
+                         for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
 
     # -- buffers the caller may fill before a step --------------------------------
     def embeds_buffer(self, t: int) -> np.ndarray:
@@ -131,24 +137,23 @@ class OrtDecoder:
         return self._logits[:n_logits]
 
     def _run(self, p: int, t: int, n_logits: int) -> None:
-        b = self._binding
+        b, a = self._binding, self._addr
         c = self.config
         f32, i64 = np.float32, np.int64
-        b.bind_input("inputs_embeds", "cpu", 0, f32, (1, t, c.hidden_size), self._embeds.ctypes.data)
-        b.bind_input("position_ids", "cpu", 0, i64, (1, t), self._pos.ctypes.data)
-        b.bind_input("attention_mask", "cpu", 0, f32, (1, 1, t, p + t), self._mask.ctypes.data)
-        b.bind_input("logits_index", "cpu", 0, i64, (n_logits,), self._lidx.ctypes.data)
-        b.bind_output("logits", "cpu", 0, f32, (n_logits, c.vocab_size), self._logits.ctypes.data)
-        b.bind_output("hidden_states", "cpu", 0, f32, (1, t, c.hidden_size), self._hidden.ctypes.data)
-        row = self.kv.row_nbytes
+        b.bind_input("inputs_embeds", "cpu", 0, f32, (1, t, c.hidden_size), a["_embeds"])
+        b.bind_input("position_ids", "cpu", 0, i64, (1, t), a["_pos"])
+        b.bind_input("attention_mask", "cpu", 0, f32, (1, 1, t, p + t), a["_mask"])
+        b.bind_input("logits_index", "cpu", 0, i64, (n_logits,), a["_lidx"])
+        b.bind_output("logits", "cpu", 0, f32, (n_logits, c.vocab_size), a["_logits"])
+        b.bind_output("hidden_states", "cpu", 0, f32, (1, t, c.hidden_size), a["_hidden"])
+        offset = p * self.kv.row_nbytes
         past_shape = (1, p) + self._kv_shape
         new_shape = (1, t) + self._kv_shape
-        for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values)):
-            ka, va = k.ctypes.data, v.ctypes.data
-            b.bind_input(f"past_key.{i}", "cpu", 0, f32, past_shape, ka)
-            b.bind_input(f"past_value.{i}", "cpu", 0, f32, past_shape, va)
-            b.bind_output(f"present_key.{i}", "cpu", 0, f32, new_shape, ka + p * row)
-            b.bind_output(f"present_value.{i}", "cpu", 0, f32, new_shape, va + p * row)
+        for pk, pv, nk, nv, ka, va in self._kv_addr:
+            b.bind_input(pk, "cpu", 0, f32, past_shape, ka)
+            b.bind_input(pv, "cpu", 0, f32, past_shape, va)
+            b.bind_output(nk, "cpu", 0, f32, new_shape, ka + offset)
+            b.bind_output(nv, "cpu", 0, f32, new_shape, va + offset)
         try:
             self.session.run_with_iobinding(b)
         except Exception as exc:

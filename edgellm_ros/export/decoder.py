@@ -63,10 +63,10 @@ class _Decoder:
         """x @ W^T (+ b); W stored transposed as [in, out]."""
         g = self.g
         w = g.weight(f"model.{name}.weight", self.w[name + ".weight"].T)
-        y = g.op("MatMul", [x, w], f"{scope}/MatMul")
+        y = g.op("MatMul", [x, w], scope)
         bias = self.w.get(name + ".bias")
         if bias is not None:
-            y = g.op("Add", [y, g.weight(f"model.{name}.bias", bias)], f"{scope}/Add")
+            y = g.op("Add", [y, g.weight(f"model.{name}.bias", bias)], scope)
         return y
 
     def rms_norm(self, x: str, scope: str, name: str) -> str:

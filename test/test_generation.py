@@ -1,0 +1,171 @@
+"""Generation on the real default model: golden tokens, streaming and every stop rule."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from edgellm_ros.config import EngineConfig, GenerationRequest, SamplingConfig
+from edgellm_ros.errors import ContextFull
+from edgellm_ros.generation import (FINISH_CANCELLED, FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP,
+                                    FINISH_STOP_STRING)
+from runtime_fixtures import default_engine_dir, engine, load_json  # noqa: F401
+
+GOLDEN = load_json("reference_greedy.json")
+
+
+def _messages_to_request(messages, n):
+    system = next((m["content"] for m in messages if m["role"] == "system"), None)
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    return GenerationRequest(prompt=user, system_prompt=system, max_new_tokens=n)
+
+
+@pytest.mark.parametrize("case", range(len(GOLDEN["cases"])))
+def test_greedy_answer_equals_transformers(engine, case):  # noqa: F811
+    ref = GOLDEN["cases"][case]
+    req = _messages_to_request(ref["messages"], 32)
+    ids, _ = engine.generator.build_prompt(req)
+    assert ids == ref["prompt_ids"]
+    res = engine.generate(req)
+    assert res.token_ids == ref["greedy_ids"]
+    assert res.text + "<|im_end|>" == ref["greedy_text"]
+
+
+@pytest.mark.parametrize("case", range(len(GOLDEN["cases"])))
+def test_first_32_greedy_tokens_past_eos_equal_transformers(engine, case):  # noqa: F811
+    """32 argmax steps that do not stop at EOS, as transformers' plain loop made them."""
+    ref = GOLDEN["cases"][case]
+    dec = engine.decoder
+    ids = ref["prompt_ids"]
+    row = dec.forward(0, ids)[0]
+    out = []
+    for pos in range(len(ids), len(ids) + 32):
+        out.append(int(row.argmax()))
+        row = dec.forward(pos, out[-1:])[0]
+    assert out == ref["greedy_ids_ignoring_eos"]
+
+
+def test_streamed_deltas_concatenate_to_the_answer(engine):  # noqa: F811
+    events = []
+    res = engine.generate(GenerationRequest(prompt="Name three colors.", max_new_tokens=40),
+                          on_token=events.append)
+    assert [e.index for e in events] == list(range(len(events)))
+    assert "".join(e.text for e in events) == res.text
+    assert res.text.strip()
+    assert res.prompt_tokens > 0 and res.generated_tokens == len(res.token_ids)
+    assert res.time_to_first_token > 0 and res.tokens_per_second > 0
+
+
+def test_eos_ends_with_finish_reason_stop(engine):  # noqa: F811
+    res = engine.generate(GenerationRequest(prompt="Say just the word yes.", max_new_tokens=64))
+    assert res.finish_reason == FINISH_STOP
+    assert res.token_ids[-1] in engine.tokenizer.stop_ids
+    assert "<|im_end|>" not in res.text
+
+
+def test_max_new_tokens_ends_with_finish_reason_length(engine):  # noqa: F811
+    res = engine.generate(GenerationRequest(prompt="Write a long story about a robot.",
+                                            max_new_tokens=7))
+    assert res.finish_reason == FINISH_LENGTH
+    assert res.generated_tokens == 7
+
+
+def test_stop_string_cuts_the_answer_and_the_stream(engine):  # noqa: F811
+    base = engine.generate(GenerationRequest(prompt="Write a long story about a robot.",
+                                             max_new_tokens=60))
+    words = base.text.split()
+    stop = " " + words[len(words) // 2]
+    cut = base.text.index(stop)
+    events = []
+    res = engine.generate(GenerationRequest(prompt="Write a long story about a robot.",
+                                            max_new_tokens=60, stop=(stop,)), on_token=events.append)
+    assert res.finish_reason == FINISH_STOP_STRING
+    assert res.text == base.text[:cut]
+    assert "".join(e.text for e in events) == res.text
+
+
+def test_full_context_ends_with_finish_reason_context_full(default_engine_dir):  # noqa: F811
+    from edgellm_ros.engine import Engine
+    eng = Engine.load(EngineConfig(max_seq_len=48, prefill_chunk=16), log=lambda m: None)
+    try:
+        res = eng.generate(GenerationRequest(prompt="Write a long story about a robot.",
+                                             max_new_tokens=500))
+        assert res.finish_reason == FINISH_CONTEXT
+        # 48 rows hold the prompt and all answer tokens but the last, which is
+        # sampled from row 48's logits and never needs a row of its own.
+        assert res.prompt_tokens + res.generated_tokens == 48 + 1
+        with pytest.raises(ContextFull, match="max_seq_len=48"):
+            eng.generate(GenerationRequest(prompt="word " * 60))
+    finally:
+        eng.close()
+
+
+def test_cancel_from_another_thread_stops_generation(engine):  # noqa: F811
+    cancel, started = threading.Event(), threading.Event()
+
+    def canceller():
+        started.wait(60)
+        cancel.set()
+
+    th = threading.Thread(target=canceller)
+    th.start()
+    res = engine.generate(
+        GenerationRequest(prompt="Write a long story about a robot.", max_new_tokens=400),
+        on_token=lambda ev: started.set() if ev.index == 3 else None, cancel=cancel)
+    th.join()
+    assert res.finish_reason == FINISH_CANCELLED
+    assert 4 <= res.generated_tokens < 400
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):  # noqa: F811
+    def run(seed):
+        return engine.generate(GenerationRequest(
+            prompt="Invent a name for a robot.", max_new_tokens=16,
+            sampling=SamplingConfig(temperature=1.0, top_p=0.95, seed=seed))).token_ids
+    a, b = run(1), run(1)
+    assert a == b
+    assert any(run(s) != a for s in (2, 3, 4))
+
+
+def test_prompt_cache_restore_gives_bit_identical_logits(engine):  # noqa: F811
+    gen = engine.generator
+    req = GenerationRequest(prompt="What is a lidar?", system_prompt="You are a robot. Be brief.")
+    ids, prefix = gen.build_prompt(req)
+    assert 0 < prefix < len(ids)
+    engine.prompt_cache.clear()
+    cold, cached0 = gen.prefill(ids, prefix)
+    cold = cold.copy()
+    warm, cached1 = gen.prefill(ids, prefix)
+    saved = gen.cache
+    gen.cache = None
+    try:
+        plain, _ = gen.prefill(ids, prefix)
+    finally:
+        gen.cache = saved
+    assert (cached0, cached1) == (0, prefix)
+    assert np.array_equal(cold, warm) and np.array_equal(plain, warm)
+
+
+def test_prompt_cache_gives_identical_answers_and_is_used(engine):  # noqa: F811
+    req = GenerationRequest(prompt="What is a lidar?", system_prompt="You are a robot. Be brief.",
+                            max_new_tokens=24)
+    engine.prompt_cache.clear()
+    first = engine.generate(req)
+    second = engine.generate(req)
+    saved = engine.generator.cache
+    engine.generator.cache = None
+    try:
+        uncached = engine.generate(req)
+    finally:
+        engine.generator.cache = saved
+    assert first.cached_tokens == 0 and second.cached_tokens > 0 and uncached.cached_tokens == 0
+    assert first.token_ids == second.token_ids == uncached.token_ids
+
+
+def test_system_prompt_changes_the_answer(engine):  # noqa: F811
+    a = engine.generate(GenerationRequest(prompt="Who are you?", max_new_tokens=16))
+    b = engine.generate(GenerationRequest(prompt="Who are you?", max_new_tokens=16,
+                                          system_prompt="You are Robby, a warehouse robot."))
+    assert a.token_ids != b.token_ids
