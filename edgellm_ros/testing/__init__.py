@@ -1,0 +1,1 @@
+"""Deterministic small checkpoints for tests (written with fixed seeds)."""

@@ -1,0 +1,72 @@
+"""Write small Hugging Face checkpoints of the real architectures, seeded.
+
+Used by the tests and by ``tools/reference`` (which runs transformers on the
+very same files to produce the expected outputs kept in test/data).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import numpy as np
+
+TINY_LLAMA = {
+    "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+    "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "num_hidden_layers": 2, "vocab_size": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "max_position_embeddings": 256, "tie_word_embeddings": False, "bos_token_id": 1,
+    "eos_token_id": 2, "torch_dtype": "float32",
+}
+TINY_QWEN2 = {**TINY_LLAMA, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
+              "tie_word_embeddings": True, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6}
+TINY_LLAMA3 = {**TINY_LLAMA, "rope_scaling": {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64}}
+
+
+def tiny_weights(cfg: Dict, seed: int) -> Dict[str, np.ndarray]:
+    """Random weights in Hugging Face names (``model.`` prefix), float32."""
+    rng = np.random.default_rng(seed)
+    H, F, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    NH, KVH = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D = H // NH
+
+    def w(*shape: int, scale: float = 0.08) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": w(V, H, scale=0.5), "model.norm.weight": 1 + w(H)}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t.update({
+            p + "input_layernorm.weight": 1 + w(H), p + "post_attention_layernorm.weight": 1 + w(H),
+            p + "self_attn.q_proj.weight": w(NH * D, H), p + "self_attn.k_proj.weight": w(KVH * D, H),
+            p + "self_attn.v_proj.weight": w(KVH * D, H), p + "self_attn.o_proj.weight": w(H, NH * D),
+            p + "mlp.gate_proj.weight": w(F, H), p + "mlp.up_proj.weight": w(F, H),
+            p + "mlp.down_proj.weight": w(H, F),
+        })
+        if cfg["model_type"] == "qwen2":
+            t[p + "self_attn.q_proj.bias"] = w(NH * D, scale=0.5)
+            t[p + "self_attn.k_proj.bias"] = w(KVH * D, scale=0.5)
+            t[p + "self_attn.v_proj.bias"] = w(KVH * D, scale=0.5)
+    if not cfg["tie_word_embeddings"]:
+        t["lm_head.weight"] = w(V, H, scale=0.5)
+    return t
+
+
+def write_tiny_model(folder: str, cfg: Dict, seed: int = 0, tokenizer_from: str = "") -> str:
+    """Write config.json + model.safetensors (+ the tokenizer files of another folder)."""
+    from safetensors.numpy import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=1)
+    save_file(tiny_weights(cfg, seed), os.path.join(folder, "model.safetensors"))
+    if tokenizer_from:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            src = os.path.join(tokenizer_from, name)
+            if os.path.exists(src):
+                with open(src, "rb") as s, open(os.path.join(folder, name), "wb") as d:
+                    d.write(s.read())
+    return folder

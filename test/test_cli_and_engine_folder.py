@@ -1,0 +1,79 @@
+"""`edgellm generate` streams an answer; `edgellm export` reuses a current engine folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edgellm_ros.engine_dir import MANIFEST, ensure_engine, read_manifest
+from edgellm_ros.errors import ModelLoadError
+from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_tiny_model
+from runtime_fixtures import default_engine_dir  # noqa: F401
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "edgellm_ros.cli", *args], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_generate_streams_the_answer_and_prints_stats(default_engine_dir):  # noqa: F811
+    r = _cli("generate", "What is the capital of France?", "--max-new-tokens", "16")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in r.stdout
+    stats = json.loads(r.stderr.strip().splitlines()[-1])
+    assert stats["finish_reason"] == "stop" and stats["generated_tokens"] == 8
+
+
+def test_generate_reports_bad_input_without_a_traceback():
+    r = _cli("generate", "hi", "--max-new-tokens", "0")
+    assert r.returncode == 2
+    assert "max_new_tokens" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("generate", "hi", "--model", "/no/such/file.gguf")
+    assert r.returncode == 2 and "/no/such/file.gguf" in r.stderr
+
+
+def test_export_writes_once_and_reuses_while_the_hash_matches(tmp_path, default_engine_dir):  # noqa: F811
+    model = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
+    out = str(tmp_path / "engine")
+    logs = []
+    ensure_engine(model, out, log=logs.append)
+    assert any("exporting" in m for m in logs)
+    m1 = read_manifest(out)
+    for f in ("decoder.onnx", "decoder.onnx.data", "embeddings.npy", "tokenizer.json", MANIFEST):
+        assert os.path.exists(os.path.join(out, f)), f
+    logs.clear()
+    ensure_engine(model, out, log=logs.append)
+    assert any("is current" in m for m in logs) and not any("exporting" in m for m in logs)
+    write_tiny_model(model, TINY_LLAMA, seed=1)  # new weights: stale
+    logs.clear()
+    ensure_engine(model, out, log=logs.append)
+    assert any("exporting" in m for m in logs)
+    assert read_manifest(out)["source_hash"] != m1["source_hash"]
+    r = _cli("export", "--model", model, "--engine-dir", out)
+    assert r.returncode == 0 and r.stdout.strip() == out and "is current" in r.stderr
+
+
+def test_a_foreign_non_empty_engine_dir_is_not_overwritten(tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(ModelLoadError, match="refusing"):
+        ensure_engine("", str(tmp_path))
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_a_corrupt_engine_graph_is_a_clear_load_error(tmp_path, default_engine_dir):  # noqa: F811
+    from edgellm_ros.config import EngineConfig
+    from edgellm_ros.engine import Engine
+    model = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
+    out = str(tmp_path / "engine")
+    ensure_engine(model, out, log=lambda m: None)
+    with open(os.path.join(out, "decoder.onnx"), "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ModelLoadError, match="decoder.onnx"):
+        Engine.load(EngineConfig(model=model, engine_dir=out), log=lambda m: None)
