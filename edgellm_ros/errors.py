@@ -28,6 +28,12 @@ class ModelLoadError(EdgeLLMError):
     code = "model_load"
 
 
+class CorruptModelError(ModelLoadError):
+    """The file is truncated, has a bad header, or a tensor cannot be decoded."""
+
+    code = "corrupt_model"
+
+
 class UnsupportedModelError(ModelLoadError):
     """The file is readable but describes an architecture we do not run."""
 

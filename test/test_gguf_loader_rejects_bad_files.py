@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellm_ros.errors import ModelLoadError, UnsupportedModelError
+from edgellm_ros.errors import CorruptModelError, ModelLoadError, UnsupportedModelError
 from edgellm_ros.loaders import default_model_path, load_model
 from edgellm_ros.loaders.gguf import unpermute_qk
 
@@ -29,14 +29,14 @@ def _write_gguf(path, arch: str, block_count: int = 1) -> None:
 def test_empty_file_is_rejected_with_its_size(tmp_path):
     p = tmp_path / "empty.gguf"
     p.write_bytes(b"")
-    with pytest.raises(ModelLoadError, match="0 bytes"):
+    with pytest.raises(CorruptModelError, match="0 bytes"):
         load_model(str(p))
 
 
 def test_wrong_magic_is_rejected(tmp_path):
     p = tmp_path / "notgguf.gguf"
     p.write_bytes(b"PK\x03\x04" + b"\0" * 100)
-    with pytest.raises(ModelLoadError, match="not a readable GGUF"):
+    with pytest.raises(CorruptModelError, match="not a readable GGUF"):
         load_model(str(p))
 
 
@@ -46,7 +46,7 @@ def test_truncated_default_model_is_rejected(tmp_path):
         head = f.read(4 * 1024 * 1024)
     p = tmp_path / "truncated.gguf"
     p.write_bytes(head)
-    with pytest.raises(ModelLoadError, match="truncated.gguf"):
+    with pytest.raises(CorruptModelError, match="truncated.gguf"):
         load_model(str(p))
 
 

@@ -66,10 +66,10 @@ def test_unsupported_model_type_is_named(tmp_path):
 
 
 def test_truncated_safetensors_is_rejected(tmp_path):
-    from edgellm_ros.errors import ModelLoadError
+    from edgellm_ros.errors import CorruptModelError
     folder = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA)
     path = os.path.join(folder, "model.safetensors")
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(ModelLoadError, match="truncated"):
+    with pytest.raises(CorruptModelError, match="truncated"):
         load_model(folder)

@@ -18,7 +18,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ..errors import ModelLoadError, UnsupportedModelError
+from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
 from ..models.spec import ModelConfig, ModelWeights
 
 #: Architectures whose GGUF tensors map onto our Llama graph.
@@ -51,11 +51,11 @@ def _open(path: str) -> Any:
     except ImportError as exc:  # pragma: no cover - dependency missing
         raise ModelLoadError(f"the gguf package is not installed: {exc}") from exc
     if os.path.getsize(path) < 24:
-        raise ModelLoadError(f"{path}: not a GGUF file (only {os.path.getsize(path)} bytes)")
+        raise CorruptModelError(f"{path}: not a GGUF file (only {os.path.getsize(path)} bytes)")
     try:
         return GGUFReader(path, "r")
     except Exception as exc:  # gguf raises ValueError, struct.error, IndexError...
-        raise ModelLoadError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+        raise CorruptModelError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
 
 
 def read_metadata(reader: Any) -> Dict[str, Any]:
@@ -65,7 +65,7 @@ def read_metadata(reader: Any) -> Dict[str, Any]:
         try:
             out[key] = fld.contents()
         except Exception as exc:
-            raise ModelLoadError(f"GGUF field {key!r} is corrupt: {exc}") from exc
+            raise CorruptModelError(f"GGUF field {key!r} is corrupt: {exc}") from exc
     return out
 
 
@@ -137,11 +137,11 @@ def load_gguf(path: str) -> ModelWeights:
         try:
             arr = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         except Exception as exc:
-            raise ModelLoadError(
+            raise CorruptModelError(
                 f"{path}: tensor {t.name} ({t.tensor_type.name}) cannot be read: {exc}") from exc
         expected = tuple(int(x) for x in reversed(list(t.shape)))
         if arr.size != int(np.prod(expected)):
-            raise ModelLoadError(
+            raise CorruptModelError(
                 f"{path}: tensor {t.name} is truncated ({arr.size} values, expected {expected})")
         arr = arr.reshape(expected)
         if name.endswith(("q_proj.weight", "q_proj.bias")) and cfg.architecture == "llama":

