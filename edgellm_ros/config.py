@@ -40,6 +40,14 @@ class EngineConfig:
     prompt_cache_bytes: int = 64 * 1024 * 1024
     # CPU threads for the backend; 0 = the backend's default.
     num_threads: int = 0
+    # LoRA adapters loaded at configure, "name:path" (PEFT folders).
+    lora_adapters: Tuple[str, ...] = ()
+    # Folder that relative adapter paths are resolved against ("" = cwd).
+    lora_base_dir: str = ""
+    # Largest adapter rank accepted (sizes TensorRT profiles).
+    max_lora_rank: int = 64
+    # Adapter active at start ("" = the base model).
+    lora: str = ""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -54,6 +62,9 @@ class EngineConfig:
             raise ConfigError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
         if not 0 <= self.num_threads <= 256:
             raise ConfigError(f"num_threads must be in [0, 256], got {self.num_threads}")
+        if not 1 <= self.max_lora_rank <= 1024:
+            raise ConfigError(f"max_lora_rank must be in [1, 1024], got {self.max_lora_rank}")
+        object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,8 @@ class GenerationRequest:
     raw: bool = False
     # True: keep going past end tokens (benchmarks); max_new_tokens still ends it.
     ignore_eos: bool = False
+    # LoRA adapter for this request only; None = the engine's current one, "" = base.
+    adapter: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():

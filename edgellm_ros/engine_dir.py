@@ -3,7 +3,9 @@
 Layout::
 
     manifest.json        model config, graph I/O, dtype, source hash, versions
-    decoder.onnx(.data)  the decoder graph (export/decoder.py)
+    decoder.onnx         the decoder graph (export/decoder.py)
+    decoder_lora.onnx    the same with LoRA inputs on every projection
+    weights.data         the weights both graphs reference
     embeddings.npy       [V, H] float32 token embeddings (looked up by the runtime)
     tokenizer.json, tokenizer_config.json
 
@@ -27,9 +29,11 @@ import numpy as np
 
 from .errors import ModelLoadError
 from .export.decoder import decoder_io_names, export_decoder
+from .export.graph import WeightFile
+from .models.spec import PROJECTIONS
 
 #: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 2
+EXPORT_FORMAT = 3
 MANIFEST = "manifest.json"
 
 
@@ -92,7 +96,12 @@ def export_engine(source: str, folder: str, digest: str,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        export_decoder(weights, tmp)
+        wf = WeightFile(os.path.join(tmp, "weights.data"))
+        try:
+            export_decoder(weights, tmp, wf)
+            export_decoder(weights, tmp, wf, name="decoder_lora", lora_modules=PROJECTIONS)
+        finally:
+            wf.close()
         np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])
         tokenizer.save_hf_folder(tmp)
         manifest = {
@@ -100,9 +109,13 @@ def export_engine(source: str, folder: str, digest: str,
             "source": source,
             "source_hash": digest,
             "model": weights.config.to_dict(),
-            "graphs": {"decoder": {"file": "decoder.onnx", "dtype": "float32",
-                                   **decoder_io_names(weights.config.num_layers)}},
-            "max_lora_rank": 0,
+            "graphs": {
+                "decoder": {"file": "decoder.onnx", "dtype": "float32",
+                            **decoder_io_names(weights.config.num_layers)},
+                "decoder_lora": {"file": "decoder_lora.onnx", "dtype": "float32",
+                                 "lora_modules": list(PROJECTIONS),
+                                 **decoder_io_names(weights.config.num_layers, PROJECTIONS)},
+            },
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:

@@ -52,6 +52,12 @@ class InvalidRequest(EdgeLLMError, ValueError):
     code = "invalid_request"
 
 
+class UnknownAdapter(InvalidRequest):
+    """A LoRA adapter name that was not loaded at configure."""
+
+    code = "unknown_adapter"
+
+
 class ContextFull(InvalidRequest):
     """The prompt does not fit in the KV cache (max_seq_len)."""
 

@@ -114,7 +114,7 @@ class Generator:
         with self._lock:
             return self._generate(req, on_token, cancel)
 
-    def prefill(self, ids: List[int], prefix: int) -> Tuple[Any, int]:
+    def prefill(self, ids: List[int], prefix: int, adapter: str = "") -> Tuple[Any, int]:
         """Fill the KV cache with the prompt; returns (last logits row, cached rows).
 
         The first ``prefix`` ids (the cacheable system part) are always run as a
@@ -123,7 +123,7 @@ class Generator:
         """
         dec = self.decoder
         p = cached = 0
-        key = prefix_key(ids[:prefix], self.adapter()) if prefix else None
+        key = prefix_key(ids[:prefix], adapter) if prefix else None
         if key is not None and self.cache is not None:
             snap = self.cache.get(key)
             if snap is not None:
@@ -145,6 +145,11 @@ class Generator:
     def _generate(self, req: GenerationRequest, on_token: Optional[Callable[[TokenEvent], None]],
                   cancel: Optional[threading.Event]) -> GenerationResult:
         t0 = time.perf_counter()
+        adapter = self.adapter() if req.adapter is None else req.adapter
+        if getattr(self.decoder, "lora_slots", None):
+            self.decoder.set_adapter(adapter)
+        elif adapter:
+            raise InvalidRequest(f"adapter {adapter!r} requested but no LoRA adapters are loaded")
         ids, prefix = self.build_prompt(req)
         limit = self.decoder.max_seq_len
         if len(ids) >= limit:
@@ -174,7 +179,7 @@ class Generator:
             row = None
             cached = 0
         else:
-            row, cached = self.prefill(ids, prefix)
+            row, cached = self.prefill(ids, prefix, adapter)
         while row is not None:
             tok = sample(row)
             out.append(tok)

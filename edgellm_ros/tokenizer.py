@@ -26,6 +26,7 @@ emitting half a UTF-8 character.
 from __future__ import annotations
 
 import codecs
+import datetime
 import json
 import os
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
@@ -51,18 +52,10 @@ _QWEN2_SPLIT = (
 
 #: ``tokenizer.ggml.pre`` value -> pre-tokenizer family.
 PRE_TOKENIZER_FAMILIES: Dict[str, str] = {
-    "default": "gpt2",
-    "gpt2": "gpt2",
-    "gpt-2": "gpt2",
-    "smollm": "digits",
-    "starcoder": "digits",
-    "refact": "digits",
-    "llama-bpe": "llama3",
-    "llama3": "llama3",
-    "llama-v3": "llama3",
-    "smaug-bpe": "llama3",
-    "qwen2": "qwen2",
-    "deepseek-r1-qwen": "qwen2",
+    **dict.fromkeys(("default", "gpt2", "gpt-2"), "gpt2"),
+    **dict.fromkeys(("smollm", "starcoder", "refact"), "digits"),
+    **dict.fromkeys(("llama-bpe", "llama3", "llama-v3", "smaug-bpe"), "llama3"),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen"), "qwen2"),
 }
 
 #: Tokens that end an assistant turn in the chat formats we know.
@@ -146,14 +139,8 @@ def _token_text(value: Any) -> Optional[str]:
 class Tokenizer:
     """A byte-level BPE tokenizer with the model's chat template and stop tokens."""
 
-    def __init__(
-        self,
-        backend: _Backend,
-        bos_token: Optional[str],
-        eos_token: Optional[str],
-        chat_template: Optional[str],
-        extra_stop_ids: Iterable[int] = (),
-    ) -> None:
+    def __init__(self, backend: _Backend, bos_token: Optional[str], eos_token: Optional[str],
+                 chat_template: Optional[str], extra_stop_ids: Iterable[int] = ()) -> None:
         """Wrap a ready ``tokenizers.Tokenizer``; prefer the ``from_*`` constructors."""
         self._backend = backend
         self.vocab_size: int = backend.get_vocab_size(with_added_tokens=True)
@@ -163,11 +150,9 @@ class Tokenizer:
         self.eos_id: Optional[int] = backend.token_to_id(eos_token) if eos_token else None
         added = backend.get_added_tokens_decoder()
         self.special_ids: FrozenSet[int] = frozenset(i for i, t in added.items() if t.special)
-        stops = {i for i in extra_stop_ids if 0 <= i < self.vocab_size}
-        stops.update(i for i in (backend.token_to_id(t) for t in CHAT_END_TOKENS) if i is not None)
-        if self.eos_id is not None:
-            stops.add(self.eos_id)
-        self.stop_ids: FrozenSet[int] = frozenset(stops)
+        stops = {i for i in extra_stop_ids if 0 <= i < self.vocab_size} | {self.eos_id}
+        stops.update(backend.token_to_id(t) for t in CHAT_END_TOKENS)
+        self.stop_ids: FrozenSet[int] = frozenset(i for i in stops if i is not None)
         #: True when the template is our ChatML fallback rather than the model's own.
         self.chat_template_is_fallback = not chat_template
         self.chat_template: str = chat_template or CHATML_TEMPLATE
@@ -182,9 +167,7 @@ class Tokenizer:
         """Build from GGUF ``tokenizer.*`` keys (values as ``ReaderField.contents()`` gives them)."""
         model = md.get("tokenizer.ggml.model")
         if model != "gpt2":
-            raise UnsupportedModelError(
-                f"tokenizer.ggml.model {model!r} is not supported (only 'gpt2', byte-level BPE)"
-            )
+            raise UnsupportedModelError(f"tokenizer.ggml.model {model!r} is not supported (only byte-level 'gpt2')")
         pre = md.get("tokenizer.ggml.pre", "default")
         if not isinstance(pre, str):
             raise ModelLoadError(f"tokenizer.ggml.pre must be a string, got {pre!r}")
@@ -193,21 +176,19 @@ class Tokenizer:
         types = _typed_list(md, "tokenizer.ggml.token_type", int) if "tokenizer.ggml.token_type" in md else []
         if types and len(types) != len(tokens):
             raise ModelLoadError(f"{len(types)} token types for {len(tokens)} tokens")
-        merges = []
-        for m in _typed_list(md, "tokenizer.ggml.merges", str):
-            pair = m.split(" ")
-            if len(pair) != 2:
-                raise ModelLoadError(f"malformed merge {m!r} (want two tokens separated by one space)")
-            merges.append((pair[0], pair[1]))
+        merges = [tuple(m.split(" ")) for m in _typed_list(md, "tokenizer.ggml.merges", str)]
+        for m in merges:
+            if len(m) != 2:
+                raise ModelLoadError(f"malformed merge {' '.join(m)!r} (want two tokens separated by one space)")
         # A token spelled outside GPT-2's byte alphabet is stored as raw text: respell it.
         vocab = {
             t if _ALPHABET.issuperset(t) else "".join(_CHAR_OF_BYTE[b] for b in t.encode()): i
             for i, t in enumerate(tokens)
         }
-        bpe = BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=PRE_TOKENIZER_FAMILIES[pre] == "llama3")
-        try:
-            backend = _Backend(bpe)
-        except Exception as exc:  # the Rust side rejects merges naming unknown tokens
+        try:  # the Rust side rejects merges naming unknown tokens
+            ignore_merges = PRE_TOKENIZER_FAMILIES[pre] == "llama3"  # match whole words first, as Llama 3 does
+            backend = _Backend(BPE(vocab=vocab, merges=merges, fuse_unk=False, ignore_merges=ignore_merges))
+        except Exception as exc:
             raise ModelLoadError(f"GGUF tokenizer is inconsistent: {exc}") from exc
         if PRE_TOKENIZER_FAMILIES[pre] == "qwen2":
             backend.normalizer = normalizers.NFC()
@@ -223,10 +204,8 @@ class Tokenizer:
         bos_id = _optional_id(md, "tokenizer.ggml.bos_token_id", size)
         eos_id = _optional_id(md, "tokenizer.ggml.eos_token_id", size)
         bos = tokens[bos_id] if bos_id is not None else None
-        if md.get("tokenizer.ggml.add_bos_token") is True and bos is not None:
-            backend.post_processor = processors.TemplateProcessing(
-                single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-            )
+        if md.get("tokenizer.ggml.add_bos_token") is True and bos is not None and bos_id is not None:
+            backend.post_processor = _prepend_bos(bos, bos_id)
         template = md.get("tokenizer.chat_template")
         if template is not None and not isinstance(template, str):
             raise ModelLoadError(f"tokenizer.chat_template must be a string, got {type(template).__name__}")
@@ -255,12 +234,9 @@ class Tokenizer:
         if template is not None and not isinstance(template, str):
             raise ModelLoadError(f"{folder}: chat_template must be a string, got {type(template).__name__}")
         bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
-        if config.get("add_bos_token") is True and bos and backend.post_processor is None:
-            bos_id = backend.token_to_id(bos)
-            if bos_id is not None:
-                backend.post_processor = processors.TemplateProcessing(
-                    single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-                )
+        bos_id = backend.token_to_id(bos) if bos else None
+        if config.get("add_bos_token") is True and bos and bos_id is not None and backend.post_processor is None:
+            backend.post_processor = _prepend_bos(bos, bos_id)
         gen_eos = _read_json(os.path.join(folder, "generation_config.json")).get("eos_token_id")
         extra = gen_eos if isinstance(gen_eos, list) else [gen_eos] if isinstance(gen_eos, int) else []
         return cls(backend, bos, eos, template, [i for i in extra if isinstance(i, int)])
@@ -410,6 +386,11 @@ class StreamDecoder:
         return rest
 
 
+def _prepend_bos(bos: str, bos_id: int) -> Any:
+    """A post-processor that puts BOS before the text (used when add_special_tokens is true)."""
+    return processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)])
+
+
 def _read_json(path: str) -> Dict[str, Any]:
     """A JSON object file, or {} when absent; corrupt files raise ModelLoadError."""
     if not os.path.isfile(path):
@@ -433,19 +414,13 @@ def _compile_template(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    def strftime_now(fmt: str) -> str:
-        import datetime
-
-        return datetime.datetime.now().strftime(fmt)
+    def tojson(x: Any, ensure_ascii: bool = False, **kw: Any) -> str:  # jinja's own escapes HTML
+        return json.dumps(x, ensure_ascii=ensure_ascii, **kw)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     try:
         return env.from_string(source)
     except jinja2.TemplateError as exc:

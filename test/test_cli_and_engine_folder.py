@@ -46,7 +46,8 @@ def test_export_writes_once_and_reuses_while_the_hash_matches(tmp_path, default_
     ensure_engine(model, out, log=logs.append)
     assert any("exporting" in m for m in logs)
     m1 = read_manifest(out)
-    for f in ("decoder.onnx", "decoder.onnx.data", "embeddings.npy", "tokenizer.json", MANIFEST):
+    for f in ("decoder.onnx", "decoder_lora.onnx", "weights.data", "embeddings.npy",
+              "tokenizer.json", MANIFEST):
         assert os.path.exists(os.path.join(out, f)), f
     logs.clear()
     ensure_engine(model, out, log=logs.append)

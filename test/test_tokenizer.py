@@ -144,6 +144,7 @@ def test_sentencepiece_gguf_is_unsupported(metadata: Dict[str, Any]) -> None:
     "key, value, needle",
     [
         ("tokenizer.ggml.merges", ["a b c"], "a b c"),
+        ("tokenizer.ggml.merges", ["zzq qqz"], "zzq"),
         ("tokenizer.ggml.tokens", None, "tokenizer.ggml.tokens"),
         ("tokenizer.ggml.eos_token_id", 10**6, "1000000"),
         ("tokenizer.ggml.token_type", [1, 1], "token types"),

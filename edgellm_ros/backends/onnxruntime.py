@@ -9,7 +9,7 @@ Runtime writes the new keys and values straight into the cache.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -48,7 +48,8 @@ class OrtDecoder:
     """Runs decoder steps on preallocated, address-bound buffers."""
 
     def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
-                 max_seq_len: int, max_chunk: int, num_threads: int = 0):
+                 max_seq_len: int, max_chunk: int, num_threads: int = 0,
+                 lora_slots: Sequence[Tuple[int, str]] = ()):
         self.config = config
         self.max_seq_len = max_seq_len
         self.max_chunk = max_chunk
@@ -72,6 +73,46 @@ class OrtDecoder:
         self._kv_addr = [(f"past_key.{i}", f"past_value.{i}", f"present_key.{i}",
                           f"present_value.{i}", k.ctypes.data, v.ctypes.data)
                          for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
+        # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
+        self.lora_slots = list(lora_slots)
+        self._lora_tables: Dict[str, Tuple[list, list]] = {}
+        self._lora_zeros: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
+        self.active_adapter: Optional[str] = None
+        if self.lora_slots:
+            self.add_adapter("", {})
+            self.set_adapter("")
+
+    # -- LoRA ----------------------------------------------------------------------
+    def add_adapter(self, name: str, weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Prepare the binding table of an adapter whose tensors are preloaded."""
+        from ..lora import lora_input_names, module_shapes
+        shapes = module_shapes(self.config)
+        table, keep = [], []
+        for layer, module in self.lora_slots:
+            pair = weights.get((layer, module))
+            if pair is None:
+                n_in, n_out = shapes[module]
+                if (n_in, n_out) not in self._lora_zeros:
+                    self._lora_zeros[(n_in, n_out)] = (np.zeros((n_in, 1), np.float32),
+                                                       np.zeros((1, n_out), np.float32))
+                pair = self._lora_zeros[(n_in, n_out)]
+            a, b = pair
+            a_name, b_name = lora_input_names(layer, module)
+            table.append((a_name, a.shape, a.ctypes.data, b_name, b.shape, b.ctypes.data))
+            keep.append(pair)
+        self._lora_tables[name] = (table, keep)
+
+    def set_adapter(self, name: str) -> None:
+        """Bind the adapter's tensors to the LoRA inputs (addresses only, no copy)."""
+        if name == self.active_adapter:
+            return
+        if name not in self._lora_tables:
+            raise BackendError(f"adapter {name!r} was not prepared for this decoder")
+        b, f32 = self._binding, np.float32
+        for a_name, a_shape, a_addr, b_name, b_shape, b_addr in self._lora_tables[name][0]:
+            b.bind_input(a_name, "cpu", 0, f32, a_shape, a_addr)
+            b.bind_input(b_name, "cpu", 0, f32, b_shape, b_addr)
+        self.active_adapter = name
 
     # -- buffers the caller may fill before a step --------------------------------
     def embeds_buffer(self, t: int) -> np.ndarray:
@@ -161,5 +202,6 @@ class OrtDecoder:
 
     def close(self) -> None:
         self._binding = None
+        self._lora_tables.clear()
         self.session = None
         self.kv = None  # type: ignore[assignment]

@@ -13,6 +13,8 @@ Inputs
 | logits_index       | int64   | [L]                | rows of T whose logits are wanted                |
 | past_key.{i}       | float32 | [1, P, KVH, D]     | cached keys of layer i (rotary applied)          |
 | past_value.{i}     | float32 | [1, P, KVH, D]     | cached values of layer i                         |
+| lora.{i}.{m}.a     | float32 | [in, r]            | LoRA A^T of module m of layer i (LoRA variant)   |
+| lora.{i}.{m}.b     | float32 | [r, out]           | scale * LoRA B^T; rank-1 zeros = no adapter      |
 
 Outputs
 | name               | dtype   | shape              | meaning                                          |
@@ -21,6 +23,10 @@ Outputs
 | hidden_states      | float32 | [1, T, F]          | EAGLE features: final-norm output, F = H         |
 | present_key.{i}    | float32 | [1, T, KVH, D]     | keys of the T new tokens (rotary applied)        |
 | present_value.{i}  | float32 | [1, T, KVH, D]     | values of the T new tokens                       |
+
+Two variants share one weights file: ``decoder.onnx`` and
+``decoder_lora.onnx``, whose every projection m in (q, k, v, o, gate, up,
+down)_proj computes ``x @ W + (x @ a) @ b`` with r dynamic per slot.
 
 The runtime binds ``past_*`` to rows [0, P) and ``present_*`` to rows
 [P, P+T) of one [max_seq_len, KVH, D] buffer per layer, so new keys and values
@@ -31,42 +37,57 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 from onnx import TensorProto
 
 from ..models.llama import rope_inv_freq
 from ..models.spec import ModelWeights
-from .graph import GraphBuilder
+from ..lora import lora_input_names, module_shapes
+from .graph import GraphBuilder, WeightFile
 
 #: Additive mask value for dropped positions (finite in float16 too).
 MASK_VALUE = -65504.0
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
-def decoder_io_names(num_layers: int) -> Dict[str, List[str]]:
+def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = ()) -> Dict[str, List[str]]:
     """Input and output names of the decoder graph, in order."""
     ins = ["inputs_embeds", "position_ids", "attention_mask", "logits_index"]
     outs = ["logits", "hidden_states"]
     for i in range(num_layers):
         ins += [f"past_key.{i}", f"past_value.{i}"]
         outs += [f"present_key.{i}", f"present_value.{i}"]
+    for i in range(num_layers):
+        for m in lora_modules:
+            ins += list(lora_input_names(i, m))
     return {"inputs": ins, "outputs": outs}
 
 
 class _Decoder:
-    def __init__(self, weights: ModelWeights, g: GraphBuilder):
+    def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = ()):
         self.w, self.c, self.g = weights.tensors, weights.config, g
+        self.lora_modules = tuple(lora_modules)
+        self.lora_inputs: List[str] = []
 
     def linear(self, x: str, scope: str, name: str) -> str:
-        """x @ W^T (+ b); W stored transposed as [in, out]."""
+        """x @ W^T (+ b) (+ (x @ a) @ b for a LoRA slot); W stored as [in, out]."""
         g = self.g
         w = g.weight(f"model.{name}.weight", self.w[name + ".weight"].T)
         y = g.op("MatMul", [x, w], scope)
         bias = self.w.get(name + ".bias")
         if bias is not None:
             y = g.op("Add", [y, g.weight(f"model.{name}.bias", bias)], scope)
+        layer, module = int(name.split(".")[1]), name.rsplit(".", 1)[1]
+        if module in self.lora_modules:
+            n_in, n_out = module_shapes(self.c)[module]
+            a_name, b_name = lora_input_names(layer, module)
+            rank = f"lora_rank.{layer}.{module}"
+            self.lora_inputs += [g.input(a_name, F32, [n_in, rank]),
+                                 g.input(b_name, F32, [rank, n_out])]
+            low = g.op("MatMul", [x, a_name], f"{scope}/lora_a")
+            y = g.op("Add", [y, g.op("MatMul", [low, b_name], f"{scope}/lora_b")], f"{scope}/lora")
         return y
 
     def rms_norm(self, x: str, scope: str, name: str) -> str:
@@ -159,11 +180,17 @@ class _Decoder:
             g.output(v, f"present_value.{i}", F32, [1, "seq", KVH, D])
 
 
-def export_decoder(weights: ModelWeights, out_dir: str, name: str = "decoder") -> str:
-    """Write ``{name}.onnx`` (+ ``{name}.onnx.data``) into out_dir; return the path."""
+def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
+                   name: str = "decoder", lora_modules: Sequence[str] = ()) -> str:
+    """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
-    g = GraphBuilder("edgellm_decoder", data_path=path + ".data")
-    _Decoder(weights, g).build()
+    g = GraphBuilder(name, weights=weight_file)
+    dec = _Decoder(weights, g, lora_modules)
+    dec.build()
+    # LoRA inputs go after the KV inputs, as decoder_io_names lists them
+    order = {n: i for i, n in enumerate(decoder_io_names(weights.config.num_layers,
+                                                         lora_modules)["inputs"])}
+    g.inputs.sort(key=lambda v: order[v.name])
     g.save(path, doc=__doc__ or "")
     return path

@@ -8,7 +8,7 @@ data file written as the graph is built (no second in-memory copy).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -17,10 +17,36 @@ from onnx import TensorProto, helper, numpy_helper
 ALIGN = 4096
 
 
+class WeightFile:
+    """One external-data file shared by several graphs of an engine folder.
+
+    A weight stored once (by name) is referenced again, not rewritten, so the
+    decoder with and without LoRA slots share the same bytes on disk.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "wb")
+        self.index: Dict[str, Tuple[int, int]] = {}
+
+    def put(self, name: str, arr: np.ndarray) -> Tuple[int, int]:
+        if name not in self.index:
+            pad = (-self._f.tell()) % ALIGN
+            if pad:
+                self._f.write(b"\0" * pad)
+            offset = self._f.tell()
+            self._f.write(np.ascontiguousarray(arr).tobytes())
+            self.index[name] = (offset, arr.nbytes)
+        return self.index[name]
+
+    def close(self) -> None:
+        self._f.close()
+
+
 class GraphBuilder:
     """Accumulates nodes, initializers and I/O of one ONNX graph."""
 
-    def __init__(self, name: str, data_path: Optional[str] = None, opset: int = 17):
+    def __init__(self, name: str, weights: Optional[WeightFile] = None, opset: int = 17):
         self.name = name
         self.opset = opset
         self.nodes: List[onnx.NodeProto] = []
@@ -29,8 +55,7 @@ class GraphBuilder:
         self.outputs: List[onnx.ValueInfoProto] = []
         self._consts: Dict[Any, str] = {}
         self._names: Dict[str, int] = {}
-        self.data_path = data_path
-        self._data = open(data_path, "wb") if data_path else None
+        self._data = weights
 
     # -- naming -------------------------------------------------------------
     def _unique(self, base: str) -> str:
@@ -59,22 +84,17 @@ class GraphBuilder:
 
     def weight(self, name: str, arr: np.ndarray) -> str:
         """A large initializer, stored in the external data file when there is one."""
-        arr = np.ascontiguousarray(arr)
         if self._data is None or arr.nbytes < 1024:
-            self.inits.append(numpy_helper.from_array(arr, name))
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             return name
-        pad = (-self._data.tell()) % ALIGN
-        if pad:
-            self._data.write(b"\0" * pad)
-        offset = self._data.tell()
-        self._data.write(arr.tobytes())
+        offset, length = self._data.put(name, arr)
         t = TensorProto()
         t.name = name
         t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
         t.dims.extend(arr.shape)
         t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", os.path.basename(self.data_path or "")),
-                     ("offset", str(offset)), ("length", str(arr.nbytes))):
+        for k, v in (("location", os.path.basename(self._data.path)),
+                     ("offset", str(offset)), ("length", str(length))):
             e = t.external_data.add()
             e.key, e.value = k, v
         self.inits.append(t)
@@ -90,8 +110,6 @@ class GraphBuilder:
 
     # -- finish -------------------------------------------------------------
     def save(self, onnx_path: str, doc: str = "") -> onnx.ModelProto:
-        if self._data is not None:
-            self._data.close()
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                                   producer_name="edgellm_ros", doc_string=doc)

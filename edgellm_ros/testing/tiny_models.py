@@ -70,3 +70,28 @@ def write_tiny_model(folder: str, cfg: Dict, seed: int = 0, tokenizer_from: str 
                 with open(src, "rb") as s, open(os.path.join(folder, name), "wb") as d:
                     d.write(s.read())
     return folder
+
+
+def write_random_adapter(folder: str, model_cfg, layers, modules, r: int = 4, alpha: float = 8.0,
+                         seed: int = 0, scale: float = 0.05, use_rslora: bool = False) -> str:
+    """A PEFT LoRA folder with random A and B for the given layers and modules."""
+    from safetensors.numpy import save_file
+
+    from ..lora import module_shapes
+
+    rng = np.random.default_rng(seed)
+    shapes = module_shapes(model_cfg)
+    tensors = {}
+    for i in layers:
+        for m in modules:
+            n_in, n_out = shapes[m]
+            group = "self_attn" if m in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+            key = f"base_model.model.model.layers.{i}.{group}.{m}"
+            tensors[key + ".lora_A.weight"] = (rng.standard_normal((r, n_in)) * scale).astype(np.float32)
+            tensors[key + ".lora_B.weight"] = (rng.standard_normal((n_out, r)) * scale).astype(np.float32)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "adapter_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": list(modules),
+                   "use_rslora": use_rslora, "bias": "none"}, f)
+    save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
+    return folder

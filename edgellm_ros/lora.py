@@ -1,0 +1,154 @@
+"""LoRA adapters in PEFT format, preloaded once and switched by rebinding.
+
+An adapter folder holds ``adapter_config.json`` (r, lora_alpha, target_modules,
+use_rslora, optional layers_to_transform) and ``adapter_model.safetensors``
+(``...layers.{i}.self_attn.q_proj.lora_A.weight`` [r, in] and ``lora_B``
+[out, r]). We keep per module the graph's inputs directly:
+``a = lora_A^T`` [in, r] and ``b = scale * lora_B^T`` [r, out], with
+scale = alpha / r (alpha / sqrt(r) with rsLoRA). Modules an adapter does not
+touch bind shared rank-1 zero tensors, which add exactly zero.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ConfigError, ModelLoadError, UnknownAdapter
+from .models.spec import PROJECTIONS, ModelConfig
+
+_KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.\w+)?\.weight$")
+
+
+def module_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, int]]:
+    """(in, out) features of each projection of a layer."""
+    H, F, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    return {"q_proj": (H, cfg.num_heads * D), "k_proj": (H, cfg.num_kv_heads * D),
+            "v_proj": (H, cfg.num_kv_heads * D), "o_proj": (cfg.num_heads * D, H),
+            "gate_proj": (H, F), "up_proj": (H, F), "down_proj": (F, H)}
+
+
+def lora_input_names(layer: int, module: str) -> Tuple[str, str]:
+    return f"lora.{layer}.{module}.a", f"lora.{layer}.{module}.b"
+
+
+@dataclass
+class LoraAdapter:
+    """One adapter: graph-ready (a [in, r], b [r, out]) per (layer, module)."""
+
+    name: str
+    path: str
+    rank: int
+    weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
+
+
+def parse_adapter_spec(spec: str, base_dir: str = "") -> Tuple[str, str]:
+    """'name:path' -> (name, absolute path); relative paths resolve against base_dir."""
+    name, sep, path = spec.partition(":")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise ConfigError(f"lora_adapters entry {spec!r} is not 'name:path'")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"adapter name {name!r} may use letters, digits, '_', '.', '-' only")
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and base_dir:
+        path = os.path.join(base_dir, path)
+    return name, os.path.abspath(path)
+
+
+def load_adapter(name: str, path: str, cfg: ModelConfig, max_rank: int,
+                 modules: Sequence[str] = PROJECTIONS) -> LoraAdapter:
+    """Read and validate one PEFT folder against the model and the graph's slots."""
+    from safetensors.numpy import load_file
+
+    conf_path = os.path.join(path, "adapter_config.json")
+    st_path = os.path.join(path, "adapter_model.safetensors")
+    for p in (conf_path, st_path):
+        if not os.path.isfile(p):
+            raise ModelLoadError(f"adapter {name!r}: {p} is missing")
+    try:
+        with open(conf_path, encoding="utf-8") as f:
+            conf = json.load(f)
+        r = int(conf["r"])
+        alpha = float(conf.get("lora_alpha", r))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"adapter {name!r}: {conf_path} is invalid ({exc})") from exc
+    if not 1 <= r <= max_rank:
+        raise ModelLoadError(
+            f"adapter {name!r}: rank r={r} is outside [1, max_lora_rank={max_rank}]")
+    scale = alpha / math.sqrt(r) if conf.get("use_rslora") else alpha / r
+    try:
+        raw = load_file(st_path)
+    except Exception as exc:
+        raise ModelLoadError(f"adapter {name!r}: {st_path} is unreadable ({exc})") from exc
+    pairs: Dict[Tuple[int, str], Dict[str, np.ndarray]] = {}
+    for key, arr in raw.items():
+        m = _KEY.search(key)
+        if m is None:
+            raise ModelLoadError(f"adapter {name!r}: tensor {key!r} is not a LoRA A/B weight")
+        layer, module, ab = int(m.group(1)), m.group(2), m.group(3)
+        pairs.setdefault((layer, module), {})[ab] = np.asarray(arr, dtype=np.float32)
+    shapes = module_shapes(cfg)
+    weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]] = {}
+    for (layer, module), ab in sorted(pairs.items()):
+        where = f"adapter {name!r}: layers.{layer}.{module}"
+        if module not in modules:
+            raise ModelLoadError(f"{where}: the graph has no LoRA slot for {module} "
+                                 f"(exported modules: {', '.join(modules)})")
+        if not 0 <= layer < cfg.num_layers:
+            raise ModelLoadError(f"{where}: the model has {cfg.num_layers} layers")
+        if set(ab) != {"A", "B"}:
+            raise ModelLoadError(f"{where}: lora_A and lora_B must both be present")
+        n_in, n_out = shapes[module]
+        a, b = ab["A"], ab["B"]
+        if a.shape != (r, n_in) or b.shape != (n_out, r):
+            raise ModelLoadError(
+                f"{where}: shapes A{tuple(a.shape)} B{tuple(b.shape)} do not match "
+                f"A({r}, {n_in}) B({n_out}, {r})")
+        weights[(layer, module)] = (np.ascontiguousarray(a.T),
+                                    np.ascontiguousarray((b * scale).T.astype(np.float32)))
+    if not weights:
+        raise ModelLoadError(f"adapter {name!r}: {st_path} holds no LoRA weights")
+    return LoraAdapter(name=name, path=path, rank=r, weights=weights)
+
+
+class LoraRegistry:
+    """Adapters loaded at configure, by name ("" is the base model)."""
+
+    def __init__(self, adapters: Iterable[LoraAdapter] = ()):
+        self.adapters: Dict[str, LoraAdapter] = {}
+        for ad in adapters:
+            if ad.name in self.adapters or ad.name == "":
+                raise ConfigError(f"adapter name {ad.name!r} is used twice")
+            self.adapters[ad.name] = ad
+
+    @property
+    def names(self) -> List[str]:
+        return sorted(self.adapters)
+
+    def check(self, name: str) -> str:
+        """Return name when it is "" or loaded; else UnknownAdapter listing the loaded ones."""
+        if name != "" and name not in self.adapters:
+            loaded = ", ".join(self.names) or "none"
+            raise UnknownAdapter(f"unknown LoRA adapter {name!r}; loaded adapters: {loaded}")
+        return name
+
+
+def merged_weights(tensors: Dict[str, np.ndarray], adapter: LoraAdapter) -> Dict[str, np.ndarray]:
+    """Base weights with W + scale * B @ A merged in (the test oracle)."""
+    out = dict(tensors)
+    for (layer, module), (a, b) in adapter.weights.items():
+        group = "self_attn" if module in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
+        key = f"layers.{layer}.{group}.{module}.weight"
+        out[key] = tensors[key] + (a @ b).T  # [out, in]
+    return out
