@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import EngineConfig, GenerationRequest
-from .engine_dir import ensure_engine, read_manifest
+from .engine_dir import ensure_engine, graph_name, read_manifest
 from .errors import BackendUnavailable, ModelLoadError
 from .generation import GenerationResult, Generator, TokenEvent
 from .models.spec import ModelConfig
@@ -90,12 +90,10 @@ class Engine:
                 f"{len(adapters[-1].weights)} modules, {adapters[-1].nbytes / 2**20:.2f} MiB)")
         registry = LoraRegistry(adapters)
         registry.check(config.lora)
-        graph, slots = "decoder.onnx", []
-        if adapters:
-            graph = "decoder_lora.onnx"
-            mods = manifest["graphs"]["decoder_lora"]["lora_modules"]
-            slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
-        decoder = OrtDecoder(os.path.join(folder, graph), mcfg, np.asarray(embeddings),
+        graph = graph_name(lora=bool(adapters), eagle3=False)
+        mods = manifest["graphs"][graph]["lora_modules"]
+        slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
+        decoder = OrtDecoder(os.path.join(folder, graph + ".onnx"), mcfg, np.asarray(embeddings),
                              config.max_seq_len, chunk, config.num_threads, lora_slots=slots)
         for ad in adapters:
             decoder.add_adapter(ad.name, ad.weights)

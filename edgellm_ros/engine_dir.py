@@ -5,6 +5,9 @@ Layout::
     manifest.json        model config, graph I/O, dtype, source hash, versions
     decoder.onnx         the decoder graph (export/decoder.py)
     decoder_lora.onnx    the same with LoRA inputs on every projection
+    decoder_eagle3.onnx, decoder_eagle3_lora.onnx
+                         the same two whose hidden_states are EAGLE-3 features
+                         (the outputs of manifest["feature_layers"] concatenated)
     weights.data         the weights both graphs reference
     embeddings.npy       [V, H] float32 token embeddings (looked up by the runtime)
     tokenizer.json, tokenizer_config.json
@@ -23,17 +26,23 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from .errors import ModelLoadError
 from .export.decoder import decoder_io_names, export_decoder
 from .export.graph import WeightFile
+from .models.eagle import default_target_layers
 from .models.spec import PROJECTIONS
 
 #: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 3
+EXPORT_FORMAT = 4
+
+
+def graph_name(lora: bool, eagle3: bool) -> str:
+    """File stem of the decoder variant."""
+    return "decoder" + ("_eagle3" if eagle3 else "") + ("_lora" if lora else "")
 MANIFEST = "manifest.json"
 
 
@@ -66,9 +75,11 @@ def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
         return None
 
 
-def is_current(folder: str, digest: str) -> bool:
+def is_current(folder: str, digest: str, feature_layers: Optional[Sequence[int]] = None) -> bool:
     m = read_manifest(folder)
-    return bool(m) and m.get("source_hash") == digest and m.get("format") == EXPORT_FORMAT
+    if not m or m.get("source_hash") != digest or m.get("format") != EXPORT_FORMAT:
+        return False
+    return feature_layers is None or list(m.get("feature_layers", [])) == list(feature_layers)
 
 
 def load_tokenizer_for(weights: Any) -> Any:
@@ -84,7 +95,8 @@ def load_tokenizer_for(weights: Any) -> Any:
 
 
 def export_engine(source: str, folder: str, digest: str,
-                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+                  log: Callable[[str], None] = print,
+                  feature_layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Load the model at ``source`` and write a complete engine folder."""
     from .loaders import load_model
     t0 = time.perf_counter()
@@ -96,10 +108,21 @@ def export_engine(source: str, folder: str, digest: str,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
+        layers = list(feature_layers if feature_layers is not None
+                      else default_target_layers(weights.config.num_layers))
+        graphs = {}
         wf = WeightFile(os.path.join(tmp, "weights.data"))
         try:
-            export_decoder(weights, tmp, wf)
-            export_decoder(weights, tmp, wf, name="decoder_lora", lora_modules=PROJECTIONS)
+            for lora in (False, True):
+                for eagle3 in (False, True):
+                    name = graph_name(lora, eagle3)
+                    mods = PROJECTIONS if lora else ()
+                    export_decoder(weights, tmp, wf, name=name, lora_modules=mods,
+                                   feature_layers=layers if eagle3 else ())
+                    graphs[name] = {"file": f"{name}.onnx", "dtype": "float32",
+                                    "lora_modules": list(mods),
+                                    "feature_layers": layers if eagle3 else [],
+                                    **decoder_io_names(weights.config.num_layers, mods)}
         finally:
             wf.close()
         np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])
@@ -109,13 +132,8 @@ def export_engine(source: str, folder: str, digest: str,
             "source": source,
             "source_hash": digest,
             "model": weights.config.to_dict(),
-            "graphs": {
-                "decoder": {"file": "decoder.onnx", "dtype": "float32",
-                            **decoder_io_names(weights.config.num_layers)},
-                "decoder_lora": {"file": "decoder_lora.onnx", "dtype": "float32",
-                                 "lora_modules": list(PROJECTIONS),
-                                 **decoder_io_names(weights.config.num_layers, PROJECTIONS)},
-            },
+            "graphs": graphs,
+            "feature_layers": layers,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
@@ -130,8 +148,8 @@ def export_engine(source: str, folder: str, digest: str,
     return manifest
 
 
-def ensure_engine(model: str, engine_dir: str = "",
-                  log: Callable[[str], None] = print) -> str:
+def ensure_engine(model: str, engine_dir: str = "", log: Callable[[str], None] = print,
+                  feature_layers: Optional[Sequence[int]] = None) -> str:
     """Return an up-to-date engine folder for ``model``, exporting when needed."""
     from .loaders import resolve_model_source
 
@@ -139,7 +157,7 @@ def ensure_engine(model: str, engine_dir: str = "",
     digest = source_hash(source)
     folder = os.path.abspath(os.path.expanduser(engine_dir)) if engine_dir else \
         default_engine_dir(source, digest)
-    if is_current(folder, digest):
+    if is_current(folder, digest, feature_layers):
         log(f"engine {folder} is current")
         return folder
     if os.path.exists(folder) and not os.path.exists(os.path.join(folder, MANIFEST)) \
@@ -147,5 +165,5 @@ def ensure_engine(model: str, engine_dir: str = "",
         raise ModelLoadError(
             f"engine_dir {folder} exists, is not empty and holds no {MANIFEST}: "
             "refusing to overwrite it")
-    export_engine(source, folder, digest, log)
+    export_engine(source, folder, digest, log, feature_layers)
     return folder

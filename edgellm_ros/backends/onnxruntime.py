@@ -62,7 +62,9 @@ class OrtDecoder:
         self._mask = np.zeros(max_chunk * max_seq_len, np.float32)            # [T * S]
         self._lidx = np.zeros(max_chunk, np.int64)                            # [L]
         self._logits = np.zeros((max_chunk, c.vocab_size), np.float32)        # [L, V]
-        self._hidden = np.zeros((max_chunk, c.hidden_size), np.float32)       # [T, H]
+        feat = {o.name: o.shape for o in self.session.get_outputs()}["hidden_states"][-1]
+        self.feature_size = int(feat)                                         # F
+        self._hidden = np.zeros((max_chunk, self.feature_size), np.float32)   # [T, F]
         # upper triangle of MASK_VALUE: row j of a chunk drops new rows > j
         self._tri = np.triu(np.full((max_chunk, max_chunk), MASK_VALUE, np.float32), 1)
         self._binding = self.session.io_binding()
@@ -186,7 +188,7 @@ class OrtDecoder:
         b.bind_input("attention_mask", "cpu", 0, f32, (1, 1, t, p + t), a["_mask"])
         b.bind_input("logits_index", "cpu", 0, i64, (n_logits,), a["_lidx"])
         b.bind_output("logits", "cpu", 0, f32, (n_logits, c.vocab_size), a["_logits"])
-        b.bind_output("hidden_states", "cpu", 0, f32, (1, t, c.hidden_size), a["_hidden"])
+        b.bind_output("hidden_states", "cpu", 0, f32, (1, t, self.feature_size), a["_hidden"])
         offset = p * self.kv.row_nbytes
         past_shape = (1, p) + self._kv_shape
         new_shape = (1, t) + self._kv_shape

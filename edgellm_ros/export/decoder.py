@@ -20,7 +20,8 @@ Outputs
 | name               | dtype   | shape              | meaning                                          |
 |--------------------|---------|--------------------|--------------------------------------------------|
 | logits             | float32 | [L, V]             | LM head on the rows named by logits_index        |
-| hidden_states      | float32 | [1, T, F]          | EAGLE features: final-norm output, F = H         |
+| hidden_states      | float32 | [1, T, F]          | EAGLE features: final-norm output (F = H), or the|
+|                    |         |                    | outputs of feature_layers concatenated (F = 3H)  |
 | present_key.{i}    | float32 | [1, T, KVH, D]     | keys of the T new tokens (rotary applied)        |
 | present_value.{i}  | float32 | [1, T, KVH, D]     | values of the T new tokens                       |
 
@@ -66,9 +67,11 @@ def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = ()) -> Dict[
 
 
 class _Decoder:
-    def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = ()):
+    def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
+                 feature_layers: Sequence[int] = ()):
         self.w, self.c, self.g = weights.tensors, weights.config, g
         self.lora_modules = tuple(lora_modules)
+        self.feature_layers = tuple(feature_layers)
         self.lora_inputs: List[str] = []
 
     def linear(self, x: str, scope: str, name: str) -> str:
@@ -130,6 +133,7 @@ class _Decoder:
         scale = g.const(1.0 / math.sqrt(D), np.float32)
 
         presents = []
+        layer_out = []
         for i in range(c.num_layers):
             L, n = f"/model/layers.{i}", f"layers.{i}"
             h = self.rms_norm(x, f"{L}/input_layernorm", f"{n}.input_layernorm.weight")
@@ -167,6 +171,7 @@ class _Decoder:
             up = self.linear(h, f"{M}/up_proj", f"{n}.mlp.up_proj")
             down = self.linear(g.op("Mul", [gate, up], M), f"{M}/down_proj", f"{n}.mlp.down_proj")
             x = g.op("Add", [x, down], L)
+            layer_out.append(x)
 
         hidden = self.rms_norm(x, "/model/norm", "norm.weight")                # [1, T, H]
         picked = g.op("Gather", [hidden, lidx], "/model/lm_head", axis=1)       # [1, L, H]
@@ -174,19 +179,25 @@ class _Decoder:
         logits = g.op("MatMul", [picked, g.weight("lm_head.weight", head.T)], "/model/lm_head")
         logits = g.op("Squeeze", [logits, g.const([0])], "/model/lm_head")      # [L, V]
         g.output(logits, "logits", F32, ["num_logits", c.vocab_size])
-        g.output(hidden, "hidden_states", F32, [1, "seq", H])
+        if self.feature_layers:   # EAGLE-3 features: residual stream after chosen layers
+            feats = g.op("Concat", [layer_out[i] for i in self.feature_layers], "/model/features",
+                         axis=-1)
+            g.output(feats, "hidden_states", F32, [1, "seq", H * len(self.feature_layers)])
+        else:
+            g.output(hidden, "hidden_states", F32, [1, "seq", H])
         for i, (k, v) in enumerate(presents):
             g.output(k, f"present_key.{i}", F32, [1, "seq", KVH, D])
             g.output(v, f"present_value.{i}", F32, [1, "seq", KVH, D])
 
 
 def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
-                   name: str = "decoder", lora_modules: Sequence[str] = ()) -> str:
+                   name: str = "decoder", lora_modules: Sequence[str] = (),
+                   feature_layers: Sequence[int] = ()) -> str:
     """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
     g = GraphBuilder(name, weights=weight_file)
-    dec = _Decoder(weights, g, lora_modules)
+    dec = _Decoder(weights, g, lora_modules, feature_layers)
     dec.build()
     # LoRA inputs go after the KV inputs, as decoder_io_names lists them
     order = {n: i for i, n in enumerate(decoder_io_names(weights.config.num_layers,

@@ -66,6 +66,8 @@ class LlamaReference:
         self.cfg = weights.config
         self.lm_head = weights.lm_head()  # [V, H]
         self.inv_freq = rope_inv_freq(self.cfg)  # [D/2]
+        # residual stream after each layer of the last forward (EAGLE-3 features)
+        self.layer_outputs: List[np.ndarray] = []
 
     def embed(self, ids: np.ndarray) -> np.ndarray:
         return self.w["embed_tokens.weight"][np.asarray(ids)]  # [T, H]
@@ -94,6 +96,7 @@ class LlamaReference:
         g = c.num_heads // c.num_kv_heads
         x = embeds.astype(np.float32)
         new_kv = []
+        self.layer_outputs = []
         for i in range(c.num_layers):
             pre = f"layers.{i}."
             h = rms_norm(x, self.w[pre + "input_layernorm.weight"], c.rms_norm_eps)
@@ -114,6 +117,7 @@ class LlamaReference:
             h = rms_norm(x, self.w[pre + "post_attention_layernorm.weight"], c.rms_norm_eps)
             gate = silu(self._linear(h, pre + "mlp.gate_proj"))
             x = x + self._linear(gate * self._linear(h, pre + "mlp.up_proj"), pre + "mlp.down_proj")
+            self.layer_outputs.append(x)
         hidden = rms_norm(x, self.w["norm.weight"], c.rms_norm_eps)   # [T, H]
         return hidden @ self.lm_head.T, hidden, new_kv
 
