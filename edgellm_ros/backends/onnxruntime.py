@@ -44,77 +44,48 @@ def make_session(onnx_path: str, num_threads: int = 0) -> Any:
         raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load it ({exc})") from exc
 
 
-class OrtDecoder:
-    """Runs decoder steps on preallocated, address-bound buffers."""
+class _BoundStep:
+    """Shared machinery of a graph step on preallocated, address-bound buffers.
 
-    def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
-                 max_seq_len: int, max_chunk: int, num_threads: int = 0,
-                 lora_slots: Sequence[Tuple[int, str]] = ()):
-        self.config = config
+    Inputs every step graph has: inputs_embeds [1, T, H], position_ids [1, T],
+    attention_mask [1, 1, T, P+T], logits_index [L]; outputs: logits [L, V'],
+    a hidden output [1, T, F] and per-layer present K/V written into a
+    KVCache of ``layers`` layers.
+    """
+
+    hidden_output = "hidden_states"
+
+    def __init__(self, onnx_path: str, hidden_size: int, vocab: int, layers: int, kv_heads: int,
+                 head_dim: int, embeddings: np.ndarray, max_seq_len: int, max_chunk: int,
+                 num_threads: int = 0):
         self.max_seq_len = max_seq_len
         self.max_chunk = max_chunk
         self.session = make_session(onnx_path, num_threads)
         self.embeddings = embeddings                                         # [V, H]
-        c = config
-        self.kv = KVCache(c.num_layers, max_seq_len, c.num_kv_heads, c.head_dim)
-        self._embeds = np.zeros((max_chunk, c.hidden_size), np.float32)       # [T, H]
+        self.kv = KVCache(layers, max_seq_len, kv_heads, head_dim)
+        self._embeds = np.zeros((max_chunk, hidden_size), np.float32)        # [T, H]
         self._pos = np.zeros(max_chunk, np.int64)                             # [T]
         self._mask = np.zeros(max_chunk * max_seq_len, np.float32)            # [T * S]
         self._lidx = np.zeros(max_chunk, np.int64)                            # [L]
-        self._logits = np.zeros((max_chunk, c.vocab_size), np.float32)        # [L, V]
-        feat = {o.name: o.shape for o in self.session.get_outputs()}["hidden_states"][-1]
+        self._logits = np.zeros((max_chunk, vocab), np.float32)               # [L, V']
+        feat = {o.name: o.shape for o in self.session.get_outputs()}[self.hidden_output][-1]
         self.feature_size = int(feat)                                         # F
         self._hidden = np.zeros((max_chunk, self.feature_size), np.float32)   # [T, F]
         # upper triangle of MASK_VALUE: row j of a chunk drops new rows > j
         self._tri = np.triu(np.full((max_chunk, max_chunk), MASK_VALUE, np.float32), 1)
         self._binding = self.session.io_binding()
-        self._kv_shape = (c.num_kv_heads, c.head_dim)
+        self._kv_shape = (kv_heads, head_dim)
+        self._width = (hidden_size, vocab)
         # addresses are read once: binding is then integer arithmetic only
         self._addr = {n: getattr(self, n).ctypes.data for n in
                       ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
-        self._kv_addr = [(f"past_key.{i}", f"past_value.{i}", f"present_key.{i}",
-                          f"present_value.{i}", k.ctypes.data, v.ctypes.data)
+        self._kv_addr = [self.kv_names(i) + (k.ctypes.data, v.ctypes.data)
                          for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
-        # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
-        self.lora_slots = list(lora_slots)
-        self._lora_tables: Dict[str, Tuple[list, list]] = {}
-        self._lora_zeros: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
-        self.active_adapter: Optional[str] = None
-        if self.lora_slots:
-            self.add_adapter("", {})
-            self.set_adapter("")
 
-    # -- LoRA ----------------------------------------------------------------------
-    def add_adapter(self, name: str, weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
-        """Prepare the binding table of an adapter whose tensors are preloaded."""
-        from ..lora import lora_input_names, module_shapes
-        shapes = module_shapes(self.config)
-        table, keep = [], []
-        for layer, module in self.lora_slots:
-            pair = weights.get((layer, module))
-            if pair is None:
-                n_in, n_out = shapes[module]
-                if (n_in, n_out) not in self._lora_zeros:
-                    self._lora_zeros[(n_in, n_out)] = (np.zeros((n_in, 1), np.float32),
-                                                       np.zeros((1, n_out), np.float32))
-                pair = self._lora_zeros[(n_in, n_out)]
-            a, b = pair
-            a_name, b_name = lora_input_names(layer, module)
-            table.append((a_name, a.shape, a.ctypes.data, b_name, b.shape, b.ctypes.data))
-            keep.append(pair)
-        self._lora_tables[name] = (table, keep)
-
-    def set_adapter(self, name: str) -> None:
-        """Bind the adapter's tensors to the LoRA inputs (addresses only, no copy)."""
-        if name == self.active_adapter:
-            return
-        if name not in self._lora_tables:
-            raise BackendError(f"adapter {name!r} was not prepared for this decoder")
-        b, f32 = self._binding, np.float32
-        for a_name, a_shape, a_addr, b_name, b_shape, b_addr in self._lora_tables[name][0]:
-            b.bind_input(a_name, "cpu", 0, f32, a_shape, a_addr)
-            b.bind_input(b_name, "cpu", 0, f32, b_shape, b_addr)
-        self.active_adapter = name
+    @staticmethod
+    def kv_names(layer: int) -> Tuple[str, str, str, str]:
+        return (f"past_key.{layer}", f"past_value.{layer}", f"present_key.{layer}",
+                f"present_value.{layer}")
 
     # -- buffers the caller may fill before a step --------------------------------
     def embeds_buffer(self, t: int) -> np.ndarray:
@@ -123,12 +94,12 @@ class OrtDecoder:
 
     @property
     def hidden(self) -> np.ndarray:
+        """[max_chunk, F] hidden output of the last step (rows [0, T) valid)."""
         return self._hidden
 
     def buffer_addresses(self) -> dict:
         """Data addresses of every bound buffer (tests prove they never change)."""
-        out = {n: getattr(self, n).ctypes.data for n in
-               ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
+        out = dict(self._addr)
         for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values)):
             out[f"k{i}"], out[f"v{i}"] = k.ctypes.data, v.ctypes.data
         return out
@@ -179,16 +150,20 @@ class OrtDecoder:
         self._run(p, t, n_logits)
         return self._logits[:n_logits]
 
+    def _bind_extra(self, t: int) -> None:
+        """Subclasses bind their own extra inputs here."""
+
     def _run(self, p: int, t: int, n_logits: int) -> None:
         b, a = self._binding, self._addr
-        c = self.config
+        hsize, vocab = self._width
         f32, i64 = np.float32, np.int64
-        b.bind_input("inputs_embeds", "cpu", 0, f32, (1, t, c.hidden_size), a["_embeds"])
+        b.bind_input("inputs_embeds", "cpu", 0, f32, (1, t, hsize), a["_embeds"])
         b.bind_input("position_ids", "cpu", 0, i64, (1, t), a["_pos"])
         b.bind_input("attention_mask", "cpu", 0, f32, (1, 1, t, p + t), a["_mask"])
         b.bind_input("logits_index", "cpu", 0, i64, (n_logits,), a["_lidx"])
-        b.bind_output("logits", "cpu", 0, f32, (n_logits, c.vocab_size), a["_logits"])
-        b.bind_output("hidden_states", "cpu", 0, f32, (1, t, self.feature_size), a["_hidden"])
+        b.bind_output("logits", "cpu", 0, f32, (n_logits, vocab), a["_logits"])
+        b.bind_output(self.hidden_output, "cpu", 0, f32, (1, t, self.feature_size), a["_hidden"])
+        self._bind_extra(t)
         offset = p * self.kv.row_nbytes
         past_shape = (1, p) + self._kv_shape
         new_shape = (1, t) + self._kv_shape
@@ -204,6 +179,86 @@ class OrtDecoder:
 
     def close(self) -> None:
         self._binding = None
-        self._lora_tables.clear()
         self.session = None
         self.kv = None  # type: ignore[assignment]
+
+
+class OrtDecoder(_BoundStep):
+    """The base model's decoder graph, with optional LoRA slots."""
+
+    def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
+                 max_seq_len: int, max_chunk: int, num_threads: int = 0,
+                 lora_slots: Sequence[Tuple[int, str]] = ()):
+        c = self.config = config
+        super().__init__(onnx_path, c.hidden_size, c.vocab_size, c.num_layers, c.num_kv_heads,
+                         c.head_dim, embeddings, max_seq_len, max_chunk, num_threads)
+        # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
+        self.lora_slots = list(lora_slots)
+        self._lora_tables: Dict[str, Tuple[list, list]] = {}
+        self._lora_zeros: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
+        self.active_adapter: Optional[str] = None
+        if self.lora_slots:
+            self.add_adapter("", {})
+            self.set_adapter("")
+
+    # -- LoRA ----------------------------------------------------------------------
+    def add_adapter(self, name: str, weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Prepare the binding table of an adapter whose tensors are preloaded."""
+        from ..lora import lora_input_names, module_shapes
+        shapes = module_shapes(self.config)
+        table, keep = [], []
+        for layer, module in self.lora_slots:
+            pair = weights.get((layer, module))
+            if pair is None:
+                n_in, n_out = shapes[module]
+                if (n_in, n_out) not in self._lora_zeros:
+                    self._lora_zeros[(n_in, n_out)] = (np.zeros((n_in, 1), np.float32),
+                                                       np.zeros((1, n_out), np.float32))
+                pair = self._lora_zeros[(n_in, n_out)]
+            a, b = pair
+            a_name, b_name = lora_input_names(layer, module)
+            table.append((a_name, a.shape, a.ctypes.data, b_name, b.shape, b.ctypes.data))
+            keep.append(pair)
+        self._lora_tables[name] = (table, keep)
+
+    def set_adapter(self, name: str) -> None:
+        """Bind the adapter's tensors to the LoRA inputs (addresses only, no copy)."""
+        if name == self.active_adapter:
+            return
+        if name not in self._lora_tables:
+            raise BackendError(f"adapter {name!r} was not prepared for this decoder")
+        b, f32 = self._binding, np.float32
+        for a_name, a_shape, a_addr, b_name, b_shape, b_addr in self._lora_tables[name][0]:
+            b.bind_input(a_name, "cpu", 0, f32, a_shape, a_addr)
+            b.bind_input(b_name, "cpu", 0, f32, b_shape, b_addr)
+        self.active_adapter = name
+
+    def close(self) -> None:
+        if self._lora_tables:
+            self._lora_tables.clear()
+        super().close()
+
+
+class OrtDraft(_BoundStep):
+    """An EAGLE draft step graph: one layer, its own KV cache, a hidden_in input."""
+
+    hidden_output = "hidden_out"
+
+    @staticmethod
+    def kv_names(layer: int) -> Tuple[str, str, str, str]:
+        return ("past_key", "past_value", "present_key", "present_value")
+
+    def __init__(self, onnx_path: str, cfg: Any, vocab: int, embeddings: np.ndarray,
+                 max_seq_len: int, max_chunk: int, num_threads: int = 0):
+        super().__init__(onnx_path, cfg.hidden_size, vocab, 1, cfg.num_kv_heads, cfg.head_dim,
+                         embeddings, max_seq_len, max_chunk, num_threads)
+        self._hidden_in = np.zeros((max_chunk, cfg.hidden_size), np.float32)  # [T, H]
+        self._addr["_hidden_in"] = self._hidden_in.ctypes.data
+
+    def hidden_in_buffer(self, t: int) -> np.ndarray:
+        """[t, H] view of the hidden_in input, filled by the caller before forward()."""
+        return self._hidden_in[:t]
+
+    def _bind_extra(self, t: int) -> None:
+        self._binding.bind_input("hidden_in", "cpu", 0, np.float32, (1, t, self._width[0]),
+                                 self._addr["_hidden_in"])

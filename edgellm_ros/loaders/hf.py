@@ -20,6 +20,7 @@ from ..models.spec import ModelConfig, ModelWeights
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
+_INT_DTYPES = {"I64": np.int64, "I32": np.int32, "BOOL": np.bool_, "U8": np.uint8}
 
 
 def config_from_hf(cfg: Dict[str, Any], folder: str) -> ModelConfig:
@@ -78,6 +79,8 @@ def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
             arr = (buf.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
         elif info["dtype"] in _NP_DTYPES:
             arr = buf.view(_NP_DTYPES[info["dtype"]]).astype(np.float32)
+        elif info["dtype"] in _INT_DTYPES:  # e.g. EAGLE-3 d2t / t2d maps
+            arr = np.array(buf.view(_INT_DTYPES[info["dtype"]]))
         else:
             raise ModelLoadError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         out[name] = arr.reshape(shape)

@@ -95,3 +95,51 @@ def write_random_adapter(folder: str, model_cfg, layers, modules, r: int = 4, al
                    "use_rslora": use_rslora, "bias": "none"}, f)
     save_file(tensors, os.path.join(folder, "adapter_model.safetensors"))
     return folder
+
+
+def write_random_draft(folder: str, base_cfg, layout: str = "eagle3", seed: int = 0,
+                       draft_vocab: int = 0, target_layer_ids=None, scale: float = 0.05) -> str:
+    """A randomly initialised EAGLE-3 or EAGLE-1 checkpoint for ``base_cfg``."""
+    from safetensors.numpy import save_file
+
+    from ..models.eagle import default_target_layers
+
+    rng = np.random.default_rng(seed)
+    H, NH, KVH, D = base_cfg.hidden_size, base_cfg.num_heads, base_cfg.num_kv_heads, base_cfg.head_dim
+    F, V = base_cfg.intermediate_size, base_cfg.vocab_size
+
+    def w(*shape: int, s: float = scale) -> np.ndarray:
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    cfg = {"architectures": ["LlamaForCausalLMEagle3" if layout == "eagle3" else "EagleModel"],
+           "model_type": "llama", "hidden_size": H, "num_attention_heads": NH,
+           "num_key_value_heads": KVH, "head_dim": D, "intermediate_size": F,
+           "num_hidden_layers": 1, "rms_norm_eps": base_cfg.rms_norm_eps,
+           "rope_theta": base_cfg.rope_theta, "vocab_size": V}
+    if layout == "eagle3":
+        vd = draft_vocab or min(V, 1024)
+        layers = list(target_layer_ids or default_target_layers(base_cfg.num_layers))
+        base_ids = np.sort(rng.choice(V, vd, replace=False)).astype(np.int64)
+        p = "midlayer."
+        t = {"fc.weight": w(H, 3 * H), p + "input_layernorm.weight": 1 + w(H),
+             p + "hidden_norm.weight": 1 + w(H), "norm.weight": 1 + w(H),
+             "lm_head.weight": w(vd, H, s=0.5), "d2t": base_ids - np.arange(vd),
+             p + "self_attn.q_proj.weight": w(NH * D, 2 * H),
+             p + "self_attn.k_proj.weight": w(KVH * D, 2 * H),
+             p + "self_attn.v_proj.weight": w(KVH * D, 2 * H)}
+        cfg.update({"draft_vocab_size": vd, "target_hidden_size": H, "target_layer_ids": layers})
+    else:
+        p = "layers.0."
+        t = {"fc.weight": w(H, 2 * H), "fc.bias": w(H),
+             p + "self_attn.q_proj.weight": w(NH * D, H),
+             p + "self_attn.k_proj.weight": w(KVH * D, H),
+             p + "self_attn.v_proj.weight": w(KVH * D, H)}
+    t.update({p + "self_attn.o_proj.weight": w(H, NH * D),
+              p + "post_attention_layernorm.weight": 1 + w(H),
+              p + "mlp.gate_proj.weight": w(F, H), p + "mlp.up_proj.weight": w(F, H),
+              p + "mlp.down_proj.weight": w(H, F)})
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(cfg, f, indent=1)
+    save_file(t, os.path.join(folder, "model.safetensors"))
+    return folder

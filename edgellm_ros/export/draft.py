@@ -1,0 +1,137 @@
+"""ONNX export of an EAGLE draft step (batch 1); same op set as the decoder.
+
+``draft.onnx``
+| name            | dtype   | shape          | meaning                                            |
+|-----------------|---------|----------------|----------------------------------------------------|
+| inputs_embeds   | float32 | [1, T, H]      | base embeddings of the tokens                      |
+| hidden_in       | float32 | [1, T, H]      | EAGLE-3: fc(features) or the parent's hidden_out;  |
+|                 |         |                | EAGLE-1: the base feature or the parent's output   |
+| position_ids    | int64   | [1, T]         | rotary positions                                   |
+| attention_mask  | float32 | [1, 1, T, P+T] | additive (causal, or the tree mask)                |
+| logits_index    | int64   | [L]            | rows whose logits are wanted                       |
+| past_key/value  | float32 | [1, P, KVH, D] | the draft's own KV cache rows [0, P)               |
+| logits (out)    | float32 | [L, Vd]        | over the draft vocabulary (EAGLE-1: Vd = V)        |
+| hidden_out      | float32 | [1, T, H]      | the next step's hidden_in                          |
+| present_key/value (out) | float32 | [1, T, KVH, D] | rows [P, P+T) of the draft cache           |
+
+``draft_fc.onnx`` (EAGLE-3 only): features [1, T, F] -> hidden [1, T, H].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Dict
+
+import numpy as np
+from onnx import TensorProto
+
+from ..models.eagle import DraftConfig
+from ..models.llama import rope_inv_freq
+from ..models.spec import ModelWeights
+from .decoder import _Decoder
+from .graph import GraphBuilder, WeightFile
+
+F32, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+class _Draft(_Decoder):
+    def __init__(self, cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
+                 g: GraphBuilder):
+        weights = ModelWeights(cfg.rope(), w, "draft")
+        super().__init__(weights, g)
+        self.d, self.base_head = cfg, base_head
+
+    def proj(self, x: str, scope: str, name: str) -> str:
+        return self.g.op("MatMul", [x, self.g.weight("draft." + name, self.w[name].T)], scope)
+
+    def build(self) -> None:
+        g, d = self.g, self.d
+        H, NH, KVH, D = d.hidden_size, d.num_heads, d.num_kv_heads, d.head_dim
+        G = NH // KVH
+        p = "midlayer." if d.layout == "eagle3" else "layers.0."
+        emb = g.input("inputs_embeds", F32, [1, "seq", H])
+        hid = g.input("hidden_in", F32, [1, "seq", H])
+        pos = g.input("position_ids", I64, [1, "seq"])
+        mask = g.input("attention_mask", F32, [1, 1, "seq", "total"])
+        lidx = g.input("logits_index", I64, ["num_logits"])
+        pk = g.input("past_key", F32, [1, "past", KVH, D])
+        pv = g.input("past_value", F32, [1, "past", KVH, D])
+        S = "/draft"
+        if d.layout == "eagle3":
+            e = self.rms_norm(emb, f"{S}/input_layernorm", p + "input_layernorm.weight")
+            h = self.rms_norm(hid, f"{S}/hidden_norm", p + "hidden_norm.weight")
+            x = g.op("Concat", [e, h], S, axis=-1)                               # [1, T, 2H]
+            residual = hid
+        else:
+            x = g.op("Concat", [emb, hid], S, axis=-1)                           # [1, T, 2H]
+            x = g.op("Add", [self.proj(x, f"{S}/fc", "fc.weight"),
+                             g.weight("draft.fc.bias", self.w["fc.bias"])], f"{S}/fc")
+            residual = x
+        ang = g.op("Unsqueeze", [g.op("Cast", [pos], S, to=F32), g.const([-1])], S)
+        ang = g.op("Mul", [ang, g.const(rope_inv_freq(d.rope()), np.float32)], S)
+        ang = g.op("Concat", [ang, ang], S, axis=-1)
+        cos = g.op("Unsqueeze", [g.op("Cos", [ang], S), g.const([2])], S)
+        sin = g.op("Unsqueeze", [g.op("Sin", [ang], S), g.const([2])], S)
+        A = f"{S}/attn"
+        q = g.op("Reshape", [self.proj(x, f"{A}/q_proj", p + "self_attn.q_proj.weight"),
+                             g.const([0, 0, NH, D])], A)
+        k = g.op("Reshape", [self.proj(x, f"{A}/k_proj", p + "self_attn.k_proj.weight"),
+                             g.const([0, 0, KVH, D])], A)
+        v = g.op("Reshape", [self.proj(x, f"{A}/v_proj", p + "self_attn.v_proj.weight"),
+                             g.const([0, 0, KVH, D])], A)
+        q = self.rotate(q, cos, sin, f"{A}/q_rotary")
+        k = self.rotate(k, cos, sin, f"{A}/k_rotary")
+        k_all = g.op("Concat", [pk, k], A, axis=1)
+        v_all = g.op("Concat", [pv, v], A, axis=1)
+        q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D), np.float32)], A)
+        q = g.op("Transpose", [g.op("Reshape", [q, g.const([0, 0, KVH, G, D])], A)], A,
+                 perm=[0, 2, 3, 1, 4])                                          # [1, KVH, G, T, D]
+        kt = g.op("Unsqueeze", [g.op("Transpose", [k_all], A, perm=[0, 2, 3, 1]), g.const([2])], A)
+        probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, kt], A), mask], A)], A, axis=-1)
+        vt = g.op("Unsqueeze", [g.op("Transpose", [v_all], A, perm=[0, 2, 1, 3]), g.const([2])], A)
+        att = g.op("Transpose", [g.op("MatMul", [probs, vt], A)], A, perm=[0, 3, 1, 2, 4])
+        att = g.op("Reshape", [att, g.const([0, 0, NH * D])], A)
+        a = g.op("Add", [residual, self.proj(att, f"{A}/o_proj", p + "self_attn.o_proj.weight")], S)
+        M = f"{S}/mlp"
+        h = self.rms_norm(a, f"{S}/post_attention_layernorm", p + "post_attention_layernorm.weight")
+        gate = self.proj(h, f"{M}/gate_proj", p + "mlp.gate_proj.weight")
+        gate = g.op("Mul", [gate, g.op("Sigmoid", [gate], M)], M)
+        up = self.proj(h, f"{M}/up_proj", p + "mlp.up_proj.weight")
+        out = g.op("Add", [a, self.proj(g.op("Mul", [gate, up], M), f"{M}/down_proj",
+                                        p + "mlp.down_proj.weight")], S)
+        picked = g.op("Gather", [out, lidx], f"{S}/lm_head", axis=1)            # [1, L, H]
+        if d.layout == "eagle3":
+            picked = self.rms_norm(picked, f"{S}/norm", "norm.weight")
+            head = self.w["lm_head.weight"]
+        else:
+            head = self.base_head
+        logits = g.op("MatMul", [picked, g.weight("draft.lm_head.weight", head.T)], f"{S}/lm_head")
+        logits = g.op("Squeeze", [logits, g.const([0])], f"{S}/lm_head")
+        g.output(logits, "logits", F32, ["num_logits", head.shape[0]])
+        g.output(out, "hidden_out", F32, [1, "seq", H])
+        g.output(k, "present_key", F32, [1, "seq", KVH, D])
+        g.output(v, "present_value", F32, [1, "seq", KVH, D])
+
+
+def export_draft(cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
+                 out_dir: str) -> Dict[str, str]:
+    """Write draft.onnx (and draft_fc.onnx for EAGLE-3) with draft.data; return paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    wf = WeightFile(os.path.join(out_dir, "draft.data"))
+    paths = {}
+    try:
+        g = GraphBuilder("edgellm_draft", weights=wf)
+        _Draft(cfg, w, base_head, g).build()
+        paths["draft"] = os.path.join(out_dir, "draft.onnx")
+        g.save(paths["draft"], doc=__doc__ or "")
+        if cfg.layout == "eagle3":
+            g = GraphBuilder("edgellm_draft_fc", weights=wf)
+            feats = g.input("features", F32, [1, "seq", cfg.feature_size])
+            y = g.op("MatMul", [feats, g.weight("draft.fc.weight", w["fc.weight"].T)], "/draft/fc")
+            g.output(y, "hidden", F32, [1, "seq", cfg.hidden_size])
+            paths["fc"] = os.path.join(out_dir, "draft_fc.onnx")
+            g.save(paths["fc"], doc=__doc__ or "")
+    finally:
+        wf.close()
+    return paths
