@@ -48,6 +48,13 @@ class EngineConfig:
     max_lora_rank: int = 64
     # Adapter active at start ("" = the base model).
     lora: str = ""
+    # EAGLE draft folder; "default" = the shipped draft when the model is the
+    # embedded default (none otherwise); "" = no draft.
+    eagle_draft: str = "default"
+    # Largest EAGLE tree: children per node, levels, verified nodes (size buffers).
+    eagle_max_top_k: int = 8
+    eagle_max_step: int = 8
+    eagle_max_tree: int = 64
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

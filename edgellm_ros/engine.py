@@ -15,11 +15,14 @@ import numpy as np
 
 from .config import EngineConfig, GenerationRequest
 from .engine_dir import ensure_engine, graph_name, read_manifest
-from .errors import BackendUnavailable, ModelLoadError
+from .errors import BackendUnavailable, ConfigError, ModelLoadError
 from .generation import GenerationResult, Generator, TokenEvent
 from .models.spec import ModelConfig
 from .lora import LoraRegistry, load_adapter, parse_adapter_spec
+from .models.eagle import load_draft
 from .prompt_cache import PromptCache
+from .resources import read_draft_config, resolve_draft
+from .speculative import Drafter, EagleConfig, EagleLimits, SpecStats
 
 Log = Callable[[str], None]
 
@@ -41,6 +44,40 @@ def select_backend(requested: str, log: Log = print) -> str:
     raise BackendUnavailable(f"unknown backend {requested!r}")
 
 
+def manifest_head(folder: str, mcfg: ModelConfig) -> np.ndarray:
+    """The base LM head [V, H] (EAGLE-1 drafts use it): the tied embedding or lm_head.npy."""
+    path = os.path.join(folder, "lm_head.npy")
+    if os.path.exists(path):
+        return np.load(path, mmap_mode="r")
+    return np.load(os.path.join(folder, "embeddings.npy"), mmap_mode="r")
+
+
+def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarray,
+                 base_head: np.ndarray, config: EngineConfig, limits: EagleLimits,
+                 chunk: int) -> Drafter:
+    """Export (once) and load the draft graphs; the draft KV cache is sized here."""
+    from .backends.onnxruntime import OrtDraft, make_session
+    from .engine_dir import source_hash
+    from .export.draft import export_draft
+
+    sub = os.path.join(folder, "drafts", "draft-" + source_hash(draft_dir)[:16])
+    if not os.path.exists(os.path.join(sub, "draft.onnx")):
+        tmp = sub + ".tmp"
+        export_draft(cfg, weights, np.asarray(base_head), tmp)
+        os.replace(tmp, sub)
+    vocab = cfg.draft_vocab_size if cfg.layout == "eagle3" else cfg.vocab_size
+    step = OrtDraft(os.path.join(sub, "draft.onnx"), cfg, vocab, embeddings,
+                    config.max_seq_len + limits.max_expanded, max(chunk, limits.max_top_k),
+                    config.num_threads)
+    fc = None
+    if cfg.layout == "eagle3":
+        fc_sess = make_session(os.path.join(sub, "draft_fc.onnx"), config.num_threads)
+
+        def fc(feats: np.ndarray) -> np.ndarray:
+            return fc_sess.run(None, {"features": np.ascontiguousarray(feats)[None]})[0][0]
+    return Drafter(cfg, weights, step, fc, limits)
+
+
 class Engine:
     """A model loaded on a backend, with its KV cache and prompt cache."""
 
@@ -56,8 +93,13 @@ class Engine:
         self.backend = backend
         self.prompt_cache = PromptCache(config.prompt_cache_bytes) \
             if config.prompt_cache_bytes else None
+        self.eagle_limits = EagleLimits(config.eagle_max_top_k, config.eagle_max_step,
+                                        config.eagle_max_tree)
+        self.eagle = EagleConfig()
+        self.drafter: Optional[Drafter] = None
+        self.eagle_totals = SpecStats()
         self.generator = Generator(decoder, tokenizer, self.prompt_cache,
-                                   adapter=lambda: self._adapter)
+                                   adapter=lambda: self._adapter, eagle=lambda: self.eagle)
 
     @classmethod
     def load(cls, config: EngineConfig, log: Log = print) -> "Engine":
@@ -67,7 +109,13 @@ class Engine:
 
         t0 = time.perf_counter()
         backend = select_backend(config.backend, log)
-        folder = ensure_engine(config.model, config.engine_dir, log)
+        limits = EagleLimits(config.eagle_max_top_k, config.eagle_max_step, config.eagle_max_tree)
+        draft_dir = resolve_draft(config.eagle_draft, config.model)
+        draft_cfg = read_draft_config(draft_dir) if draft_dir else None
+        layers = (draft_cfg.get("target_layer_ids") or (draft_cfg.get("eagle_config") or {}).get(
+            "eagle_aux_hidden_state_layer_ids")) if draft_cfg else None
+        folder = ensure_engine(config.model, config.engine_dir, log,
+                               feature_layers=layers if layers else None)
         manifest = read_manifest(folder)
         if manifest is None:
             raise ModelLoadError(f"{folder}: manifest.json is unreadable")
@@ -90,17 +138,46 @@ class Engine:
                 f"{len(adapters[-1].weights)} modules, {adapters[-1].nbytes / 2**20:.2f} MiB)")
         registry = LoraRegistry(adapters)
         registry.check(config.lora)
-        graph = graph_name(lora=bool(adapters), eagle3=False)
+        draft = None
+        if draft_dir:
+            draft = load_draft(draft_dir, mcfg)
+            log(f"EAGLE draft {draft[0].layout} loaded from {draft_dir} "
+                f"(draft vocabulary {draft[0].draft_vocab_size})")
+        eagle3 = draft is not None and draft[0].layout == "eagle3"
+        if eagle3 and list(manifest.get("feature_layers", [])) != list(draft[0].target_layer_ids):
+            raise ModelLoadError(f"{folder}: exported features {manifest.get('feature_layers')} "
+                                 f"do not match the draft's {list(draft[0].target_layer_ids)}")
+        graph = graph_name(lora=bool(adapters), eagle3=eagle3)
         mods = manifest["graphs"][graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
         decoder = OrtDecoder(os.path.join(folder, graph + ".onnx"), mcfg, np.asarray(embeddings),
-                             config.max_seq_len, chunk, config.num_threads, lora_slots=slots)
+                             config.max_seq_len, max(chunk, 1 + limits.max_tree),
+                             config.num_threads, lora_slots=slots)
         for ad in adapters:
             decoder.add_adapter(ad.name, ad.weights)
+        drafter = None
+        if draft is not None:
+            drafter = make_drafter(draft[0], draft[1], draft_dir, folder, np.asarray(embeddings),
+                                   manifest_head(folder, mcfg), config, limits, chunk)
         log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
             f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
             f"backend {backend}")
-        return cls(config, folder, mcfg, tokenizer, decoder, backend, registry)
+        engine = cls(config, folder, mcfg, tokenizer, decoder, backend, registry)
+        engine.attach_drafter(drafter)
+        return engine
+
+    def attach_drafter(self, drafter: Optional[Drafter]) -> None:
+        self.drafter = drafter
+        self.generator = Generator(self.decoder, self.tokenizer, self.prompt_cache,
+                                   adapter=lambda: self._adapter, drafter=drafter,
+                                   eagle=lambda: self.eagle)
+
+    def set_eagle(self, eagle: EagleConfig) -> None:
+        """EAGLE settings of the next requests; ConfigError when outside the configured tree."""
+        eagle.check(self.eagle_limits)
+        if eagle.enabled and self.drafter is None:
+            raise ConfigError("eagle.enabled needs an EAGLE draft (eagle_draft), none is loaded")
+        self.eagle = eagle
 
     @property
     def adapter(self) -> str:
@@ -122,7 +199,10 @@ class Engine:
         """Answer one request (thread-safe; requests run one at a time)."""
         if request.adapter is not None:
             self.adapters.check(request.adapter)
-        return self.generator.generate(request, on_token, cancel)
+        res = self.generator.generate(request, on_token, cancel)
+        if res.eagle is not None:
+            self.eagle_totals.add(res.eagle)
+        return res
 
     def close(self) -> None:
         """Free the KV cache, the session and the prompt cache."""

@@ -126,6 +126,8 @@ def export_engine(source: str, folder: str, digest: str,
         finally:
             wf.close()
         np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])
+        if "lm_head.weight" in weights.tensors:  # untied: EAGLE-1 drafts read the base head
+            np.save(os.path.join(tmp, "lm_head.npy"), weights.tensors["lm_head.weight"])
         tokenizer.save_hf_folder(tmp)
         manifest = {
             "format": EXPORT_FORMAT,

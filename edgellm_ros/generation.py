@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from .config import GenerationRequest
 from .errors import ContextFull, InvalidRequest
 from .prompt_cache import PromptCache, prefix_key
-from .sampling import make_sampler
+from .sampling import make_distribution, make_rng, make_sampler
+from .speculative import (Drafter, EagleConfig, SpecStats, accept_greedy, accept_sampling,
+                          speculative_tokens)
 
 FINISH_STOP = "stop"                # an end-of-sequence / end-of-turn token
 FINISH_STOP_STRING = "stop_string"  # one of the request's stop strings
@@ -48,7 +52,7 @@ class GenerationResult:
     time_to_first_token: float = 0.0  # seconds from the call to the first token
     tokens_per_second: float = 0.0  # decode speed after the first token
     total_time: float = 0.0
-    extra: dict = field(default_factory=dict)
+    eagle: Optional[SpecStats] = None  # speculative decoding counters (EAGLE on)
 
 
 class _StopMatcher:
@@ -77,11 +81,17 @@ class Generator:
     """Runs requests on one decoder executor; one request at a time."""
 
     def __init__(self, decoder: Any, tokenizer: Any, prompt_cache: Optional[PromptCache] = None,
-                 adapter: Callable[[], str] = lambda: ""):
+                 adapter: Callable[[], str] = lambda: "", drafter: Optional[Drafter] = None,
+                 eagle: Callable[[], EagleConfig] = EagleConfig):
         self.decoder = decoder
         self.tok = tokenizer
         self.cache = prompt_cache
         self.adapter = adapter
+        self.drafter = drafter
+        self.eagle = eagle
+        # base features of every prompt row, for the draft's catch-up (EAGLE only)
+        self._feats = np.zeros((decoder.max_seq_len, decoder.feature_size), np.float32) \
+            if drafter is not None else None
         self._lock = threading.Lock()
 
     # -- prompt ---------------------------------------------------------------
@@ -114,33 +124,85 @@ class Generator:
         with self._lock:
             return self._generate(req, on_token, cancel)
 
-    def prefill(self, ids: List[int], prefix: int, adapter: str = "") -> Tuple[Any, int]:
+    def prefill(self, ids: List[int], prefix: int, adapter: str = "",
+                draft: bool = False) -> Tuple[Any, int]:
         """Fill the KV cache with the prompt; returns (last logits row, cached rows).
 
         The first ``prefix`` ids (the cacheable system part) are always run as a
         chunk of their own, so restoring them from the prompt cache gives the
-        same bits as computing them.
+        same bits as computing them. With ``draft`` (EAGLE on), every chunk's
+        base features are kept for the draft, the draft catches up on the
+        prefix right after it, and cache entries carry the draft's rows too.
         """
-        dec = self.decoder
+        dec, drafter = self.decoder, self.drafter if draft else None
         p = cached = 0
-        key = prefix_key(ids[:prefix], adapter) if prefix else None
-        if key is not None and self.cache is not None:
-            snap = self.cache.get(key)
-            if snap is not None:
-                p = cached = dec.kv.restore(snap)
+        key = None
+        if prefix and self.cache is not None:
+            key = prefix_key(ids[:prefix], adapter + ("|eagle" if drafter else ""))
+            entry = self.cache.get(key)
+            if entry is not None:
+                p = cached = dec.kv.restore(entry[0])
+                if drafter is not None:
+                    drafter.step.kv.restore(entry[1])
+                    drafter.done = prefix
+        if drafter is not None and not cached:
+            drafter.done = 0
         logits = None
-        bounds = [prefix, len(ids)] if p < prefix else [len(ids)]
-        for end in bounds:
+        for end in ([prefix, len(ids)] if p < prefix else [len(ids)]):
             while p < end:
                 n = min(dec.max_chunk, end - p)
                 logits = dec.forward(p, ids[p:p + n])
+                if drafter is not None:
+                    self._feats[p:p + n] = dec.hidden[:n]
                 p += n
-            if end == prefix and key is not None and self.cache is not None and not cached:
-                self.cache.put(key, dec.kv.snapshot(prefix), dec.kv.snapshot_nbytes(prefix))
+            if end == prefix and prefix and not cached:
+                if drafter is not None:
+                    drafter.catch_up(0, ids[1:prefix + 1], self._feats[:prefix])
+                if key is not None:
+                    base = dec.kv.snapshot(prefix)
+                    dsnap = drafter.step.kv.snapshot(prefix) if drafter is not None else None
+                    size = dec.kv.snapshot_nbytes(prefix) + (
+                        drafter.step.kv.snapshot_nbytes(prefix) if drafter is not None else 0)
+                    self.cache.put(key, (base, dsnap), size)
         if logits is None:  # the whole prompt was cached: recompute its last token
             p -= 1
             logits = dec.forward(p, ids[p:p + 1])
+            if drafter is not None:
+                self._feats[p] = dec.hidden[0]
         return logits[0], cached
+
+    def _plain_tokens(self, row: np.ndarray, pos: int, sample: Callable[[np.ndarray], int]
+                      ) -> Iterator[int]:
+        """Sample, then run the token, until the KV cache is full."""
+        while True:
+            tok = sample(row)
+            yield tok
+            if pos >= self.decoder.max_seq_len:
+                return
+            row = self.decoder.forward(pos, [tok])[0]
+            pos += 1
+
+    def _eagle_tokens(self, ids: List[int], row: np.ndarray, req: GenerationRequest,
+                      ec: EagleConfig, stats: SpecStats) -> Iterator[int]:
+        drafter = self.drafter
+        assert drafter is not None
+        sampling = req.sampling
+        rng = make_rng(sampling)
+        sample = make_sampler(sampling, rng)
+        if sampling.greedy:
+            accept = accept_greedy
+        else:
+            dist = make_distribution(sampling)
+
+            def accept(tree, logits):
+                return accept_sampling(tree, logits, dist, rng)
+        root = sample(row)
+        yield root
+        P = len(ids)
+        d_logits, d_hidden = drafter.catch_up(
+            drafter.done, ids[drafter.done + 1:] + [root], self._feats[drafter.done:P])
+        yield from speculative_tokens(self.decoder, drafter, ec, root, P, d_logits, d_hidden,
+                                      accept, stats)
 
     def _generate(self, req: GenerationRequest, on_token: Optional[Callable[[TokenEvent], None]],
                   cancel: Optional[threading.Event]) -> GenerationResult:
@@ -155,7 +217,9 @@ class Generator:
         if len(ids) >= limit:
             raise ContextFull(
                 f"prompt is {len(ids)} tokens; max_seq_len={limit} leaves no room for an answer")
-        sample = make_sampler(req.sampling)
+        ec = self.eagle()
+        use_eagle = bool(ec.enabled and self.drafter is not None)
+        stats = SpecStats()
         stop_ids = frozenset() if req.ignore_eos else self.tok.stop_ids
         stops = _StopMatcher(req.stop)
         stream = self.tok.stream()
@@ -163,9 +227,9 @@ class Generator:
         emitted = 0
         index = 0
         out: List[int] = []
-        finish = FINISH_LENGTH
+        finish = FINISH_CONTEXT  # the token source ran dry: the KV cache is full
         t_first = None
-        pos = len(ids)
+        cached = 0
 
         def emit(upto: int, token_id: int) -> None:
             nonlocal emitted, index
@@ -176,12 +240,12 @@ class Generator:
 
         if cancel is not None and cancel.is_set():
             finish = FINISH_CANCELLED
-            row = None
-            cached = 0
+            source: Iterator[int] = iter(())
         else:
-            row, cached = self.prefill(ids, prefix, adapter)
-        while row is not None:
-            tok = sample(row)
+            row, cached = self.prefill(ids, prefix, adapter, draft=use_eagle)
+            source = self._eagle_tokens(ids, row, req, ec, stats) if use_eagle else \
+                self._plain_tokens(row, len(ids), make_sampler(req.sampling))
+        for tok in source:
             out.append(tok)
             if t_first is None:
                 t_first = time.perf_counter()
@@ -197,15 +261,11 @@ class Generator:
                 break
             emit(stops.safe_end(text, emitted) if stops.stops else len(text), tok)
             if len(out) >= req.max_new_tokens:
+                finish = FINISH_LENGTH
                 break
             if cancel is not None and cancel.is_set():
                 finish = FINISH_CANCELLED
                 break
-            if pos >= limit:
-                finish = FINISH_CONTEXT
-                break
-            row = self.decoder.forward(pos, [tok])[0]
-            pos += 1
         if finish != FINISH_STOP_STRING:
             text += stream.flush()
             hit = stops.find(text, emitted) if stops.stops else -1
@@ -222,4 +282,4 @@ class Generator:
             generated_tokens=len(out), cached_tokens=cached,
             time_to_first_token=first - t0,
             tokens_per_second=decode_n / (t_end - first) if decode_n and t_end > first else 0.0,
-            total_time=t_end - t0)
+            total_time=t_end - t0, eagle=stats if use_eagle else None)

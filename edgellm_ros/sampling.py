@@ -40,23 +40,38 @@ def top_p(ids: np.ndarray, logits: np.ndarray, p: float) -> Candidates:
     return ids[keep], logits[keep]
 
 
-def make_sampler(cfg: SamplingConfig, seed: Optional[int] = None) -> Callable[[np.ndarray], int]:
-    """A function logits[V] -> token id for this request's settings.
+def candidates(cfg: SamplingConfig, row: np.ndarray) -> Candidates:
+    """Temperature, then top-k, then top-p (the order of most runtimes)."""
+    logits = row.astype(np.float64) * (1.0 / cfg.temperature)
+    ids, logits = top_k(np.arange(logits.shape[0]), logits, cfg.top_k)
+    return top_p(ids, logits, cfg.top_p)
 
-    Order as in most runtimes: temperature, then top-k, then top-p, then a
-    draw from the renormalised distribution with the request's own generator.
-    """
+
+def make_distribution(cfg: SamplingConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """A function logits[V] -> the full probability vector [V] the sampler draws from."""
+    def dist(row: np.ndarray) -> np.ndarray:
+        ids, logits = candidates(cfg, row)
+        p = np.zeros(row.shape[0], np.float64)
+        p[ids] = softmax(logits)
+        return p
+    return dist
+
+
+def make_rng(cfg: SamplingConfig) -> np.random.Generator:
+    """The request's own random generator (seeded when the request says so)."""
+    return np.random.default_rng(cfg.seed)
+
+
+def make_sampler(cfg: SamplingConfig, rng: Optional[np.random.Generator] = None
+                 ) -> Callable[[np.ndarray], int]:
+    """A function logits[V] -> token id for this request's settings."""
     if cfg.greedy:
         return lambda row: int(np.argmax(row))
-    rng = np.random.default_rng(cfg.seed if seed is None else seed)
-    inv_t = 1.0 / cfg.temperature
+    gen = rng if rng is not None else make_rng(cfg)
 
     def sample(row: np.ndarray) -> int:
-        logits = row.astype(np.float64) * inv_t
-        ids = np.arange(logits.shape[0])
-        ids, logits = top_k(ids, logits, cfg.top_k)
-        ids, logits = top_p(ids, logits, cfg.top_p)
+        ids, logits = candidates(cfg, row)
         probs = softmax(logits)
-        return int(ids[rng.choice(probs.shape[0], p=probs)])
+        return int(ids[gen.choice(probs.shape[0], p=probs)])
 
     return sample

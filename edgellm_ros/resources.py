@@ -1,0 +1,59 @@
+"""Where the package's shipped files are: adapters, EAGLE drafts, config.
+
+In a source checkout they sit at the repository root (next to package.xml);
+in a colcon install under ``share/edgellm_ros``. ``share_dir()`` finds either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from .errors import ModelLoadError
+
+PACKAGE = "edgellm_ros"
+#: The shipped EAGLE-3 draft of the embedded default model.
+DEFAULT_DRAFT = os.path.join("drafts", "smollm2-135m-eagle3")
+
+
+def share_dir() -> str:
+    """The folder holding adapters/, drafts/, config/ and launch/."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(here, "package.xml")):
+        return here  # source checkout
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return get_package_share_directory(PACKAGE)
+    except Exception:
+        pass
+    prefix = here
+    for _ in range(5):  # <prefix>/lib/pythonX.Y/site-packages/edgellm_ros
+        prefix = os.path.dirname(prefix)
+        cand = os.path.join(prefix, "share", PACKAGE)
+        if os.path.isdir(cand):
+            return cand
+    return here
+
+
+def resolve_draft(setting: str, model: str) -> str:
+    """The draft folder for the ``eagle_draft`` setting ("" when there is none)."""
+    if setting == "":
+        return ""
+    if setting == "default":
+        if model:
+            return ""  # the shipped draft belongs to the embedded model only
+        path = os.path.join(share_dir(), DEFAULT_DRAFT)
+        return path if os.path.exists(os.path.join(path, "config.json")) else ""
+    path = os.path.abspath(os.path.expanduser(setting))
+    if not os.path.isdir(path):
+        raise ModelLoadError(f"eagle_draft {setting!r} is not a folder")
+    return path
+
+
+def read_draft_config(folder: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"EAGLE draft {folder}: config.json unreadable ({exc})") from exc
