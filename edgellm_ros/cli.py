@@ -23,12 +23,20 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
     p.add_argument("--max-seq-len", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
+    p.add_argument("--lora-adapter", action="append", default=[], metavar="NAME:PATH",
+                   help="load a PEFT LoRA adapter (repeatable)")
+    p.add_argument("--lora", default="", help="adapter to use (default: the base model)")
+    p.add_argument("--eagle-draft", default="default",
+                   help="EAGLE draft folder ('default' = the shipped one for the embedded model, "
+                        "'' = none)")
     p.add_argument("-v", "--verbose", action="store_true", help="log engine loading")
 
 
 def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(model=a.model, engine_dir=a.engine_dir, backend=a.backend,
-                        max_seq_len=a.max_seq_len, num_threads=a.threads)
+                        max_seq_len=a.max_seq_len, num_threads=a.threads,
+                        lora_adapters=tuple(a.lora_adapter), lora=a.lora,
+                        eagle_draft=a.eagle_draft)
 
 
 def _log(verbose: bool):
@@ -44,6 +52,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
                                 seed=a.seed),
         stop=tuple(a.stop or ()), raw=a.raw)
     engine = Engine.load(_engine_config(a), log=_log(a.verbose))
+    if a.eagle:
+        from .speculative import EagleConfig
+        engine.set_eagle(EagleConfig(True, a.eagle_top_k, a.eagle_step, a.eagle_tree))
     try:
         res = engine.generate(req, on_token=lambda ev: (sys.stdout.write(ev.text), sys.stdout.flush()))
     finally:
@@ -53,6 +64,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
              "generated_tokens": res.generated_tokens, "cached_tokens": res.cached_tokens,
              "time_to_first_token_s": round(res.time_to_first_token, 4),
              "decode_tokens_per_s": round(res.tokens_per_second, 2)}
+    if res.eagle is not None:
+        stats["eagle"] = res.eagle.as_dict()
     print(json.dumps(stats), file=sys.stderr)
     return 0
 
@@ -78,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--raw", action="store_true", help="no chat template")
+    g.add_argument("--eagle", action="store_true", help="EAGLE speculative decoding")
+    g.add_argument("--eagle-top-k", type=int, default=4)
+    g.add_argument("--eagle-step", type=int, default=4)
+    g.add_argument("--eagle-tree", type=int, default=16)
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
     e = sub.add_parser("export", help="write (or reuse) the engine folder")

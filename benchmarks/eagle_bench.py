@@ -1,0 +1,76 @@
+"""EAGLE sweep on the CPU: mean acceptance length and decode tokens/s, on vs off.
+
+    python benchmarks/eagle_bench.py [--prompts 8] [--max-new-tokens 96] [--draft DIR]
+
+Prompts: the held-out ("eval") prompts of tools/data/eagle_prompts.jsonl.
+Greedy decoding, so every setting produces the same tokens as EAGLE off
+(checked here too). Prints one JSON object: the baseline and one row per
+(drafting_top_k, drafting_step, verify_tree_size), like TensorRT-Edge-LLM's
+sweep. Mean acceptance length = tokens committed per verify step, bonus
+token included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from edgellm_ros.config import EngineConfig, GenerationRequest
+from edgellm_ros.engine import Engine
+from edgellm_ros.speculative import EagleConfig, SpecStats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRID = [(1, 4, 4), (2, 4, 8), (4, 4, 16), (4, 6, 24), (8, 5, 32), (8, 8, 64)]
+
+
+def load_prompts(n: int):
+    path = os.path.join(ROOT, "tools", "data", "eagle_prompts.jsonl")
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [r["prompt"] for r in rows if r.get("split") == "eval"][:n]
+
+
+def run(eng: Engine, prompts, n_new: int):
+    tokens = 0
+    decode_s = 0.0
+    outs = []
+    stats = SpecStats()
+    for p in prompts:
+        r = eng.generate(GenerationRequest(prompt=p, max_new_tokens=n_new))
+        outs.append(r.token_ids)
+        tokens += max(r.generated_tokens - 1, 0)
+        decode_s += r.total_time - r.time_to_first_token
+        if r.eagle is not None:
+            stats.add(r.eagle)
+    return outs, tokens / decode_s, stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--draft", default="default")
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    eng = Engine.load(EngineConfig(eagle_draft=a.draft, max_seq_len=1024, num_threads=a.threads),
+                      log=lambda m: None)
+    prompts = load_prompts(a.prompts)
+    t0 = time.perf_counter()
+    base_out, base_tps, _ = run(eng, prompts, a.max_new_tokens)
+    rows = []
+    for k, d, n in GRID:
+        eng.set_eagle(EagleConfig(True, k, d, n))
+        out, tps, st = run(eng, prompts, a.max_new_tokens)
+        rows.append({"drafting_top_k": k, "drafting_step": d, "verify_tree_size": n,
+                     "decode_tokens_per_s": round(tps, 1), "speedup": round(tps / base_tps, 3),
+                     **st.as_dict(), "identical_to_plain_greedy": out == base_out})
+    eng.close()
+    print(json.dumps({"prompts": len(prompts), "max_new_tokens": a.max_new_tokens,
+                      "baseline_decode_tokens_per_s": round(base_tps, 1), "sweep": rows,
+                      "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
