@@ -122,6 +122,8 @@ class GenerationRequest:
     ignore_eos: bool = False
     # LoRA adapter for this request only; None = the engine's current one, "" = base.
     adapter: Optional[str] = None
+    # Images (RGB uint8 [H, W, 3]) shown with the prompt, in order (vision models).
+    images: Tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -132,6 +134,13 @@ class GenerationRequest:
         if any((not isinstance(s, str)) or s == "" for s in self.stop):
             raise InvalidRequest(f"stop strings must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "images", tuple(self.images))
+        for i, img in enumerate(self.images):
+            shape = getattr(img, "shape", None)
+            if shape is None or len(shape) != 3 or shape[2] != 3 or str(img.dtype) != "uint8" \
+                    or min(shape[:2]) < 1:
+                raise InvalidRequest(f"image {i} must be an RGB uint8 array [H, W, 3], got "
+                                     f"shape {shape} dtype {getattr(img, 'dtype', None)}")
 
 
 def from_mapping(cls: Any, values: Mapping[str, Any]) -> Any:

@@ -98,6 +98,7 @@ class Engine:
         self.eagle = EagleConfig()
         self.drafter: Optional[Drafter] = None
         self.eagle_totals = SpecStats()
+        self.vision = None  # VisionPipeline of a vision-language model
         self.generator = Generator(decoder, tokenizer, self.prompt_cache,
                                    adapter=lambda: self._adapter, eagle=lambda: self.eagle)
 
@@ -163,6 +164,12 @@ class Engine:
             f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
             f"backend {backend}")
         engine = cls(config, folder, mcfg, tokenizer, decoder, backend, registry)
+        if os.path.exists(os.path.join(folder, "vision.json")):
+            from .vision import VisionPipeline
+            engine.vision = VisionPipeline.from_folder(folder, config.num_threads)
+            log(f"vision encoder loaded ({engine.vision.backend})")
+        else:
+            log("text-only model: requests with images are refused")
         engine.attach_drafter(drafter)
         return engine
 
@@ -170,7 +177,7 @@ class Engine:
         self.drafter = drafter
         self.generator = Generator(self.decoder, self.tokenizer, self.prompt_cache,
                                    adapter=lambda: self._adapter, drafter=drafter,
-                                   eagle=lambda: self.eagle)
+                                   eagle=lambda: self.eagle, vision=self.vision)
 
     def set_eagle(self, eagle: EagleConfig) -> None:
         """EAGLE settings of the next requests; ConfigError when outside the configured tree."""

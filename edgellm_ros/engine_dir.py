@@ -37,7 +37,7 @@ from .models.eagle import default_target_layers
 from .models.spec import PROJECTIONS
 
 #: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 4
+EXPORT_FORMAT = 5
 
 
 def graph_name(lora: bool, eagle3: bool) -> str:
@@ -101,7 +101,13 @@ def export_engine(source: str, folder: str, digest: str,
     from .loaders import load_model
     t0 = time.perf_counter()
     log(f"exporting {source} -> {folder}")
-    weights = load_model(source)
+    from .loaders.vlm import is_vlm_folder, load_vlm, save_vision_json
+
+    vision = proc = None
+    if is_vlm_folder(source):
+        weights, vision, proc = load_vlm(source)
+    else:
+        weights = load_model(source)
     tokenizer = load_tokenizer_for(weights)
     log(f"loaded weights in {time.perf_counter() - t0:.1f} s; writing ONNX")
     parent = os.path.dirname(os.path.abspath(folder))
@@ -123,8 +129,14 @@ def export_engine(source: str, folder: str, digest: str,
                                     "lora_modules": list(mods),
                                     "feature_layers": layers if eagle3 else [],
                                     **decoder_io_names(weights.config.num_layers, mods)}
+            if vision is not None:
+                from .export.vision import export_vision, vision_io_names
+                export_vision(vision, tmp, wf)
+                graphs["vision"] = {"file": "vision.onnx", "dtype": "float32", **vision_io_names()}
         finally:
             wf.close()
+        if vision is not None:
+            save_vision_json(tmp, vision.config, proc)
         np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])
         if "lm_head.weight" in weights.tensors:  # untied: EAGLE-1 drafts read the base head
             np.save(os.path.join(tmp, "lm_head.npy"), weights.tensors["lm_head.weight"])

@@ -82,8 +82,10 @@ class Generator:
 
     def __init__(self, decoder: Any, tokenizer: Any, prompt_cache: Optional[PromptCache] = None,
                  adapter: Callable[[], str] = lambda: "", drafter: Optional[Drafter] = None,
-                 eagle: Callable[[], EagleConfig] = EagleConfig):
+                 eagle: Callable[[], EagleConfig] = EagleConfig, vision: Any = None):
         self.decoder = decoder
+        self.vision = vision
+        self._image_rows: Optional[np.ndarray] = None  # image embeddings of the request
         self.tok = tokenizer
         self.cache = prompt_cache
         self.adapter = adapter
@@ -95,17 +97,38 @@ class Generator:
         self._lock = threading.Lock()
 
     # -- prompt ---------------------------------------------------------------
+    def _content(self, text: str, images: int = 0) -> Any:
+        # vision templates (SmolVLM) read content parts; text models a string
+        return self.vision.user_content(text, images) if self.vision is not None else text
+
     def build_prompt(self, req: GenerationRequest) -> Tuple[List[int], int]:
-        """Token ids of the request and the length of its cacheable prefix."""
+        """Token ids of the request and the length of its cacheable prefix.
+
+        With images, their embeddings are computed here too (kept for the
+        prefill); the image tokens count against max_seq_len.
+        """
+        self._image_rows = None
+        if req.images and self.vision is None:
+            raise InvalidRequest(f"the request has {len(req.images)} image(s) but the model "
+                                 "has no vision encoder (text-only)")
         if req.raw:
             return self.tok.encode(req.prompt), 0
         system = [] if req.system_prompt is None else [
-            {"role": "system", "content": req.system_prompt}]
+            {"role": "system", "content": self._content(req.system_prompt)}]
         text = self.tok.apply_chat_template(
-            system + [{"role": "user", "content": req.prompt}], add_generation_prompt=True)
-        ids = self.tok.encode(text)
+            system + [{"role": "user", "content": self._content(req.prompt, len(req.images))}],
+            add_generation_prompt=True)
+        if self.vision is not None:
+            if req.images:
+                ids, self._image_rows = self.vision.prepare(
+                    text, req.images, self.tok, max_tokens=self.decoder.max_seq_len)
+            else:
+                ids = self.tok.encode(text)
+                self.vision.check_image_tokens(ids, np.zeros((0, self.decoder.config.hidden_size)))
+        else:
+            ids = self.tok.encode(text)
         probe = self.tok.apply_chat_template(
-            system + [{"role": "user", "content": _PROBE}], add_generation_prompt=True)
+            system + [{"role": "user", "content": self._content(_PROBE)}], add_generation_prompt=True)
         cut = probe.find(_PROBE)
         if cut <= 0 or not text.startswith(probe[:cut]):
             return ids, 0
@@ -148,10 +171,18 @@ class Generator:
         if drafter is not None and not cached:
             drafter.done = 0
         logits = None
+        image_row = 0
         for end in ([prefix, len(ids)] if p < prefix else [len(ids)]):
             while p < end:
                 n = min(dec.max_chunk, end - p)
-                logits = dec.forward(p, ids[p:p + n])
+                if self._image_rows is not None:  # image embeddings replace placeholders
+                    buf = dec.embeds_buffer(n)
+                    np.take(dec.embeddings, ids[p:p + n], axis=0, out=buf)
+                    image_row = self.vision.merge_chunk(buf, ids[p:p + n], self._image_rows,
+                                                        image_row)
+                    logits = dec.forward(p, num_tokens=n)
+                else:
+                    logits = dec.forward(p, ids[p:p + n])
                 if drafter is not None:
                     self._feats[p:p + n] = dec.hidden[:n]
                 p += n

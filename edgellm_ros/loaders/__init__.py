@@ -45,7 +45,8 @@ def load_model(model: str) -> ModelWeights:
     path = resolve_model_source(model)
     if os.path.isdir(path):
         from .hf import load_hf_folder
-        weights = load_hf_folder(path)
+        from .vlm import is_vlm_folder, load_vlm
+        weights = load_vlm(path)[0] if is_vlm_folder(path) else load_hf_folder(path)
     else:
         from .gguf import load_gguf
         weights = load_gguf(path)
