@@ -38,12 +38,12 @@ def plain_answers(default_engine_dir):  # noqa: F811
     from edgellm_ros.engine import Engine
     eng = Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, eagle_draft=""),
                       log=lambda m: None)
-    out = {p: eng.generate(GenerationRequest(prompt=p, max_new_tokens=40)).token_ids for p in PROMPTS}
+    out = {p: eng.generate(GenerationRequest(prompt=p, max_new_tokens=32)).token_ids for p in PROMPTS}
     eng.close()
     return out
 
 
-GRID = [(k, d, n) for k, d, n in itertools.product((1, 2, 4), (1, 3, 5), (1, 4, 16))]
+GRID = [(k, d, n) for k, d, n in itertools.product((1, 2, 4), (1, 3, 5), (1, 16))]
 
 
 def test_random_drafts_load_and_greedy_output_is_exact_over_a_grid(random_draft_engine, plain_answers):
@@ -51,7 +51,7 @@ def test_random_drafts_load_and_greedy_output_is_exact_over_a_grid(random_draft_
     for i, (k, d, n) in enumerate(GRID):
         eng.set_eagle(EagleConfig(True, k, d, n))
         prompt = PROMPTS[i % len(PROMPTS)]
-        res = eng.generate(GenerationRequest(prompt=prompt, max_new_tokens=40))
+        res = eng.generate(GenerationRequest(prompt=prompt, max_new_tokens=32))
         assert res.token_ids == plain_answers[prompt], (k, d, n)
         assert res.eagle is not None and res.eagle.drafts > 0
         assert res.eagle.drafted_tokens <= res.eagle.drafts * n
@@ -78,7 +78,7 @@ def test_eagle_off_takes_effect_at_the_next_request(random_draft_engine):
 def test_eagle_with_prompt_cache_and_context_limit_stays_exact(random_draft_engine, plain_answers):
     eng = random_draft_engine
     eng.set_eagle(EagleConfig(True, 4, 4, 16))
-    req = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=40)
+    req = GenerationRequest(prompt=PROMPTS[0], max_new_tokens=32)
     eng.prompt_cache.clear()
     a, b = eng.generate(req), eng.generate(req)
     assert b.cached_tokens > 0

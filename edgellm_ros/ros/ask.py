@@ -1,0 +1,133 @@
+"""The /ask contract: request fields -> GenerationRequest, outcome -> response.
+
+Pure functions over duck-typed objects (anything with the fields of
+``edgellm_ros/srv/Ask``), so the rules are testable without ROS:
+
+- zero or empty in an optional field means the node's default;
+- ``top_k`` -1 and ``seed`` -1 are the two non-zero specials (no limit, fresh
+  entropy), as srv/Ask.srv documents;
+- every exception maps to an error-code constant of Ask.Response through its
+  ``code`` (the runtime's :class:`~edgellm_ros.errors.EdgeLLMError` family
+  plus the node's own refusals below); anything else is INTERNAL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import GenerationRequest, SamplingConfig
+from ..errors import EdgeLLMError, InvalidRequest
+from ..generation import GenerationResult
+from .params import RequestDefaults
+
+
+class NotActive(EdgeLLMError):
+    """The node is not in the active state (or left it while the request waited)."""
+
+    code = "not_active"
+
+
+class QueueFull(EdgeLLMError):
+    """One request runs and queue_size more wait."""
+
+    code = "queue_full"
+
+
+class ImageUnavailable(EdgeLLMError):
+    """use_image was set but no image can be used."""
+
+    code = "image"
+
+
+class UnknownAdapter(EdgeLLMError):
+    """The request names a LoRA adapter the node did not load."""
+
+    code = "unknown_adapter"
+
+
+class Cancelled(EdgeLLMError):
+    """The generation was stopped before it finished (cleanup, shutdown)."""
+
+    code = "cancelled"
+
+
+#: EdgeLLMError.code -> name of the Ask.Response constant.
+ERROR_CODE_NAMES = {
+    "invalid_request": "INVALID_REQUEST",
+    "config": "INVALID_REQUEST",
+    "not_active": "NOT_ACTIVE",
+    "queue_full": "QUEUE_FULL",
+    "context_full": "CONTEXT_FULL",
+    "image": "IMAGE_ERROR",
+    "unknown_adapter": "UNKNOWN_ADAPTER",
+    "cancelled": "CANCELLED",
+    "backend": "BACKEND_ERROR",
+    "backend_unavailable": "BACKEND_ERROR",
+}
+
+
+def error_code_name(exc: BaseException) -> str:
+    """Name of the Ask.Response error constant for an exception."""
+    if isinstance(exc, EdgeLLMError):
+        return ERROR_CODE_NAMES.get(exc.code, "INTERNAL")
+    return "INTERNAL"
+
+
+def error_message(exc: BaseException) -> str:
+    """The human message of a failed response."""
+    if error_code_name(exc) == "INTERNAL":
+        return f"internal error ({type(exc).__name__}): {exc}"
+    return str(exc)
+
+
+def generation_request(ask: Any, defaults: RequestDefaults) -> GenerationRequest:
+    """Build the runtime request from Ask request fields and the node's defaults.
+
+    Raises InvalidRequest naming the offending field and value.
+    """
+    base = defaults.sampling
+    top_k = int(ask.top_k)
+    if top_k < -1:
+        raise InvalidRequest(f"top_k must be -1 (no limit), 0 (node default) or > 0, got {top_k}")
+    seed = int(ask.seed)
+    if seed < -1:
+        raise InvalidRequest(
+            f"seed must be -1 (fresh entropy), 0 (node default) or > 0, got {seed}")
+    sampling = SamplingConfig(
+        temperature=float(ask.temperature) if ask.temperature != 0 else base.temperature,
+        top_k={0: base.top_k, -1: 0}.get(top_k, top_k),
+        top_p=float(ask.top_p) if ask.top_p != 0 else base.top_p,
+        seed={0: base.seed, -1: None}.get(seed, seed))
+    return GenerationRequest(
+        prompt=ask.prompt,
+        system_prompt=ask.system_prompt or defaults.system_prompt,
+        max_new_tokens=int(ask.max_new_tokens) or defaults.max_new_tokens,
+        sampling=sampling,
+        stop=tuple(ask.stop))
+
+
+def fill_error(response: Any, exc: BaseException) -> Any:
+    """Mark ``response`` failed with the code and message of ``exc``."""
+    response.success = False
+    response.error_code = getattr(type(response), error_code_name(exc))
+    response.message = error_message(exc)
+    return response
+
+
+def fill_result(response: Any, result: GenerationResult) -> Any:
+    """Copy the answer and its statistics; a cancelled generation is a failure."""
+    response.text = result.text
+    response.finish_reason = result.finish_reason
+    response.prompt_tokens = int(result.prompt_tokens)
+    response.cached_tokens = int(result.cached_tokens)
+    response.generated_tokens = int(result.generated_tokens)
+    response.time_to_first_token = float(result.time_to_first_token)
+    response.tokens_per_second = float(result.tokens_per_second)
+    if result.finish_reason == "cancelled":
+        return fill_error(response, Cancelled(
+            "the generation was cancelled (node cleaned up or shut down); "
+            f"text holds the {result.generated_tokens} tokens generated before"))
+    response.success = True
+    response.error_code = type(response).OK
+    response.message = ""
+    return response

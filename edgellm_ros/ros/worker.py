@@ -1,0 +1,125 @@
+"""One generation at a time on a worker thread, with a bounded queue in front.
+
+ROS-free: the node gives each :class:`Job` two callbacks (stream a token,
+deliver the outcome) and the worker calls them from its thread. ``submit``
+never blocks: beyond the queue bound it raises QueueFull at once, so the
+service can answer right away.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Deque, List, Optional
+
+from ..config import GenerationRequest
+from ..generation import GenerationResult, TokenEvent
+from .ask import NotActive, QueueFull
+
+#: on_done(result, error): exactly one of the two is None.
+DoneCallback = Callable[[Optional[GenerationResult], Optional[BaseException]], None]
+
+
+@dataclass
+class Job:
+    """One accepted request."""
+
+    request_id: int
+    request: GenerationRequest
+    on_token: Callable[[TokenEvent], None]
+    on_done: DoneCallback
+    # Set to stop the generation at the next token.
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class GenerationWorker:
+    """Runs jobs one at a time on its own thread.
+
+    ``queue_size`` is read at every submit, so a parameter change applies to
+    the next request.
+    """
+
+    def __init__(self, engine, queue_size: Callable[[], int],
+                 log: Callable[[str], None] = print, name: str = "edgellm-worker"):
+        self._engine = engine
+        self._queue_size = queue_size
+        self._log = log
+        self._queue: Deque[Job] = deque()
+        self._running: Optional[Job] = None
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises QueueFull or NotActive (stopping) without blocking."""
+        with self._cond:
+            if self._stopping:
+                raise NotActive("the node is releasing its engine; no request is taken")
+            waiting, limit = len(self._queue), self._queue_size()
+            if waiting + (self._running is not None) > limit:
+                raise QueueFull(
+                    f"request queue is full: {int(self._running is not None)} generating and "
+                    f"{waiting} waiting (queue_size={limit}); retry later")
+            self._queue.append(job)
+            self._cond.notify()
+
+    def drop_waiting(self, error: BaseException) -> int:
+        """Finish every queued (not yet running) job with ``error``; returns how many."""
+        with self._cond:
+            dropped: List[Job] = list(self._queue)
+            self._queue.clear()
+        for job in dropped:
+            self._finish(job, None, error)
+        return len(dropped)
+
+    def stop(self, error: BaseException, timeout: Optional[float] = None) -> bool:
+        """Drop queued jobs with ``error``, cancel the running one, end the thread.
+
+        The running job still gets its outcome (a "cancelled" result).
+        Returns False if the thread did not end within ``timeout``.
+        """
+        with self._cond:
+            self._stopping = True
+            if self._running is not None:
+                self._running.cancel.set()
+            self._cond.notify_all()
+        self.drop_waiting(error)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def pending(self) -> int:
+        """Jobs running or waiting."""
+        with self._cond:
+            return len(self._queue) + (self._running is not None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                job = self._queue.popleft()
+                self._running = job
+                if self._stopping:
+                    job.cancel.set()
+            result: Optional[GenerationResult] = None
+            error: Optional[BaseException] = None
+            try:
+                result = self._engine.generate(job.request, on_token=job.on_token,
+                                               cancel=job.cancel)
+            except Exception as exc:  # delivered to the caller, never kills the thread
+                error = exc
+            with self._cond:
+                self._running = None
+            self._finish(job, result, error)
+
+    def _finish(self, job: Job, result: Optional[GenerationResult],
+                error: Optional[BaseException]) -> None:
+        try:
+            job.on_done(result, error)
+        except Exception as exc:  # a broken callback must not stop the worker
+            self._log(f"request {job.request_id}: delivering the outcome failed: {exc!r}")

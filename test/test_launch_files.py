@@ -1,0 +1,228 @@
+"""What launch/llm.launch.py and launch/vlm.launch.py describe, and that it works.
+
+launch and launch_ros are not installable here (not on PyPI), so the launch
+files are loaded against small stand-in modules that record every action.
+The recorded description is then checked, and carried out by hand as
+launch_ros would: the installed executable run with the described node name,
+namespace, params file and remapping, then the described lifecycle
+transitions requested through the node's lifecycle services, then a question.
+"""
+
+import importlib.util
+import os
+import random
+import subprocess
+import sys
+import threading
+import types
+
+import pytest
+import rclpy
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from conftest import REPO
+from lifecycle_msgs.msg import Transition
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+
+from edgellm_ros.ros.client import EdgeLLMClient
+from edgellm_ros.ros.node import EdgeLLMNode
+
+
+class Recorded:
+    """A stand-in launch entity: keeps its arguments, compares by them."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __eq__(self, other):
+        return type(self) is type(other) and (self.args, self.kwargs) == \
+            (other.args, other.kwargs)
+
+    def __repr__(self):
+        return f"{type(self).__name__}{self.args}{self.kwargs}"
+
+
+NAMES = {
+    "launch": ["LaunchDescription"],
+    "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler"],
+    "launch.conditions": ["IfCondition"],
+    "launch.events": [],
+    "launch.substitutions": ["LaunchConfiguration", "PathJoinSubstitution"],
+    "launch_ros": [],
+    "launch_ros.actions": ["LifecycleNode", "LifecycleTransition"],
+    "launch_ros.event_handlers": ["OnStateTransition"],
+    "launch_ros.events": [],
+    "launch_ros.events.lifecycle": ["ChangeState"],
+    "launch_ros.substitutions": ["FindPackageShare"],
+}
+
+
+def install_shims(monkeypatch, variant):
+    """Install the stand-in modules; 'humble' has no LifecycleTransition."""
+    classes = {}
+    for module, names in NAMES.items():
+        mod = types.ModuleType(module)
+        for name in names:
+            if name == "LifecycleTransition" and variant == "humble":
+                continue
+            classes[name] = type(name, (Recorded,), {})
+            setattr(mod, name, classes[name])
+        monkeypatch.setitem(sys.modules, module, mod)
+    sys.modules["launch.events"].matches_action = lambda action: ("matches_action", action)
+    return types.SimpleNamespace(variant=variant, **classes)
+
+
+@pytest.fixture(params=["iron_or_newer", "humble"])
+def shims(request, monkeypatch):
+    return install_shims(monkeypatch, request.param)
+
+
+def load(name):
+    path = os.path.join(REPO, "launch", name)
+    spec = importlib.util.spec_from_file_location(name.replace(".", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate_launch_description()
+
+
+def entities(description, cls):
+    return [e for e in description.args[0] if type(e) is cls]
+
+
+def resolve(value, arguments, overrides):
+    """Evaluate a recorded substitution the way launch would."""
+    if isinstance(value, (list, tuple)):
+        parts = [resolve(v, arguments, overrides) for v in value]
+        return parts if isinstance(value, list) else tuple(parts)
+    if isinstance(value, dict):
+        return {k: resolve(v, arguments, overrides) for k, v in value.items()}
+    kind = type(value).__name__
+    if kind == "LaunchConfiguration":
+        name = value.args[0]
+        if name in overrides:
+            return overrides[name]
+        if "default_value" not in arguments[name].kwargs:
+            raise KeyError(f"launch argument {name!r} is required")
+        return resolve(arguments[name].kwargs["default_value"], arguments, overrides)
+    if kind == "PathJoinSubstitution":
+        return os.path.join(*resolve(value.args[0], arguments, overrides))
+    if kind == "FindPackageShare":
+        return get_package_share_directory(value.args[0])
+    return value
+
+
+def described_transitions(description, shims, node):
+    """Transition ids the description requests after start, in order."""
+    if shims.variant == "humble":
+        emit, = entities(description, shims.EmitEvent)
+        handler, = entities(description, shims.RegisterEventHandler)
+        first = emit.kwargs["event"]
+        on_state = handler.args[0]
+        assert first.kwargs["lifecycle_node_matcher"] == ("matches_action", node)
+        assert on_state.kwargs["target_lifecycle_node"] is node
+        assert on_state.kwargs["goal_state"] == "inactive" and on_state.kwargs["handle_once"]
+        then = on_state.kwargs["entities"][0].kwargs["event"]
+        return [first.kwargs["transition_id"], then.kwargs["transition_id"]]
+    transition, = entities(description, shims.LifecycleTransition)
+    return list(transition.kwargs["transition_ids"])
+
+
+@pytest.mark.parametrize("name", ["llm.launch.py", "vlm.launch.py"])
+def test_launch_describes_a_self_starting_lifecycle_node(shims, name):
+    d = load(name)
+    arguments = {a.args[0]: a for a in entities(d, shims.DeclareLaunchArgument)}
+    expected = {"params_file", "namespace", "image_topic", "autostart"}
+    assert set(arguments) == expected | ({"model"} if name.startswith("vlm") else set())
+    assert all(a.kwargs["description"] for a in arguments.values())
+    node, = entities(d, shims.LifecycleNode)
+    kw = node.kwargs
+    assert (kw["package"], kw["executable"], kw["name"]) == \
+        ("edgellm_ros", "edgellm_node", "edgellm")
+    assert kw["namespace"] == shims.LaunchConfiguration("namespace")
+    assert kw["remappings"] == [("image", shims.LaunchConfiguration("image_topic"))]
+    assert kw["parameters"][0] == shims.LaunchConfiguration("params_file")
+    assert described_transitions(d, shims, node) == \
+        [Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE]
+    # the node starts before its transitions are requested
+    order = [type(e).__name__ for e in d.args[0]]
+    assert order.index("LifecycleNode") < min(
+        i for i, n in enumerate(order) if n in ("LifecycleTransition", "EmitEvent"))
+    defaults = resolve({k: shims.LaunchConfiguration(k) for k in expected}, arguments, {})
+    assert defaults["params_file"] == os.path.join(
+        get_package_share_directory("edgellm_ros"), "config", "edgellm.yaml")
+    assert os.path.isfile(defaults["params_file"])
+    assert defaults["namespace"] == "" and defaults["autostart"] == "true"
+    if name.startswith("vlm"):
+        assert kw["parameters"][1] == {"model": shims.LaunchConfiguration("model")}
+        with pytest.raises(KeyError, match="'model' is required"):
+            resolve(shims.LaunchConfiguration("model"), arguments, {})
+
+
+def test_the_described_launch_runs_and_answers(monkeypatch):
+    # One run is enough: both variants describe the same node and transitions.
+    shims = install_shims(monkeypatch, "iron_or_newer")
+    d = load("llm.launch.py")
+    arguments = {a.args[0]: a for a in entities(d, shims.DeclareLaunchArgument)}
+    node, = entities(d, shims.LifecycleNode)
+    ns = f"/launch_{os.getpid()}"
+    kw = resolve(node.kwargs, arguments, {"namespace": ns, "image_topic": "/cam/rgb"})
+    exe = os.path.join(get_package_prefix(kw["package"]), "lib", kw["package"], kw["executable"])
+    assert os.access(exe, os.X_OK), exe
+    cmd = [exe, "--ros-args", "-r", f"__node:={kw['name']}", "-r", f"__ns:={kw['namespace']}"]
+    for p in kw["parameters"]:
+        cmd += ["--params-file", p]
+    for src, dst in kw["remappings"]:
+        cmd += ["-r", f"{src}:={dst}"]
+    domain = random.randint(1, 101)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    proc = subprocess.Popen(cmd, env=env)
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    cn = rclpy.create_node("launch_test_client", context=context, namespace=ns)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(cn)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        c = EdgeLLMClient(cn)
+        c.wait_for_node()
+        labels = {Transition.TRANSITION_CONFIGURE: "configure",
+                  Transition.TRANSITION_ACTIVATE: "activate"}
+        for tid in described_transitions(d, shims, node):
+            assert c.transition(labels[tid])
+        assert c.state() == "active"
+        # the node runs with the packaged params file (the defaults)
+        assert c.get_parameters("max_new_tokens", "queue_size") == [256, 8]
+        res = c.ask("Say hi.", max_new_tokens=4)
+        assert res.success, res.message
+        assert c.transition("shutdown")
+        assert proc.wait(timeout=30) == 0             # finalized: the executable exits
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        executor.shutdown()
+        spinner.join(timeout=10)
+        cn.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+def test_a_params_file_loads_into_the_node(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    max_new_tokens: 7\n"
+                    "    system_prompt: 'Be terse.'\n"
+                    "    sampling:\n      top_k: 5\n      seed: 42\n    max_seq_len: 300\n")
+    context = Context()
+    rclpy.init(context=context, args=["--ros-args", "--params-file", str(path)],
+               domain_id=random.randint(1, 101))
+    try:
+        node = EdgeLLMNode(context=context, namespace=f"/pf_{os.getpid()}")
+        values = {n: node.get_parameter(n).value for n in
+                  ("max_new_tokens", "system_prompt", "sampling.top_k", "sampling.seed",
+                   "max_seq_len", "queue_size")}
+        assert values == {"max_new_tokens": 7, "system_prompt": "Be terse.",
+                          "sampling.top_k": 5, "sampling.seed": 42, "max_seq_len": 300,
+                          "queue_size": 8}
+        assert node._defaults.sampling.seed == 42 and node._defaults.max_new_tokens == 7
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

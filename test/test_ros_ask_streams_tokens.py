@@ -1,0 +1,131 @@
+"""/ask on the real default model: answers, streamed tokens, errors, queue, memory."""
+
+import threading
+import time
+
+import pytest
+from conftest import rss_mib
+
+from edgellm_ros.srv import Ask
+
+NODE_PARAMETERS = {"max_seq_len": 512, "max_new_tokens": 24}
+QUESTION = "What should a robot do near stairs?"
+
+
+@pytest.fixture(scope="module")
+def active(ros_graph):
+    c = ros_graph.client
+    assert c.transition("configure") and c.transition("activate")
+    c.wait_for_token_publisher()
+    return c
+
+
+def check_stream(client, res):
+    """The Token messages of res concatenate to its text; indices 0..n-1; one done, last."""
+    tokens = client.tokens(res.request_id)
+    assert [m.index for m in tokens] == list(range(len(tokens)))
+    assert [m.done for m in tokens] == [False] * (len(tokens) - 1) + [True]
+    assert "".join(m.text for m in tokens) == res.text
+    assert tokens[-1].finish_reason == res.finish_reason
+    assert all(m.request_id == res.request_id for m in tokens)
+    assert all(m.header.stamp.sec > 0 for m in tokens)
+    return tokens
+
+
+def test_ask_answers_and_tokens_match_the_response(active):
+    res = active.ask(QUESTION)
+    assert res.success, res.message
+    assert res.error_code == Ask.Response.OK and res.message == ""
+    assert res.request_id > 0 and len(res.text.strip()) > 10
+    assert res.finish_reason in ("stop", "length")
+    assert 20 < res.prompt_tokens < 100
+    assert 0 < res.generated_tokens <= 24             # the node's max_new_tokens
+    assert res.time_to_first_token > 0 and res.tokens_per_second > 0
+    assert len(check_stream(active, res)) >= 2
+
+
+def test_greedy_answers_are_repeatable_and_stop_strings_cut(active):
+    a = active.ask("Name three colors.", max_new_tokens=16)
+    b = active.ask("Name three colors.", max_new_tokens=16)
+    assert a.success and b.success and a.text == b.text and a.request_id != b.request_id
+    check_stream(active, b)
+    cut = a.text.strip().split()[1]                    # a word the answer contains
+    c = active.ask("Name three colors.", max_new_tokens=16, stop=[cut])
+    assert c.success and c.finish_reason == "stop_string"
+    assert c.text == a.text[:a.text.index(cut)]
+    check_stream(active, c)
+
+
+@pytest.mark.parametrize("fields, code, words", [
+    (dict(prompt=""), "INVALID_REQUEST", "prompt must be a non-empty string"),
+    (dict(prompt="hi", top_p=2.0), "INVALID_REQUEST", "top_p must be in (0, 1], got 2.0"),
+    (dict(prompt="hi", use_image=True), "IMAGE_ERROR", "no vision encoder"),
+    (dict(prompt="hi", lora="radiology"), "UNKNOWN_ADAPTER", "'radiology'"),
+    (dict(prompt="word " * 600), "CONTEXT_FULL", "max_seq_len=512"),
+])
+def test_bad_requests_get_a_code_and_a_reason_and_the_node_goes_on(active, fields, code, words):
+    prompt = fields.pop("prompt")
+    res = active.ask(prompt, **fields)
+    assert not res.success and res.error_code == getattr(Ask.Response, code)
+    assert words in res.message, res.message
+    if code == "CONTEXT_FULL":                          # accepted, then failed: stream closed
+        tokens = active.tokens(res.request_id)
+        assert len(tokens) == 1 and tokens[0].done and tokens[0].finish_reason == "error"
+    assert active.ask("Say hi.", max_new_tokens=2).success
+
+
+def test_runtime_parameters_apply_to_the_next_request(active):
+    assert active.set_parameters(max_new_tokens=3)[0].successful
+    try:
+        res = active.ask("Tell me a long story about a robot.")
+        assert res.success and res.generated_tokens == 3 and res.finish_reason == "length"
+    finally:
+        assert active.set_parameters(max_new_tokens=24)[0].successful
+
+
+def test_full_queue_and_inactive_node_get_clear_errors_while_running_completes(active):
+    assert active.set_parameters(queue_size=1)[0].successful
+    first_token = threading.Event()
+    active.on_token = lambda msg: first_token.set()
+    try:
+        running = active.ask_async("Tell me a long story about a robot.", max_new_tokens=96)
+        assert first_token.wait(60), "the first request did not start"
+        waiting = active.ask_async("Say hi.")
+        time.sleep(0.3)                               # let it reach the queue
+        full = active.ask("Say hello.")
+        assert not full.success and full.error_code == Ask.Response.QUEUE_FULL
+        assert "queue is full" in full.message and "queue_size=1" in full.message
+
+        assert active.transition("deactivate")
+        assert not running.done(), "the first request should still be generating"
+        dropped = active.result(waiting)
+        assert dropped.error_code == Ask.Response.NOT_ACTIVE
+        assert "deactivated before this request started" in dropped.message
+        refused = active.ask("Say hi.")
+        assert refused.error_code == Ask.Response.NOT_ACTIVE and "inactive" in refused.message
+
+        done = active.result(running)                 # the running generation completes
+        assert done.success, done.message
+        assert done.generated_tokens == 96 or done.finish_reason == "stop"
+        check_stream(active, done)
+    finally:
+        active.on_token = None
+        assert active.transition("activate")
+        assert active.set_parameters(queue_size=8)[0].successful
+
+
+def test_200_sequential_asks_keep_memory_bounded(active):
+    def ask():
+        res = active.ask("Hi!", max_new_tokens=2)
+        assert res.success, res.message
+        active.tokens(res.request_id)
+
+    for _ in range(20):                               # warm-up: caches, allocator pools
+        ask()
+    before = rss_mib()
+    t0 = time.monotonic()
+    for _ in range(200):
+        ask()
+    grown = rss_mib() - before
+    print(f"200 asks in {time.monotonic() - t0:.1f} s, RSS {before:.0f} MiB, grew {grown:.1f} MiB")
+    assert grown < 15

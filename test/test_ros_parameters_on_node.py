@@ -1,0 +1,75 @@
+"""Parameters through the node's real parameter services.
+
+Descriptors carry descriptions and ranges; valid changes apply, invalid ones
+are refused with the reason; configure-time parameters change only while the
+node is unconfigured.
+"""
+
+from rcl_interfaces.msg import ParameterType
+
+from edgellm_ros.ros.params import CONFIGURE_TIME, PARAMETERS
+
+NODE_PARAMETERS = {"max_seq_len": 256}
+
+
+def test_every_parameter_is_declared_with_its_descriptor(ros_graph):
+    c = ros_graph.client
+    names = [p.name for p in PARAMETERS]
+    for spec, d in zip(PARAMETERS, c.describe_parameters(*names)):
+        assert d.name == spec.name and d.description == spec.description
+        assert not d.read_only and not d.dynamic_typing
+        assert ("configure-time" in d.additional_constraints) == (spec.name in CONFIGURE_TIME)
+        if spec.range is None:
+            assert not d.integer_range and not d.floating_point_range
+        elif d.type == ParameterType.PARAMETER_DOUBLE:
+            r = d.floating_point_range[0]
+            assert (r.from_value, r.to_value) == spec.range
+        else:
+            r = d.integer_range[0]
+            assert (r.from_value, r.to_value) == spec.range
+    assert c.get_parameters("max_seq_len", "sampling.temperature") == [256, 0.0]
+
+
+def test_valid_runtime_changes_apply(ros_graph):
+    c = ros_graph.client
+    results = c.set_parameters(sampling__temperature=0.7, sampling__top_k=40,
+                               system_prompt="Answer in one sentence.", queue_size=2)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    assert c.get_parameters("sampling.temperature", "sampling.top_k", "queue_size") == \
+        [0.7, 40, 2]
+    assert ros_graph.node._defaults.sampling.top_k == 40
+    assert ros_graph.node._defaults.system_prompt == "Answer in one sentence."
+
+
+def test_invalid_changes_are_refused_with_the_reason(ros_graph):
+    c = ros_graph.client
+    cases = {
+        "sampling.temperature": (-1.0, "out of range"),    # the descriptor's range (rclpy)
+        "sampling.top_p": (0.0, "top_p must be in (0, 1], got 0.0"),
+        "backend": ("cuda", "backend must be one of"),
+        "max_new_tokens": (0, "out of range"),
+        "queue_size": ("many", "Wrong parameter type"),
+    }
+    for name, (value, words) in cases.items():
+        before = c.get_parameters(name)
+        (result,) = c.set_parameters(**{name.replace(".", "__"): value})
+        assert not result.successful, name
+        assert words in result.reason, (name, result.reason)
+        assert c.get_parameters(name) == before
+
+
+def test_configure_time_parameters_change_only_while_unconfigured(ros_graph):
+    c = ros_graph.client
+    assert c.set_parameters(max_seq_len=320)[0].successful        # unconfigured: fine
+    assert c.transition("configure")
+    try:
+        (result,) = c.set_parameters(max_seq_len=1024)
+        assert not result.successful
+        assert "max_seq_len: configure-time parameter" in result.reason
+        assert "inactive" in result.reason and "clean up" in result.reason
+        assert c.get_parameters("max_seq_len") == [320]
+        assert c.set_parameters(max_seq_len=320)[0].successful    # unchanged value: fine
+        assert c.set_parameters(max_new_tokens=5)[0].successful   # runtime: fine
+    finally:
+        assert c.transition("cleanup")
+    assert c.set_parameters(max_seq_len=1024)[0].successful
