@@ -69,12 +69,11 @@ def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarr
     step = OrtDraft(os.path.join(sub, "draft.onnx"), cfg, vocab, embeddings,
                     config.max_seq_len + limits.max_expanded, max(chunk, limits.max_top_k),
                     config.num_threads)
-    fc = None
+    fc: Optional[Callable[[np.ndarray], np.ndarray]] = None
     if cfg.layout == "eagle3":
         fc_sess = make_session(os.path.join(sub, "draft_fc.onnx"), config.num_threads)
-
-        def fc(feats: np.ndarray) -> np.ndarray:
-            return fc_sess.run(None, {"features": np.ascontiguousarray(feats)[None]})[0][0]
+        fc = lambda feats: fc_sess.run(  # noqa: E731
+            None, {"features": np.ascontiguousarray(feats)[None]})[0][0]
     return Drafter(cfg, weights, step, fc, limits)
 
 

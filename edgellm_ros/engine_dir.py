@@ -43,6 +43,8 @@ EXPORT_FORMAT = 5
 def graph_name(lora: bool, eagle3: bool) -> str:
     """File stem of the decoder variant."""
     return "decoder" + ("_eagle3" if eagle3 else "") + ("_lora" if lora else "")
+
+
 MANIFEST = "manifest.json"
 
 

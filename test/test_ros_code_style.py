@@ -7,10 +7,12 @@ import sys
 
 from conftest import REPO
 
-FILES = (glob.glob(os.path.join(REPO, "edgellm_ros", "ros", "*.py"))
+FILES = (glob.glob(os.path.join(REPO, "edgellm_ros", "**", "*.py"), recursive=True)
+         + glob.glob(os.path.join(REPO, "benchmarks", "*.py"))
+         + glob.glob(os.path.join(REPO, "tools", "reference", "*.py"))
+         + [os.path.join(REPO, "tools", f) for f in ("lora_data.py", "train_lora.py")]
+         + glob.glob(os.path.join(REPO, "test", "*.py"))
          + glob.glob(os.path.join(REPO, "launch", "*.py"))
-         + glob.glob(os.path.join(REPO, "test", "test_ros_*.py"))
-         + glob.glob(os.path.join(REPO, "test", "test_launch_*.py"))
          + [os.path.join(REPO, f) for f in ("setup.py", "test/conftest.py",
                                             "edgellm_ros/__init__.py")])
 

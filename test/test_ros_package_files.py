@@ -46,7 +46,8 @@ def test_interfaces_have_the_fields_of_the_contract():
     assert set(Ask.Response.get_fields_and_field_types()) == {
         "success", "error_code", "message", "text", "request_id", "finish_reason",
         "prompt_tokens", "cached_tokens", "generated_tokens", "time_to_first_token",
-        "tokens_per_second"}
+        "tokens_per_second", "draft_steps", "drafted_tokens", "accepted_tokens",
+        "mean_acceptance_length"}
     assert set(Token.get_fields_and_field_types()) == {
         "header", "request_id", "index", "text", "done", "finish_reason"}
 

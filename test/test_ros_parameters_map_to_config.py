@@ -6,6 +6,9 @@ import os
 import pytest
 import yaml
 
+from edgellm_ros.resources import share_dir
+from edgellm_ros.speculative import EagleConfig
+
 from edgellm_ros.config import EngineConfig, SamplingConfig
 from edgellm_ros.errors import ConfigError, InvalidRequest
 from edgellm_ros.ros.params import (CONFIGURE_TIME, DEFAULTS, PARAMETERS,
@@ -26,7 +29,10 @@ def _flatten(d, prefix=""):
 
 def test_defaults_give_the_runtime_defaults():
     s = settings_from_parameters({})
-    assert s.engine == EngineConfig()
+    # the runtime's defaults, plus the shipped demo adapter resolved in the share folder
+    assert s.engine == EngineConfig(lora_adapters=("radiology:adapters/radiology",),
+                                    lora_base_dir=share_dir())
+    assert s.lora == "" and s.eagle == EagleConfig()
     assert s.defaults.sampling == SamplingConfig(seed=None)
     assert s.defaults.system_prompt is None
     assert (s.defaults.max_new_tokens, s.defaults.queue_size) == (256, 8)
@@ -41,7 +47,9 @@ def test_yaml_defaults_equal_the_declared_defaults():
 
 def test_configure_time_parameters_are_the_engine_ones():
     assert CONFIGURE_TIME == {"model", "engine_dir", "backend", "max_seq_len", "num_threads",
-                              "prompt_cache_bytes"}
+                              "prompt_cache_bytes", "lora_adapters", "max_lora_rank",
+                              "eagle.draft", "eagle.max_top_k", "eagle.max_step",
+                              "eagle.max_tree", "image_compressed"}
 
 
 def test_every_parameter_has_a_description_and_a_range_holding_its_default():
@@ -50,7 +58,9 @@ def test_every_parameter_has_a_description_and_a_range_holding_its_default():
         if p.range is not None:
             lo, hi = p.range
             assert lo <= p.default <= hi, p.name
-            settings_from_parameters({p.name: hi})  # the top of the range is valid
+            # the top of the range is valid (EAGLE tree settings within the largest tree)
+            limits = {"eagle.max_top_k": 64, "eagle.max_step": 32, "eagle.max_tree": 512}
+            settings_from_parameters({**limits, p.name: hi})
 
 
 def test_values_map_to_typed_config():
@@ -87,3 +97,18 @@ def test_invalid_values_raise_naming_the_value(name, value, error, words):
     with pytest.raises(error) as info:
         settings_from_parameters({name: value})
     assert words in str(info.value)
+
+
+def test_lora_and_eagle_parameters_are_validated_with_the_reason():
+    import pytest
+    from edgellm_ros.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown LoRA adapter 'nope'.*radiology"):
+        settings_from_parameters({"lora": "nope"})
+    with pytest.raises(ConfigError, match="not 'name:path'"):
+        settings_from_parameters({"lora_adapters": ["radiology"]})
+    with pytest.raises(ConfigError, match="eagle.drafting_top_k must be in \\[1, 8\\]"):
+        settings_from_parameters({"eagle.drafting_top_k": 9})
+    s = settings_from_parameters({"eagle.max_top_k": 16, "eagle.drafting_top_k": 9,
+                                  "eagle.enabled": True, "lora": "radiology"})
+    assert s.eagle == EagleConfig(True, 9, 4, 16) and s.lora == "radiology"
+    assert settings_from_parameters({"model": "/m.gguf"}).engine.lora_adapters == ()

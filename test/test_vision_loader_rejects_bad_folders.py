@@ -75,9 +75,10 @@ def test_vision_json_round_trips(tiny_vlm, tmp_path):
         VisionPipeline.from_folder(str(tmp_path))
 
 
-def test_text_loader_refers_vlm_folders_to_the_vision_loader(tiny_vlm):
-    with pytest.raises(UnsupportedModelError, match="idefics3"):
-        load_model(tiny_vlm)
+def test_load_model_of_a_vlm_folder_gives_its_text_model(tiny_vlm):
+    text = load_model(tiny_vlm)
+    assert text.tensors["embed_tokens.weight"].shape[0] == text.config.vocab_size
+    assert text.config.num_layers == load_vlm(tiny_vlm)[0].config.num_layers
 
 
 def test_tied_head_when_the_top_level_flag_says_so(copy):

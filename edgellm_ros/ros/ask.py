@@ -39,12 +39,6 @@ class ImageUnavailable(EdgeLLMError):
     code = "image"
 
 
-class UnknownAdapter(EdgeLLMError):
-    """The request names a LoRA adapter the node did not load."""
-
-    code = "unknown_adapter"
-
-
 class Cancelled(EdgeLLMError):
     """The generation was stopped before it finished (cleanup, shutdown)."""
 
@@ -103,7 +97,8 @@ def generation_request(ask: Any, defaults: RequestDefaults) -> GenerationRequest
         system_prompt=ask.system_prompt or defaults.system_prompt,
         max_new_tokens=int(ask.max_new_tokens) or defaults.max_new_tokens,
         sampling=sampling,
-        stop=tuple(ask.stop))
+        stop=tuple(ask.stop),
+        adapter=ask.lora or None)
 
 
 def fill_error(response: Any, exc: BaseException) -> Any:
@@ -123,6 +118,11 @@ def fill_result(response: Any, result: GenerationResult) -> Any:
     response.generated_tokens = int(result.generated_tokens)
     response.time_to_first_token = float(result.time_to_first_token)
     response.tokens_per_second = float(result.tokens_per_second)
+    if result.eagle is not None:
+        response.draft_steps = int(result.eagle.drafts)
+        response.drafted_tokens = int(result.eagle.drafted_tokens)
+        response.accepted_tokens = int(result.eagle.accepted_tokens)
+        response.mean_acceptance_length = float(result.eagle.mean_acceptance_length)
     if result.finish_reason == "cancelled":
         return fill_error(response, Cancelled(
             "the generation was cancelled (node cleaned up or shut down); "

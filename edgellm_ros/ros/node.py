@@ -27,7 +27,9 @@ from __future__ import annotations
 import ctypes
 import gc
 import itertools
+import json
 import threading
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import rclpy
@@ -37,20 +39,26 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 from rclpy.task import Future
 
-from ..errors import EdgeLLMError
+from ..errors import EdgeLLMError, InvalidRequest
 from ..generation import GenerationResult, TokenEvent
 from ..msg import Token
 from ..srv import Ask
-from .ask import (ImageUnavailable, NotActive, UnknownAdapter, error_message, fill_error,
-                  fill_result, generation_request)
+from .ask import (ImageUnavailable, NotActive, error_message, fill_error, fill_result,
+                  generation_request)
+from .camera import LatestFrame
 from .params import (CONFIGURE_TIME, MAX_QUEUE_SIZE, PARAMETERS, SPECS, ParamSpec,
                      RequestDefaults, settings_from_parameters)
 from .worker import GenerationWorker, Job
 
 NODE_NAME = "edgellm"
+STATUS_TOPIC = "~/status"     # /edgellm/status: JSON, latched
+STATUS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                        history=HistoryPolicy.KEEP_LAST,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 ASK_SERVICE = "ask"           # /ask in the root namespace
 TOKENS_TOPIC = "~/tokens"     # /edgellm/tokens
 #: Reliable, deep enough for a whole answer to be buffered for a slow reader.
@@ -111,6 +119,10 @@ class EdgeLLMNode(LifecycleNode):
         self._engine: Any = None
         self._worker: Optional[GenerationWorker] = None
         self._tokens: Any = None
+        self._status: Any = None
+        self._camera: Optional[LatestFrame] = None
+        self._image_age = 2.0
+        self._served = 0
         self._ids = itertools.count(1)
         #: Done when the node reaches the finalized state (main() then exits).
         self.finalized: Future = Future()
@@ -144,7 +156,14 @@ class EdgeLLMNode(LifecycleNode):
                     "so the change would not take effect. Deactivate and clean up the node, "
                     "set it, then configure again"))
         try:
-            settings_from_parameters({**self._values(), **changes})
+            settings = settings_from_parameters({**self._values(), **changes})
+            engine = self._engine
+            if engine is not None:  # runtime settings against what configure loaded
+                engine.adapters.check(settings.lora)
+                settings.eagle.check(engine.eagle_limits)
+                if settings.eagle.enabled and engine.drafter is None:
+                    return SetParametersResult(successful=False, reason=(
+                        "eagle.enabled: no EAGLE draft is loaded (eagle.draft)"))
         except EdgeLLMError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
@@ -157,8 +176,15 @@ class EdgeLLMNode(LifecycleNode):
             except EdgeLLMError as exc:  # _check_parameters lets no such change through
                 self.get_logger().error(f"parameters not applied: {exc}")
                 return
+            settings = settings_from_parameters(self._values())
             with self._lock:
                 self._defaults = defaults
+                self._image_age = settings.max_image_age
+            engine = self._engine
+            if engine is not None:  # the next request uses them
+                engine.set_adapter(settings.lora)
+                engine.set_eagle(settings.eagle)
+                self._publish_status()
 
     # -- lifecycle -----------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -173,6 +199,11 @@ class EdgeLLMNode(LifecycleNode):
                      f"max_seq_len={settings.engine.max_seq_len}")
             from ..engine import Engine  # heavy imports only when configuring
             engine = Engine.load(settings.engine, log=log.info)
+            try:
+                engine.set_eagle(settings.eagle)
+            except EdgeLLMError:
+                engine.close()
+                raise
         except Exception as exc:
             log.error(f"configure failed ({type(exc).__name__}): {exc}")
             with self._lock:
@@ -180,12 +211,18 @@ class EdgeLLMNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._engine = engine
         self._tokens = self.create_publisher(Token, TOKENS_TOPIC, TOKENS_QOS)
+        self._status = self.create_publisher(String, STATUS_TOPIC, STATUS_QOS)
+        self._camera = LatestFrame(self, compressed=settings.image_compressed)
+        if engine.vision is None:
+            log.info("text-only model: use_image requests are answered IMAGE_ERROR")
         worker = GenerationWorker(engine, lambda: self._defaults.queue_size,
                                   log=log.error, name=f"{self.get_name()}-worker")
         with self._lock:
             self._worker = worker
             self._defaults = settings.defaults
+            self._image_age = settings.max_image_age
             self._state = "inactive"
+        self._publish_status()
         log.info("configured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -245,6 +282,12 @@ class EdgeLLMNode(LifecycleNode):
         if self._tokens is not None:
             self.destroy_publisher(self._tokens)
             self._tokens = None
+        if self._status is not None:
+            self.destroy_publisher(self._status)
+            self._status = None
+        if self._camera is not None:
+            self._camera.destroy()
+            self._camera = None
         if engine is not None:
             engine.close()
             del engine
@@ -271,24 +314,61 @@ class EdgeLLMNode(LifecycleNode):
             if self._state != "active" or self._worker is None:
                 raise NotActive(f"the node is {self._state}, not active: configure and "
                                 "activate it (lifecycle transitions) before asking")
-            if request.use_image:
-                raise ImageUnavailable("use_image is set, but this node's model has no "
-                                       "vision encoder")
+            engine = self._engine
             if request.lora:
-                raise UnknownAdapter(f"unknown LoRA adapter {request.lora!r}: this node "
-                                     "loaded no adapters")
+                engine.adapters.check(request.lora)
             job_request = generation_request(request, self._defaults)
+            if request.use_image:
+                job_request = replace(job_request, images=(self._image_for(request),))
             stream = _TokenStream(self, next(self._ids), done, executor)
             self._worker.submit(Job(stream.request_id, job_request, stream.on_token,
                                     stream.on_done))
         response.request_id = stream.request_id
         result, error = await done
+        self._served += 1
+        self._publish_status()
         if error is not None:
             if not isinstance(error, EdgeLLMError):
                 self.get_logger().error(
                     f"request {stream.request_id} failed: {error_message(error)}")
             return fill_error(response, error)
         return fill_result(response, result)
+
+    def _image_for(self, request: Ask.Request) -> Any:
+        """The inline image, else the latest camera frame if young enough (RGB uint8)."""
+        from ..vision import image_from_raw
+        if self._engine.vision is None:
+            raise ImageUnavailable("use_image is set, but this node's model has no vision "
+                                   "encoder (text-only); configure a vision model")
+        try:
+            if len(request.image.data):
+                img = request.image
+                return image_from_raw(img.width, img.height, img.encoding, img.step,
+                                      img.data, bool(img.is_bigendian))
+            if self._camera is None:
+                raise ImageUnavailable("no camera subscription (node not configured)")
+            return self._camera.image(self.get_clock().now(), self._image_age)
+        except InvalidRequest as exc:  # unknown encoding, bad step... from the converter
+            raise ImageUnavailable(str(exc)) from exc
+
+    def _publish_status(self) -> None:
+        """Latched JSON on ~/status: state, adapters, EAGLE settings and cumulative metrics."""
+        pub, engine = self._status, self._engine
+        if pub is None or engine is None:
+            return
+        status = {
+            "state": self._state, "model": engine.config.model or "(embedded default)",
+            "backend": engine.backend, "lora": engine.adapter,
+            "lora_adapters": engine.adapters.names,
+            "vision": engine.vision is not None, "requests_served": self._served,
+            "eagle": {"draft_loaded": engine.drafter is not None,
+                      "enabled": engine.eagle.enabled,
+                      "drafting_top_k": engine.eagle.drafting_top_k,
+                      "drafting_step": engine.eagle.drafting_step,
+                      "verify_tree_size": engine.eagle.verify_tree_size,
+                      **engine.eagle_totals.as_dict()},
+        }
+        pub.publish(String(data=json.dumps(status)))
 
     def _publish(self, msg: Token) -> None:
         pub = self._tokens

@@ -12,11 +12,15 @@ message, and all of it is testable without ROS. No rclpy import here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..config import EngineConfig, GenerationRequest, SamplingConfig
 from ..errors import ConfigError
+from ..lora import parse_adapter_spec
+from ..resources import share_dir
+from ..speculative import EagleConfig, EagleLimits
 
 Number = Union[int, float]
 #: Largest request queue the node accepts.
@@ -39,6 +43,8 @@ class ParamSpec:
 
 
 _ENGINE = EngineConfig()
+#: The shipped demo adapter of the embedded model (adapters/radiology).
+DEMO_ADAPTER = "radiology:adapters/radiology"
 
 PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("model", _ENGINE.model,
@@ -83,6 +89,41 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("queue_size", 8,
               "requests that may wait while one generates; more get QUEUE_FULL",
               range=(0, MAX_QUEUE_SIZE)),
+    ParamSpec("lora_adapters", [DEMO_ADAPTER],
+              "LoRA adapters (PEFT folders) loaded at configure, as 'name:path'; relative "
+              "paths resolve against the package's share folder; '' entries are ignored. "
+              "The shipped demo adapter is skipped when model is not the embedded default",
+              configure_time=True),
+    ParamSpec("max_lora_rank", _ENGINE.max_lora_rank,
+              "largest adapter rank accepted at configure", configure_time=True,
+              range=(1, 1024)),
+    ParamSpec("lora", "",
+              "LoRA adapter of the next requests ('' = the base model); must be one of "
+              "lora_adapters"),
+    ParamSpec("eagle.draft", _ENGINE.eagle_draft,
+              "EAGLE draft folder; 'default' = the shipped draft of the embedded model "
+              "(none for other models); '' = no draft", configure_time=True),
+    ParamSpec("eagle.max_top_k", _ENGINE.eagle_max_top_k,
+              "largest eagle.drafting_top_k (sizes buffers)", configure_time=True, range=(1, 64)),
+    ParamSpec("eagle.max_step", _ENGINE.eagle_max_step,
+              "largest eagle.drafting_step (sizes buffers)", configure_time=True, range=(1, 32)),
+    ParamSpec("eagle.max_tree", _ENGINE.eagle_max_tree,
+              "largest eagle.verify_tree_size (sizes buffers)", configure_time=True,
+              range=(1, 512)),
+    ParamSpec("eagle.enabled", False,
+              "speculative decoding with the EAGLE draft for the next requests"),
+    ParamSpec("eagle.drafting_top_k", 4,
+              "children per expanded draft node (<= eagle.max_top_k)", range=(1, 64)),
+    ParamSpec("eagle.drafting_step", 4,
+              "levels of the draft tree (<= eagle.max_step)", range=(1, 32)),
+    ParamSpec("eagle.verify_tree_size", 16,
+              "draft nodes verified per base forward (<= eagle.max_tree)", range=(1, 512)),
+    ParamSpec("image_compressed", False,
+              "subscribe to image/compressed (sensor_msgs/CompressedImage) too",
+              configure_time=True),
+    ParamSpec("max_image_age", 2.0,
+              "seconds after which the latest camera frame is too old for use_image",
+              range=(0.0, 3600.0)),
 )
 
 SPECS = {p.name: p for p in PARAMETERS}
@@ -118,6 +159,10 @@ class NodeSettings:
 
     engine: EngineConfig      # configure-time
     defaults: RequestDefaults  # runtime: applies to the next request
+    lora: str = ""            # runtime: adapter of the next requests
+    eagle: EagleConfig = field(default_factory=EagleConfig)  # runtime
+    max_image_age: float = 2.0  # runtime: seconds
+    image_compressed: bool = False  # configure-time
 
 
 def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
@@ -135,12 +180,30 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         if not ok:
             raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
     max_seq_len = v["max_seq_len"]
+    adapters = tuple(a for a in v["lora_adapters"]
+                     if a and not (v["model"] and a == DEMO_ADAPTER))
+    for a in adapters:
+        if not isinstance(a, str):
+            raise ConfigError(f"lora_adapters entries must be strings, got {a!r}")
+        parse_adapter_spec(a)
+    names = [a.partition(":")[0].strip() for a in adapters]
+    if v["lora"] and v["lora"] not in names:
+        raise ConfigError(f"unknown LoRA adapter {v['lora']!r}; lora_adapters names: "
+                          f"{', '.join(names) or 'none'}")
     engine = EngineConfig(
         model=v["model"], engine_dir=v["engine_dir"], backend=v["backend"],
         max_seq_len=max_seq_len,
         # not a parameter: the runtime's chunk, capped by the cache size
         prefill_chunk=max(1, min(_ENGINE.prefill_chunk, max_seq_len)),
-        prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"])
+        prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"],
+        lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
+        lora=v["lora"], eagle_draft=v["eagle.draft"], eagle_max_top_k=v["eagle.max_top_k"],
+        eagle_max_step=v["eagle.max_step"], eagle_max_tree=v["eagle.max_tree"])
+    limits = EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"])
+    eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
+                        v["eagle.verify_tree_size"]).check(limits)
+    if not (math.isfinite(v["max_image_age"]) and v["max_image_age"] > 0):
+        raise ConfigError(f"max_image_age must be > 0 seconds, got {v['max_image_age']}")
     seed = v["sampling.seed"]
     if seed < -1:
         raise ConfigError(f"sampling.seed must be -1 (fresh entropy) or >= 0, got {seed}")
@@ -151,4 +214,6 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
             temperature=float(v["sampling.temperature"]), top_k=v["sampling.top_k"],
             top_p=float(v["sampling.top_p"]), seed=None if seed == -1 else seed),
         queue_size=v["queue_size"])
-    return NodeSettings(engine=engine, defaults=defaults)
+    return NodeSettings(engine=engine, defaults=defaults, lora=v["lora"], eagle=eagle,
+                        max_image_age=float(v["max_image_age"]),
+                        image_compressed=v["image_compressed"])

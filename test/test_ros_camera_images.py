@@ -1,0 +1,93 @@
+"""Images through the node: a frame on the camera topic, then /ask with use_image;
+inline images; old frames and unknown encodings get IMAGE_ERROR while the node serves."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+_PARENT = tempfile.mkdtemp(prefix="edgellm_vlm_")
+
+
+def _vlm_folder() -> str:
+    from edgellm_ros.engine_dir import ensure_engine
+    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    return write_tiny_vlm_once(_PARENT, ensure_engine("", "", log=lambda m: None))
+
+
+NODE_PARAMETERS = {"model": _vlm_folder(), "engine_dir": os.path.join(_PARENT, "engine"),
+                   "max_seq_len": 256, "max_image_age": 5.0}
+
+
+def _image_msg(seed: int, encoding: str = "rgb8", stamp=None):
+    from sensor_msgs.msg import Image
+
+    from edgellm_ros.testing.tiny_vlm import synthetic_image
+    img = synthetic_image(seed, 48, 64)
+    msg = Image(height=48, width=64, encoding=encoding, step=64 * 3, data=img.tobytes())
+    if stamp is not None:
+        msg.header.stamp = stamp
+    return msg
+
+
+def _publish_and_wait(graph, msg, timeout=10.0):
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+    pub = graph.client_node.create_publisher(Image, "image", qos_profile_sensor_data)
+    try:
+        deadline = time.monotonic() + timeout
+        cam = graph.node._camera
+        while time.monotonic() < deadline:
+            pub.publish(msg)
+            time.sleep(0.1)
+            latest = cam._latest
+            if latest is not None and bytes(latest[0].data) == bytes(msg.data) and \
+                    latest[0].header.stamp == msg.header.stamp:
+                return
+        raise AssertionError("the node did not receive the frame")
+    finally:
+        graph.client_node.destroy_publisher(pub)
+
+
+def test_camera_frame_then_ask_with_use_image(ros_graph):
+    c = ros_graph.client
+    assert c.transition("configure") and c.transition("activate")
+    try:
+        now = ros_graph.client_node.get_clock().now().to_msg()
+        _publish_and_wait(ros_graph, _image_msg(1, stamp=now))
+        r1 = c.ask("What do you see?", use_image=True, max_new_tokens=6, top_k=1)
+        assert r1.success, r1.message
+        tokens = c.tokens(r1.request_id)
+        assert "".join(t.text for t in tokens) == r1.text and tokens[-1].done
+        again = c.ask("What do you see?", use_image=True, max_new_tokens=6, top_k=1)
+        assert again.text == r1.text and again.prompt_tokens == r1.prompt_tokens
+        text_only = c.ask("What do you see?", max_new_tokens=6, top_k=1)
+        assert text_only.success and text_only.prompt_tokens < r1.prompt_tokens
+        # an inline image is used instead of the topic's frame
+        inline = c.ask("What do you see?", use_image=True, image=_image_msg(2),
+                       max_new_tokens=6, top_k=1)
+        assert inline.success and inline.prompt_tokens == r1.prompt_tokens
+    finally:
+        assert c.transition("deactivate") and c.transition("cleanup")
+
+
+def test_old_frames_and_unknown_encodings_are_refused_while_serving(ros_graph):
+    from builtin_interfaces.msg import Time
+    c = ros_graph.client
+    assert c.transition("configure") and c.transition("activate")
+    try:
+        r = c.ask("See?", use_image=True)
+        assert not r.success and r.error_code == r.IMAGE_ERROR and "no frame" in r.message
+        _publish_and_wait(ros_graph, _image_msg(3, stamp=Time(sec=1000, nanosec=0)))
+        r = c.ask("See?", use_image=True)
+        assert not r.success and r.error_code == r.IMAGE_ERROR
+        assert "old" in r.message and "max_image_age=5" in r.message
+        bad = _image_msg(4)
+        bad.encoding = "bayer_rggb8"
+        r = c.ask("See?", use_image=True, image=bad)
+        assert not r.success and r.error_code == r.IMAGE_ERROR and "bayer_rggb8" in r.message
+        ok = c.ask("Still there?", max_new_tokens=4)
+        assert ok.success, ok.message
+    finally:
+        assert c.transition("deactivate") and c.transition("cleanup")
