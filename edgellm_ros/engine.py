@@ -165,7 +165,8 @@ class Engine:
         engine = cls(config, folder, mcfg, tokenizer, decoder, backend, registry)
         if os.path.exists(os.path.join(folder, "vision.json")):
             from .vision import VisionPipeline
-            engine.vision = VisionPipeline.from_folder(folder, config.num_threads)
+            engine.vision = VisionPipeline.from_folder(
+                folder, config.num_threads, split_images=None if config.split_images else False)
             log(f"vision encoder loaded ({engine.vision.backend})")
         else:
             log("text-only model: requests with images are refused")

@@ -16,7 +16,8 @@ def vlm_engine(tmp_path_factory, default_engine_dir):  # noqa: F811
     from edgellm_ros.engine import Engine
     folder = write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
     eng = Engine.load(EngineConfig(model=folder, engine_dir=str(tmp_path_factory.mktemp("vlm_engine")),
-                                   max_seq_len=256, prefill_chunk=32), log=lambda m: None)
+                                   max_seq_len=256, prefill_chunk=32, split_images=True),
+                      log=lambda m: None)
     yield eng
     eng.close()
 
@@ -68,3 +69,18 @@ def test_a_text_only_model_refuses_images(engine):  # noqa: F811
 def test_a_malformed_image_array_is_refused():
     with pytest.raises(InvalidRequest, match="RGB uint8"):
         GenerationRequest(prompt="x", images=(np.zeros((4, 4), np.uint8),))
+
+
+def test_split_images_false_encodes_one_tile_per_image(vlm_engine, tmp_path):
+    from edgellm_ros.engine import Engine
+    eng = Engine.load(EngineConfig(model=vlm_engine.config.model, engine_dir=vlm_engine.folder,
+                                   max_seq_len=256, prefill_chunk=32, split_images=False),
+                      log=lambda m: None)
+    try:
+        req = GenerationRequest(prompt="See?", images=(synthetic_image(1, 100, 120),),
+                                max_new_tokens=2)
+        one = eng.generate(req)
+        tiled = vlm_engine.generate(req)
+        assert one.prompt_tokens < tiled.prompt_tokens
+    finally:
+        eng.close()

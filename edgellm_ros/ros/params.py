@@ -118,6 +118,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "levels of the draft tree (<= eagle.max_step)", range=(1, 32)),
     ParamSpec("eagle.verify_tree_size", 16,
               "draft nodes verified per base forward (<= eagle.max_tree)", range=(1, 512)),
+    ParamSpec("split_images", False,
+              "vision models: split large frames into tiles as the model's processor does "
+              "(more detail, ~15x the encoder work); false = one resized tile per image",
+              configure_time=True),
     ParamSpec("image_compressed", False,
               "subscribe to image/compressed (sensor_msgs/CompressedImage) too",
               configure_time=True),
@@ -198,7 +202,8 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"],
         lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
         lora=v["lora"], eagle_draft=v["eagle.draft"], eagle_max_top_k=v["eagle.max_top_k"],
-        eagle_max_step=v["eagle.max_step"], eagle_max_tree=v["eagle.max_tree"])
+        eagle_max_step=v["eagle.max_step"], eagle_max_tree=v["eagle.max_tree"],
+        split_images=v["split_images"])
     limits = EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"])
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
                         v["eagle.verify_tree_size"]).check(limits)
