@@ -194,7 +194,7 @@ class OrtDecoder(_BoundStep):
                          c.head_dim, embeddings, max_seq_len, max_chunk, num_threads)
         # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
         self.lora_slots = list(lora_slots)
-        self._lora_tables: Dict[str, Tuple[list, list]] = {}
+        self._lora_tables: Dict[str, Tuple[Any, list]] = {}
         self._lora_zeros: Dict[Tuple[int, int], Tuple[np.ndarray, np.ndarray]] = {}
         self.active_adapter: Optional[str] = None
         if self.lora_slots:
@@ -202,11 +202,16 @@ class OrtDecoder(_BoundStep):
             self.set_adapter("")
 
     # -- LoRA ----------------------------------------------------------------------
-    def add_adapter(self, name: str, weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
-        """Prepare the binding table of an adapter whose tensors are preloaded."""
+    def add_adapter(self, name: str,
+                    weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
+        """Give the adapter its own IOBinding with its preloaded tensors bound, once.
+
+        Every LoRA input is bound here, by address; switching adapters then
+        only selects which binding the next steps run with.
+        """
         from ..lora import lora_input_names, module_shapes
         shapes = module_shapes(self.config)
-        table, keep = [], []
+        binding, keep, f32 = self.session.io_binding(), [], np.float32
         for layer, module in self.lora_slots:
             pair = weights.get((layer, module))
             if pair is None:
@@ -217,20 +222,16 @@ class OrtDecoder(_BoundStep):
                 pair = self._lora_zeros[(n_in, n_out)]
             a, b = pair
             a_name, b_name = lora_input_names(layer, module)
-            table.append((a_name, a.shape, a.ctypes.data, b_name, b.shape, b.ctypes.data))
+            binding.bind_input(a_name, "cpu", 0, f32, a.shape, a.ctypes.data)
+            binding.bind_input(b_name, "cpu", 0, f32, b.shape, b.ctypes.data)
             keep.append(pair)
-        self._lora_tables[name] = (table, keep)
+        self._lora_tables[name] = (binding, keep)
 
     def set_adapter(self, name: str) -> None:
-        """Bind the adapter's tensors to the LoRA inputs (addresses only, no copy)."""
-        if name == self.active_adapter:
-            return
+        """Run the next steps with the adapter's binding (no copy, no rebinding)."""
         if name not in self._lora_tables:
             raise BackendError(f"adapter {name!r} was not prepared for this decoder")
-        b, f32 = self._binding, np.float32
-        for a_name, a_shape, a_addr, b_name, b_shape, b_addr in self._lora_tables[name][0]:
-            b.bind_input(a_name, "cpu", 0, f32, a_shape, a_addr)
-            b.bind_input(b_name, "cpu", 0, f32, b_shape, b_addr)
+        self._binding = self._lora_tables[name][0]
         self.active_adapter = name
 
     def close(self) -> None:
