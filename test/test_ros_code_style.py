@@ -10,7 +10,7 @@ from conftest import REPO
 FILES = (glob.glob(os.path.join(REPO, "edgellm_ros", "**", "*.py"), recursive=True)
          + glob.glob(os.path.join(REPO, "benchmarks", "*.py"))
          + glob.glob(os.path.join(REPO, "tools", "reference", "*.py"))
-         + [os.path.join(REPO, "tools", f) for f in ("lora_data.py", "train_lora.py")]
+         + glob.glob(os.path.join(REPO, "tools", "*.py"))
          + glob.glob(os.path.join(REPO, "test", "*.py"))
          + glob.glob(os.path.join(REPO, "launch", "*.py"))
          + [os.path.join(REPO, f) for f in ("setup.py", "test/conftest.py",

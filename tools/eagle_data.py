@@ -307,9 +307,9 @@ def build(seed: int = SEED) -> List[Tuple[str, str]]:
     fam["code_write"] = _sample(rng, _fill(
         ["Write a {l} function that {t}.", "Show me {l} code that {t}.",
          "How would you write a function in {l} that {t}?"],
-        [{"l": l, "t": t} for l in LANGS[:4] for t in CODE_TASKS]), 95)
+        [{"l": lang, "t": t} for lang in LANGS[:4] for t in CODE_TASKS]), 95)
     fam["code_howto"] = _sample(rng, _fill(["How do I {h} in {l}?", "Show me how to {h} in {l}."],
-                                           [{"h": h, "l": l} for h in CODE_HOWTO for l in LANGS]), 55)
+                                           [{"h": h, "l": lang} for h in CODE_HOWTO for lang in LANGS]), 55)
     fam["code_concept"] = _sample(rng, _fill(
         ["What is {c} in programming?", "Explain {c} with a simple example.", "Why is {c} useful?"],
         [{"c": c} for c in CODE_CONCEPTS]), 45)
