@@ -81,8 +81,8 @@ def main() -> None:
     names = ["radiology", ""]
     out = {
         "engine_set_adapter": timed(lambda i: eng.set_adapter(names[i % 2]), a.switches),
-        "decoder_select_adapter_binding": timed(lambda i: eng.decoder.set_adapter(names[i % 2]),
-                                        a.switches),
+        "decoder_select_adapter_binding": timed(
+            lambda i: eng.decoder.set_adapter(names[i % 2]), a.switches),
         "decode_tokens_per_s_plain_graph": tps_plain,
     }
     eng.set_adapter("")

@@ -71,7 +71,7 @@ def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarr
                     config.num_threads)
     fc: Optional[Callable[[np.ndarray], np.ndarray]] = None
     if cfg.layout == "eagle3":
-        fc_sess = make_session(os.path.join(sub, "draft_fc.onnx"), config.num_threads)
+        fc_sess = make_session(os.path.join(sub, "draft_fc.onnx"), config.num_threads, spin=False)
         fc = lambda feats: fc_sess.run(  # noqa: E731
             None, {"features": np.ascontiguousarray(feats)[None]})[0][0]
     return Drafter(cfg, weights, step, fc, limits)
