@@ -69,11 +69,12 @@ class EagleConfig:
     # Draft and verify (False = plain decoding).
     enabled: bool = False
     # Children per expanded node, and nodes expanded per level.
-    drafting_top_k: int = 4
+    drafting_top_k: int = 2
     # Levels of drafting (tree depth).
     drafting_step: int = 4
-    # Nodes verified per step (the root excluded).
-    verify_tree_size: int = 16
+    # Nodes verified per step (the root excluded). The defaults are the
+    # fastest balanced setting of benchmarks/eagle_bench.py on a 2-core CPU.
+    verify_tree_size: int = 8
 
     def check(self, limits: EagleLimits) -> "EagleConfig":
         for name, hi in (("drafting_top_k", limits.max_top_k), ("drafting_step", limits.max_step),

@@ -43,6 +43,7 @@ class ParamSpec:
 
 
 _ENGINE = EngineConfig()
+_EAGLE = EagleConfig()
 #: The shipped demo adapter of the embedded model (adapters/radiology).
 DEMO_ADAPTER = "radiology:adapters/radiology"
 
@@ -112,11 +113,11 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               range=(1, 512)),
     ParamSpec("eagle.enabled", False,
               "speculative decoding with the EAGLE draft for the next requests"),
-    ParamSpec("eagle.drafting_top_k", 4,
+    ParamSpec("eagle.drafting_top_k", _EAGLE.drafting_top_k,
               "children per expanded draft node (<= eagle.max_top_k)", range=(1, 64)),
-    ParamSpec("eagle.drafting_step", 4,
+    ParamSpec("eagle.drafting_step", _EAGLE.drafting_step,
               "levels of the draft tree (<= eagle.max_step)", range=(1, 32)),
-    ParamSpec("eagle.verify_tree_size", 16,
+    ParamSpec("eagle.verify_tree_size", _EAGLE.verify_tree_size,
               "draft nodes verified per base forward (<= eagle.max_tree)", range=(1, 512)),
     ParamSpec("split_images", False,
               "vision models: split large frames into tiles as the model's processor does "
