@@ -22,8 +22,8 @@ def eval_prompts():
     return [r["prompt"] for r in rows if r.get("split") == "eval"][:4]
 
 
-def test_shipped_draft_is_loaded_by_default_and_accepts_well_above_one(default_engine_dir,  # noqa: F811
-                                                                        eval_prompts):
+def test_shipped_draft_is_loaded_by_default_and_accepts_well_above_one(
+        default_engine_dir, eval_prompts):  # noqa: F811
     from edgellm_ros.engine import Engine
     eng = Engine.load(EngineConfig(max_seq_len=512), log=lambda m: None)
     try:

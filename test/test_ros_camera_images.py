@@ -68,6 +68,15 @@ def test_camera_frame_then_ask_with_use_image(ros_graph):
         inline = c.ask("What do you see?", use_image=True, image=_image_msg(2),
                        max_new_tokens=6, top_k=1)
         assert inline.success and inline.prompt_tokens == r1.prompt_tokens
+        # several inline images in one request
+        two = c.ask("Compare them.", use_image=True, image=_image_msg(2), images=[_image_msg(5)],
+                    max_new_tokens=6, top_k=1)
+        one = c.ask("Compare them.", use_image=True, image=_image_msg(2), max_new_tokens=6, top_k=1)
+        assert two.success and one.success and two.prompt_tokens > one.prompt_tokens
+        bad = _image_msg(6)
+        bad.encoding = "32FC1"
+        r = c.ask("Compare them.", use_image=True, image=_image_msg(2), images=[bad])
+        assert not r.success and r.error_code == r.IMAGE_ERROR and "images[0]" in r.message
     finally:
         assert c.transition("deactivate") and c.transition("cleanup")
 

@@ -41,7 +41,7 @@ def test_colcon_installed_the_executable_launch_config_and_interfaces():
 def test_interfaces_have_the_fields_of_the_contract():
     assert set(Ask.Request.get_fields_and_field_types()) == {
         "prompt", "system_prompt", "use_image", "image", "max_new_tokens", "temperature",
-        "top_k", "top_p", "seed", "stop", "lora"}
+        "top_k", "top_p", "seed", "stop", "lora", "images"}
     assert Ask.Request.get_fields_and_field_types()["image"] == "sensor_msgs/Image"
     assert set(Ask.Response.get_fields_and_field_types()) == {
         "success", "error_code", "message", "text", "request_id", "finish_reason",

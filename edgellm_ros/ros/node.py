@@ -319,7 +319,7 @@ class EdgeLLMNode(LifecycleNode):
                 engine.adapters.check(request.lora)
             job_request = generation_request(request, self._defaults)
             if request.use_image:
-                job_request = replace(job_request, images=(self._image_for(request),))
+                job_request = replace(job_request, images=self._images_for(request))
             stream = _TokenStream(self, next(self._ids), done, executor)
             self._worker.submit(Job(stream.request_id, job_request, stream.on_token,
                                     stream.on_done))
@@ -334,20 +334,29 @@ class EdgeLLMNode(LifecycleNode):
             return fill_error(response, error)
         return fill_result(response, result)
 
-    def _image_for(self, request: Ask.Request) -> Any:
-        """The inline image, else the latest camera frame if young enough (RGB uint8)."""
+    def _images_for(self, request: Ask.Request) -> Tuple[Any, ...]:
+        """The inline image (else the latest camera frame if young enough) and the
+        request's further inline images, as RGB uint8 arrays."""
         from ..vision import image_from_raw
         if self._engine.vision is None:
             raise ImageUnavailable("use_image is set, but this node's model has no vision "
                                    "encoder (text-only); configure a vision model")
         try:
             if len(request.image.data):
-                img = request.image
-                return image_from_raw(img.width, img.height, img.encoding, img.step,
-                                      img.data, bool(img.is_bigendian))
-            if self._camera is None:
+                first = request.image
+                out = [image_from_raw(first.width, first.height, first.encoding, first.step,
+                                      first.data, bool(first.is_bigendian))]
+            elif self._camera is None:
                 raise ImageUnavailable("no camera subscription (node not configured)")
-            return self._camera.image(self.get_clock().now(), self._image_age)
+            else:
+                out = [self._camera.image(self.get_clock().now(), self._image_age)]
+            for i, img in enumerate(request.images):
+                try:
+                    out.append(image_from_raw(img.width, img.height, img.encoding, img.step,
+                                              img.data, bool(img.is_bigendian)))
+                except InvalidRequest as exc:
+                    raise InvalidRequest(f"images[{i}]: {exc}") from exc
+            return tuple(out)
         except InvalidRequest as exc:  # unknown encoding, bad step... from the converter
             raise ImageUnavailable(str(exc)) from exc
 
