@@ -98,39 +98,11 @@ def read_prompts(path: str, limit: int = 0, limit_eval: int = 0) -> Tuple[List[s
     return train, held
 
 
-def gguf_pre_tokenizer(path: str) -> str:
-    """tokenizer.ggml.pre of a GGUF file ('' when absent or unreadable)."""
-    try:
-        from gguf import GGUFReader
-
-        field = GGUFReader(path).fields.get("tokenizer.ggml.pre")
-        return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else ""
-    except Exception:  # noqa: BLE001 - only a hint
-        return ""
-
-
 def load_base(args: argparse.Namespace) -> Tuple[Any, Any]:
     """(tokenizer, model) in float32 on args.device, from a GGUF file or a HF folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hf_base import load_base as load
 
-    if args.gguf:
-        folder, name = os.path.split(os.path.abspath(args.gguf))
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        pre = gguf_pre_tokenizer(args.gguf)
-    else:
-        tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        pre = ""
-    digits = args.digits_pretokenizer == "on" or (args.digits_pretokenizer == "auto" and pre == "smollm")
-    if digits:
-        # transformers' GGUF tokenizer ignores tokenizer.ggml.pre = "smollm" (every digit is its
-        # own pre-token in the model's tokenizer.json and in our runtime); put it back.
-        from tokenizers import pre_tokenizers
-
-        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok, model, digits = load(args.gguf, args.model, args.digits_pretokenizer)
     log(f"base loaded: {type(model).__name__}, pre-tokenizer {'Digits+ByteLevel' if digits else 'as loaded'}")
     return tok, model.to(args.device).eval()
 

@@ -93,37 +93,11 @@ def read_rows(path: str) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
     return train, held
 
 
-def gguf_pre_tokenizer(path: str) -> str:
-    """tokenizer.ggml.pre of a GGUF file ('' when absent or unreadable)."""
-    try:
-        from gguf import GGUFReader
-
-        field = GGUFReader(path).fields.get("tokenizer.ggml.pre")
-        return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else ""
-    except Exception:  # noqa: BLE001 - only a hint
-        return ""
-
-
 def load_base(args: argparse.Namespace) -> Tuple[Any, Any]:
     """(tokenizer, frozen float32 model) from a GGUF file or a Hugging Face folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hf_base import load_base as load
 
-    if args.gguf:
-        folder, name = os.path.split(os.path.abspath(args.gguf))
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        if gguf_pre_tokenizer(args.gguf) == "smollm":
-            # transformers' GGUF tokenizer ignores tokenizer.ggml.pre = "smollm": every digit is
-            # its own pre-token in the model's tokenizer.json and in our runtime; put it back.
-            from tokenizers import pre_tokenizers
-
-            tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Digits(individual_digits=True),
-                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    else:
-        tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    tok, model, _ = load(args.gguf, args.model)
     for p in model.parameters():
         p.requires_grad_(False)
     log(f"base loaded: {type(model).__name__}, {model.config.num_hidden_layers} layers, "
