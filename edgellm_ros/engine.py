@@ -60,7 +60,8 @@ def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarr
     from .engine_dir import source_hash
     from .export.draft import export_draft
 
-    sub = os.path.join(folder, "drafts", "draft-" + source_hash(draft_dir)[:16])
+    from .engine_dir import EXPORT_FORMAT
+    sub = os.path.join(folder, "drafts", f"draft-{source_hash(draft_dir)[:16]}-f{EXPORT_FORMAT}")
     if not os.path.exists(os.path.join(sub, "draft.onnx")):
         tmp = sub + ".tmp"
         export_draft(cfg, weights, np.asarray(base_head), tmp)

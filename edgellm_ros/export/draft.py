@@ -68,11 +68,12 @@ class _Draft(_Decoder):
             x = g.op("Add", [self.proj(x, f"{S}/fc", "fc.weight"),
                              g.weight("draft.fc.bias", self.w["fc.bias"])], f"{S}/fc")
             residual = x
-        ang = g.op("Unsqueeze", [g.op("Cast", [pos], S, to=F32), g.const([-1])], S)
-        ang = g.op("Mul", [ang, g.const(rope_inv_freq(d.rope()), np.float32)], S)
-        ang = g.op("Concat", [ang, ang], S, axis=-1)
-        cos = g.op("Unsqueeze", [g.op("Cos", [ang], S), g.const([2])], S)
-        sin = g.op("Unsqueeze", [g.op("Sin", [ang], S), g.const([2])], S)
+        R = f"{S}/rotary"  # one scope, so a float16 build can keep it in float32
+        ang = g.op("Unsqueeze", [g.op("Cast", [pos], R, to=F32), g.const([-1])], R)
+        ang = g.op("Mul", [ang, g.const(rope_inv_freq(d.rope()), np.float32)], R)
+        ang = g.op("Concat", [ang, ang], R, axis=-1)
+        cos = g.op("Unsqueeze", [g.op("Cos", [ang], R), g.const([2])], R)
+        sin = g.op("Unsqueeze", [g.op("Sin", [ang], R), g.const([2])], R)
         A = f"{S}/attn"
         q = g.op("Reshape", [self.proj(x, f"{A}/q_proj", p + "self_attn.q_proj.weight"),
                              g.const([0, 0, NH, D])], A)
