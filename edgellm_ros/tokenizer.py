@@ -393,16 +393,8 @@ def _prepend_bos(bos: str, bos_id: int) -> Any:
 
 def _read_json(path: str) -> Dict[str, Any]:
     """A JSON object file, or {} when absent; corrupt files raise ModelLoadError."""
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    from .loaders.jsonfile import read_json_object
+    return read_json_object(path, required=False)
 
 
 def _compile_template(source: str) -> Any:

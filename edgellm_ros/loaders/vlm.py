@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..models.siglip import CONNECTOR_WEIGHT, VISION_PREFIX, VisionConfig, VisionWeights
 from ..models.spec import ModelConfig, ModelWeights
+from .jsonfile import read_json_object
 from .hf import _read_safetensors, config_from_hf
 
 VLM_MODEL_TYPES = ("idefics3", "smolvlm")
@@ -101,19 +102,7 @@ class ImageProcessorConfig:
         return cls(**kw)
 
 
-def _read_json(path: str, required: bool = True) -> Dict[str, Any]:
-    if not os.path.isfile(path):
-        if required:
-            raise ModelLoadError(f"{path} is missing")
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: cannot be parsed ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+_read_json = read_json_object
 
 
 def is_vlm_folder(path: str) -> bool:
