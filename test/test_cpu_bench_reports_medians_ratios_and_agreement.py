@@ -1,0 +1,38 @@
+"""benchmarks/cpu_bench.py assembles its JSON from real worker output (our runtime only).
+
+One round, few tokens, no peers: the driver starts our worker process, takes
+the prompt ids from our tokenizer, measures, and reports medians/min/max, the
+float path's agreement with itself, the peers as skipped and no ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cpu_bench_json_from_our_worker():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_bench.py"), "--rounds", "1", "--warmup", "0",
+         "--new-tokens", "6", "--prefill-tokens", "40", "--ours", "none", "--peers", "", "--pause", "0",
+         "--ours-python", sys.executable],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["settings"]["prompt_tokens"] == 46          # the issue's chat prompt
+    assert out["settings"]["prefill_prompt_tokens"] == 40
+    ours = out["runtimes"]["ours[none]"]
+    assert ours["rounds"] == 1
+    for metric in ("decode_tok_s", "prefill_tok_s", "ttft_s"):
+        m = ours["metrics"][metric]
+        assert 0 < m["min"] <= m["median"] <= m["max"], (metric, m)
+    assert ours["engine_config"].get("quantization", "none") == "none"  # the float path
+    assert ours["engine_config"]["prompt_cache_bytes"] == 0  # nothing cached between rounds
+    assert ours["agreement"] == {"identical_in_every_round": True, "expected_identical": True, "agrees": True}
+    assert out["agreement_problems"] == []
+    assert out["ratios"] == {"note": "no peer was measured"}
+    assert list(out["runtimes"]) == ["ours[none]"]
