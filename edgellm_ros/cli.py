@@ -3,6 +3,7 @@
     edgellm generate "What should a robot do near stairs?"
     edgellm generate --system "Answer in one sentence." --temperature 0.7 --seed 1 "hi"
     edgellm export [--model PATH] [--engine-dir DIR]
+    edgellm selftest [--model PATH] [--engine-dir DIR]   (on a Jetson: CUDA, TensorRT, kernels, engines)
 """
 
 from __future__ import annotations
@@ -77,6 +78,12 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(a: argparse.Namespace) -> int:
+    from .selftest import run_selftest
+
+    return run_selftest(a.model, a.engine_dir, a.max_seq_len, log=_log(a.verbose))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgellm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write (or reuse) the engine folder")
     _engine_args(e)
     e.set_defaults(func=cmd_export)
+    t = sub.add_parser("selftest", help="check CUDA, the GPU, TensorRT, the kernels and the engines "
+                       "(exit 0 = every check passed)")
+    t.add_argument("--model", default="", help="model whose engines are built and compared (default: embedded)")
+    t.add_argument("--engine-dir", default="", help="engine folder (default: user cache)")
+    t.add_argument("--max-seq-len", type=int, default=256)
+    t.add_argument("-v", "--verbose", action="store_true", help="log engine export and builds")
+    t.set_defaults(func=cmd_selftest)
     return ap
 
 

@@ -32,11 +32,11 @@ def select_backend(requested: str, log: Log = print) -> str:
     if requested == "onnxruntime":
         return requested
     if requested in ("auto", "tensorrt"):
-        reason = "TensorRT backend is not part of this build yet"
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as exc:
-            reason = f"tensorrt cannot be imported ({exc})"
+        from .backends.tensorrt_engines import tensorrt_availability
+        ok, reason = tensorrt_availability()
+        if ok:
+            log(f"backend {requested} -> tensorrt: {reason}")
+            return "tensorrt"
         if requested == "tensorrt":
             raise BackendUnavailable(f"backend 'tensorrt' is unavailable: {reason}")
         log(f"backend auto -> onnxruntime: {reason}")
@@ -151,9 +151,15 @@ class Engine:
         graph = graph_name(lora=bool(adapters), eagle3=eagle3)
         mods = manifest["graphs"][graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
-        decoder = OrtDecoder(os.path.join(folder, graph + ".onnx"), mcfg, np.asarray(embeddings),
-                             config.max_seq_len, max(chunk, 1 + limits.max_tree),
-                             config.num_threads, lora_slots=slots)
+        if backend == "tensorrt":
+            from .backends.tensorrt import TrtDecoder
+            decoder = TrtDecoder.from_engine_folder(folder, graph, mcfg, np.asarray(embeddings), config.max_seq_len,
+                                                    max(chunk, 1 + limits.max_tree), config.max_lora_rank,
+                                                    slots, log)
+        else:
+            decoder = OrtDecoder(os.path.join(folder, graph + ".onnx"), mcfg, np.asarray(embeddings),
+                                 config.max_seq_len, max(chunk, 1 + limits.max_tree),
+                                 config.num_threads, lora_slots=slots)
         for ad in adapters:
             decoder.add_adapter(ad.name, ad.weights)
         drafter = None

@@ -174,6 +174,16 @@ class TrtDecoder:
         return cls(engine, config, embeddings, max_seq_len, max_chunk, lora_slots, trt, log,
                    device=device, runtime=runtime, **kw)
 
+    @classmethod
+    def from_engine_folder(cls, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
+                           max_seq_len: int, max_chunk: int, max_lora_rank: int,
+                           lora_slots: Sequence[Tuple[int, str]] = (), log: Callable[[str], None] = print,
+                           **kw: Any) -> "TrtDecoder":
+        """Build (when missing or stale) the plan of ``graph`` in the engine folder and load it."""
+        from .tensorrt_engines import ensure_decoder_plan
+        plan, _ = ensure_decoder_plan(folder, graph, max_seq_len, max_chunk, max_lora_rank, log=log)
+        return cls.from_plan(plan, config, embeddings, max_seq_len, max_chunk, lora_slots, log=log, **kw)
+
     # -- engine I/O ----------------------------------------------------------------
     def _read_io(self) -> Dict[str, Tuple[bool, np.dtype]]:
         e, trt = self.engine, self.trt
