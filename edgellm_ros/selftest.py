@@ -260,7 +260,7 @@ def run_selftest(model: str = "", engine_dir: str = "", max_seq_len: int = 256,
     if n:
         device = Device.get(0)
         rep.add("gpu", PASS, f"{device.name}, compute capability {device.capability[0]}.{device.capability[1]}, "
-                f"{device.total_memory >> 20} MiB, driver {device.driver_version}", **device.info())
+                f"{device.total_memory >> 20} MiB, driver {device.driver_version}", device=device.info())
     else:
         rep.add("gpu", FAIL, f"no CUDA GPU found: {why}")
 

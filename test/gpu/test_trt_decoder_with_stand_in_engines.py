@@ -190,6 +190,12 @@ def test_decode_graphs_are_captured_per_bucket_and_replayed(toy):
             assert not dec.graphs.failed and not logs
         else:
             assert dec.graphs.captures == 0
+        # a second request over the same cache: rows [P, Pb) of each bucket now hold the first
+        # request's keys, which the decode mask must hide
+        again = tokens[::-1][:14]
+        want2 = toy_logits_reference(emb, again, W)
+        for p, tok in enumerate(again):
+            np.testing.assert_allclose(dec.forward(p, [tok])[0], want2[p], rtol=1e-5, atol=1e-4)
     # a prefill chunk after graph steps: the main context's plain path agrees with the reference
     dec = make(True)
     for p, tok in enumerate(tokens[:9]):
