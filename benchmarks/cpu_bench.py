@@ -28,6 +28,10 @@ once, in an order rotated every round, after --warmup uncounted rounds:
 - ``decode_tok_s``: --new-tokens generated after it, rate after the first token;
 - ``prefill_tok_s``: prompt tokens / time to the first token of the long prompt.
 
+The machine may be shared: a run during which other processes took more than
+--max-foreign of the CPU (from /proc/stat, less the worker's and the driver's
+own CPU time) is repeated once the machine is quiet again (--retries).
+
 Reported per runtime and metric: median, min and max over --rounds; the ratios
 of every ``ours`` variant to the best peer (medians) with the issue's goals;
 and the agreement of each runtime's greedy ids with our float path (leading
@@ -51,6 +55,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "bench_worker.py")
 QUESTION = "Explain in a few sentences how a mobile robot plans a path through a warehouse."
 PEERS = ("llama.cpp", "ort-genai-int4", "ort-genai-fp32")
+#: Peers that can be named besides: llama.cpp with flash attention (for an A/B within one run).
+EXTRA_PEERS = ("llama.cpp-flash-attn",)
 #: metric -> (better is "higher" / "lower", goal of ours / best peer)
 METRICS = {"decode_tok_s": "higher", "prefill_tok_s": "higher", "ttft_s": "lower"}
 
@@ -140,6 +146,17 @@ def measured_call(w: "Worker", job: Dict[str, Any]) -> Dict[str, Any]:
     return res
 
 
+def wait_quiet(max_share: float, timeout: float) -> float:
+    """Wait (1 s windows, nothing of ours running) until others use at most max_share of the CPU."""
+    t_end = time.perf_counter() + timeout
+    while True:
+        t0, busy0 = time.perf_counter(), system_busy_s()
+        time.sleep(1.0)
+        share = (system_busy_s() - busy0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+        if share <= max_share or time.perf_counter() > t_end:
+            return share
+
+
 def summary(values: List[float], digits: int) -> Dict[str, float]:
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
             "max": round(max(values), digits)}
@@ -157,7 +174,8 @@ def leading_equal(a: List[int], b: List[int]) -> int:
 def agreement(w: Worker, by_name: Dict[str, Worker], reference: Optional[Worker]) -> Dict[str, Any]:
     """Greedy ids of the first counted round against our float path (and EAGLE's own base)."""
     ids = w.rounds[0]["ids"]
-    out: Dict[str, Any] = {"identical_in_every_round": all(r["ids"] == ids for r in w.rounds)}
+    out: Dict[str, Any] = {"identical_in_every_round": all(r["ids"] == ids for r in w.rounds),
+                           "ids": " ".join(map(str, ids))}
     if reference is not None and reference is not w:
         ref = reference.rounds[0]
         out.update({"reference": reference.name, "leading_identical": leading_equal(ids, ref["ids"]),
@@ -182,7 +200,8 @@ def agreement(w: Worker, by_name: Dict[str, Worker], reference: Optional[Worker]
         out["note"] = {"llama.cpp": "Q4_1 weights with Q8 activations: close, not bit-equal",
                        "ort-genai-int4": "weights re-quantized to int4 (symmetric, block 32)",
                        "ort-genai-fp32": "the same float weights, other kernels: rounding differs"}.get(
-            w.name, "quantized graph: equal to the float path only where its arithmetic is exact")
+            w.kind if w.kind == "llama.cpp" else w.name,
+            "quantized graph: equal to the float path only where its arithmetic is exact")
     return out
 
 
@@ -232,10 +251,12 @@ def main() -> None:
     ap.add_argument("--question", default=QUESTION, help="the user message of the chat prompt")
     ap.add_argument("--ours", default="none,int4,int4+eagle",
                     help="our variants: EngineConfig.quantization values, '+eagle' adds EAGLE")
-    ap.add_argument("--peers", default=",".join(PEERS), help=f"subset of {','.join(PEERS)} ('' = none)")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help=f"subset of {','.join(PEERS + EXTRA_PEERS)} ('' = none)")
     ap.add_argument("--eagle", default="1,4,4", help="EAGLE drafting_top_k,drafting_step,verify_tree_size")
     ap.add_argument("--eagle-goal", type=float, default=1.5, help="decode ratio goal of the +eagle variants")
-    ap.add_argument("--llama-flash-attn", type=int, default=0, choices=(0, 1))
+    ap.add_argument("--llama-flash-attn", type=int, default=0, choices=(0, 1),
+                    help="flash attention for the peer 'llama.cpp'")
     ap.add_argument("--model", default="", help="GGUF file ('' = the embedded default)")
     ap.add_argument("--ours-python", default=venv_python(".venv") if os.path.exists(venv_python(".venv"))
                     else sys.executable)
@@ -244,6 +265,8 @@ def main() -> None:
     ap.add_argument("--max-foreign", type=float, default=0.05,
                     help="a run during which other processes took more of the CPU than this share is repeated")
     ap.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run (the last one counts)")
+    ap.add_argument("--quiet-timeout", type=float, default=120.0,
+                    help="seconds to wait for a quiet machine before a repeat")
     ap.add_argument("--out", default="", help="also write the JSON to this file")
     a = ap.parse_args()
     if a.rounds < 1 or a.new_tokens < 2:
@@ -251,8 +274,8 @@ def main() -> None:
     variants = [v.strip() for v in a.ours.split(",") if v.strip()]
     peers = [p.strip() for p in a.peers.split(",") if p.strip()]
     for p in peers:
-        if p not in PEERS:
-            ap.error(f"unknown peer {p!r}; known: {', '.join(PEERS)}")
+        if p not in PEERS + EXTRA_PEERS:
+            ap.error(f"unknown peer {p!r}; known: {', '.join(PEERS + EXTRA_PEERS)}")
     top_k, step, tree = (int(x) for x in a.eagle.split(","))
     result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "machine": machine(), "settings": {
         "threads": a.threads, "rounds": a.rounds, "warmup_rounds": a.warmup, "new_tokens": a.new_tokens,
@@ -274,10 +297,10 @@ def main() -> None:
             if p.startswith("ort-genai-") and p not in folders:
                 skipped[p] = folders.get("error", "no model folder")
                 continue
-            kind = "llama.cpp" if p == "llama.cpp" else "ort-genai"
+            kind = "llama.cpp" if p.startswith("llama.cpp") else "ort-genai"
             workers.append(Worker(p, kind, a.peers_python, {
                 "threads": a.threads, "gguf": folders.get("gguf"), "folder": folders.get(p),
-                "flash_attn": bool(a.llama_flash_attn)}))
+                "flash_attn": p == "llama.cpp-flash-attn" or bool(a.llama_flash_attn)}))
     # load one at a time (each load computes: graph optimisation, exports)
     for w in workers:
         log(f"loading {w.name}")
@@ -297,11 +320,12 @@ def main() -> None:
         sys.exit(1)
     prompts = ours[0].call({"cmd": "prompts", "question": a.question, "prefill_tokens": a.prefill_tokens})
     chat_ids, prefill_ids = prompts["chat"]["ids"], prompts["prefill"]["ids"]
-    result["settings"].update({"prompt_tokens": len(chat_ids), "prompt_ids": chat_ids,
+    result["settings"].update({"prompt_tokens": len(chat_ids), "prompt_ids": " ".join(map(str, chat_ids)),
                                "prefill_prompt_tokens": len(prefill_ids)})
     if len(chat_ids) != a.prompt_tokens or len(prefill_ids) != a.prefill_tokens:
         log(f"warning: prompts are {len(chat_ids)} / {len(prefill_ids)} tokens, "
             f"expected {a.prompt_tokens} / {a.prefill_tokens}")
+    result["machine"]["others_cpu_share_at_start"] = round(wait_quiet(a.max_foreign, a.quiet_timeout), 3)
     job = {"cmd": "round", "chat": prompts["chat"], "prefill": prompts["prefill"], "new_tokens": a.new_tokens}
     for r in range(a.warmup + a.rounds):
         order = active[r % len(active):] + active[:r % len(active)]
@@ -312,9 +336,10 @@ def main() -> None:
                 res = measured_call(w, job)
                 if not res.get("ok") or res["foreign_cpu_share"] <= a.max_foreign or attempt == a.retries:
                     break
-                log(f"{w.name}: other processes took {res['foreign_cpu_share']:.0%} of the CPU, again")
+                log(f"{w.name}: other processes took {res['foreign_cpu_share']:.0%} of the CPU; "
+                    "waiting for a quiet machine, then again")
                 w.disturbed += 1
-                time.sleep(a.pause + 1.0)
+                wait_quiet(a.max_foreign, a.quiet_timeout)
             if not res.get("ok"):
                 w.status, skipped[w.name] = "failed", f"round {r}: {res.get('error')}"
                 log(f"{w.name} failed: {res.get('error')}")

@@ -19,7 +19,7 @@ def test_cpu_bench_json_from_our_worker():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "cpu_bench.py"), "--rounds", "1", "--warmup", "0",
          "--new-tokens", "6", "--prefill-tokens", "40", "--ours", "none", "--peers", "", "--pause", "0",
-         "--ours-python", sys.executable],
+         "--ours-python", sys.executable, "--quiet-timeout", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
@@ -32,6 +32,7 @@ def test_cpu_bench_json_from_our_worker():
         assert 0 < m["min"] <= m["median"] <= m["max"], (metric, m)
     assert ours["engine_config"].get("quantization", "none") == "none"  # the float path
     assert ours["engine_config"]["prompt_cache_bytes"] == 0  # nothing cached between rounds
+    assert len(ours["agreement"].pop("ids").split()) == 6
     assert ours["agreement"] == {"identical_in_every_round": True, "expected_identical": True, "agrees": True}
     assert out["agreement_problems"] == []
     assert out["ratios"] == {"note": "no peer was measured"}
