@@ -13,7 +13,7 @@ import json
 import sys
 from typing import List, Optional
 
-from .config import EngineConfig, GenerationRequest, SamplingConfig
+from .config import INT4_COMPUTE, QUANTIZATIONS, EngineConfig, GenerationRequest, SamplingConfig
 from .errors import EdgeLLMError
 
 
@@ -24,6 +24,13 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
     p.add_argument("--max-seq-len", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
+    p.add_argument("--quantization", default=EngineConfig.quantization, choices=QUANTIZATIONS,
+                   help="decoder weights: int4 (the GGUF's own 4-bit blocks), int4-sym (Q4_1 re-quantized "
+                        "symmetric: faster, less accurate) or none (float32)")
+    p.add_argument("--int4-compute", default=EngineConfig.int4_compute, choices=INT4_COMPUTE,
+                   help="ONNX Runtime INT4 kernels: int8 activations (fast) or float32 (exact, slow)")
+    p.add_argument("--plain-ops", action="store_true",
+                   help="ONNX Runtime: run the plain-op graph (TensorRT's) instead of the fused CPU graph")
     p.add_argument("--lora-adapter", action="append", default=[], metavar="NAME:PATH",
                    help="load a PEFT LoRA adapter (repeatable)")
     p.add_argument("--lora", default="", help="adapter to use (default: the base model)")
@@ -36,6 +43,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 def _engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(model=a.model, engine_dir=a.engine_dir, backend=a.backend,
                         max_seq_len=a.max_seq_len, num_threads=a.threads,
+                        quantization=a.quantization, int4_compute=a.int4_compute,
+                        fused_ops=not a.plain_ops,
                         lora_adapters=tuple(a.lora_adapter), lora=a.lora,
                         eagle_draft=a.eagle_draft)
 

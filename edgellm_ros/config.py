@@ -16,6 +16,11 @@ from typing import Any, Mapping, Optional, Tuple
 from .errors import ConfigError, InvalidRequest
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+#: Weight formats of the decoder graph (export/decoder.py explains each).
+QUANTIZATIONS = ("none", "int4", "int4-sym")
+#: What ONNX Runtime's INT4 kernels compute in: int8 activations per block
+#: (accuracy level 4, fastest) or float32 (accuracy level 1, exact products).
+INT4_COMPUTE = ("int8", "float32")
 #: Largest number of tokens one request may add to the context.
 MAX_NEW_TOKENS_LIMIT = 32768
 
@@ -55,6 +60,17 @@ class EngineConfig:
     eagle_max_top_k: int = 8
     eagle_max_step: int = 8
     eagle_max_tree: int = 64
+    # Decoder weights: "int4" = block-wise INT4 projections and an INT8 LM head,
+    # the GGUF's own blocks where it has them (Q4_0, Q4_1 with its offsets,
+    # Q8_0: exact), re-quantized otherwise; "int4-sym" = the same with Q4_1
+    # re-quantized symmetric (no offset correction: faster, less accurate);
+    # "none" = float32.
+    quantization: str = "int4"
+    # ONNX Runtime: the CPU graph with its fused kernels (GroupQueryAttention,
+    # SkipSimplifiedLayerNormalization); False = the plain-op graph TensorRT uses.
+    fused_ops: bool = True
+    # ONNX Runtime INT4 kernels: "int8" activations (fast) or "float32" (exact).
+    int4_compute: str = "int8"
     # Vision models: split large images into tiles as the model's processor does
     # (True) or encode one resized tile per image (False: ~15x less work per frame).
     split_images: bool = False
@@ -74,6 +90,10 @@ class EngineConfig:
             raise ConfigError(f"num_threads must be in [0, 256], got {self.num_threads}")
         if not 1 <= self.max_lora_rank <= 1024:
             raise ConfigError(f"max_lora_rank must be in [1, 1024], got {self.max_lora_rank}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.int4_compute not in INT4_COMPUTE:
+            raise ConfigError(f"int4_compute must be one of {INT4_COMPUTE}, got {self.int4_compute!r}")
         object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
 
 

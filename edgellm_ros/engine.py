@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import EngineConfig, GenerationRequest
-from .engine_dir import ensure_engine, graph_name, read_manifest
+from .engine_dir import ensure_engine, ensure_family, graph_name, read_manifest
 from .errors import BackendUnavailable, ConfigError, ModelLoadError
 from .generation import GenerationResult, Generator, TokenEvent
 from .models.spec import ModelConfig
@@ -148,8 +148,17 @@ class Engine:
         if eagle3 and list(manifest.get("feature_layers", [])) != list(draft[0].target_layer_ids):
             raise ModelLoadError(f"{folder}: exported features {manifest.get('feature_layers')} "
                                  f"do not match the draft's {list(draft[0].target_layer_ids)}")
-        graph = graph_name(lora=bool(adapters), eagle3=eagle3)
-        mods = manifest["graphs"][graph]["lora_modules"]
+        # the CPU graph uses ONNX Runtime's fused kernels; TensorRT builds the plain-op one
+        fused = config.fused_ops and backend == "onnxruntime"
+        if config.quantization != "none" or fused:
+            manifest = ensure_family(folder, config.quantization, fused, log)
+        graph = graph_name(bool(adapters), eagle3, config.quantization, fused)
+        entry = manifest["graphs"][graph]
+        if fused and config.max_seq_len + limits.max_expanded > entry["rope_rows"]:
+            raise ConfigError(f"max_seq_len={config.max_seq_len} (+{limits.max_expanded} EAGLE rows) "
+                              f"exceeds the {entry['rope_rows']} positions of {graph}'s rotary "
+                              "tables; lower it or set fused_ops false")
+        mods = entry["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
         if backend == "tensorrt":
             from .backends.tensorrt import TrtDecoder
@@ -159,7 +168,10 @@ class Engine:
         else:
             decoder = OrtDecoder(os.path.join(folder, graph + ".onnx"), mcfg, np.asarray(embeddings),
                                  config.max_seq_len, max(chunk, 1 + limits.max_tree),
-                                 config.num_threads, lora_slots=slots)
+                                 config.num_threads, lora_slots=slots, int4_compute=config.int4_compute)
+        log(f"decoder graph {graph} ({config.quantization} weights"
+            f"{', ' + config.int4_compute + ' compute' if config.quantization != 'none' else ''}"
+            f"{', fused ops' if fused else ''})")
         for ad in adapters:
             decoder.add_adapter(ad.name, ad.weights)
         drafter = None

@@ -8,7 +8,10 @@ Layout::
     decoder_eagle3.onnx, decoder_eagle3_lora.onnx
                          the same two whose hidden_states are EAGLE-3 features
                          (the outputs of manifest["feature_layers"] concatenated)
-    weights.data         the weights both graphs reference
+    weights.data         the weights those four graphs reference
+    decoder*_int4[_fused].onnx, weights_int4[_fused].data, ...
+                         other graph families (quantization x fused ops), the
+                         same four variants each, exported when first needed
     embeddings.npy       [V, H] float32 token embeddings (looked up by the runtime)
     tokenizer.json, tokenizer_config.json
 
@@ -26,23 +29,30 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import ModelLoadError
-from .export.decoder import decoder_io_names, export_decoder
+from .export.decoder import decoder_io_names, export_decoder, rope_table_rows
 from .export.graph import WeightFile
 from .models.eagle import default_target_layers
 from .models.spec import PROJECTIONS
 
 #: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 5
+EXPORT_FORMAT = 6
 
 
-def graph_name(lora: bool, eagle3: bool) -> str:
+def family_suffix(quantization: str = "none", fused: bool = False) -> str:
+    """"" for the float plain-op family, else e.g. "_int4_fused"."""
+    return ("" if quantization == "none" else "_" + quantization.replace("-", "_")) + \
+        ("_fused" if fused else "")
+
+
+def graph_name(lora: bool, eagle3: bool, quantization: str = "none", fused: bool = False) -> str:
     """File stem of the decoder variant."""
-    return "decoder" + ("_eagle3" if eagle3 else "") + ("_lora" if lora else "")
+    return "decoder" + ("_eagle3" if eagle3 else "") + ("_lora" if lora else "") + \
+        family_suffix(quantization, fused)
 
 
 MANIFEST = "manifest.json"
@@ -96,20 +106,82 @@ def load_tokenizer_for(weights: Any) -> Any:
     raise ModelLoadError(f"{weights.source}: no tokenizer found")
 
 
+def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantization: str,
+                  fused: bool) -> Dict[str, Any]:
+    """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries."""
+    graphs = {}
+    suffix = family_suffix(quantization, fused)
+    data = f"weights{suffix}.data"
+    wf = WeightFile(os.path.join(out_dir, data))
+    try:
+        for lora in (False, True):
+            for eagle3 in (False, True):
+                name = graph_name(lora, eagle3, quantization, fused)
+                mods = PROJECTIONS if lora else ()
+                info: Dict[str, Any] = {}
+                export_decoder(weights, out_dir, wf, name=name, lora_modules=mods,
+                               feature_layers=layers if eagle3 else (),
+                               quantization=quantization, fused=fused, info=info)
+                graphs[name] = {"file": f"{name}.onnx", "weights_file": data,
+                                "dtype": "float32", "quantization": quantization, "fused": fused,
+                                "weight_origins": info["weight_origins"],
+                                "rope_rows": rope_table_rows(weights.config) if fused else 0,
+                                "lora_modules": list(mods),
+                                "feature_layers": layers if eagle3 else [],
+                                **decoder_io_names(weights.config.num_layers, mods)}
+    finally:
+        wf.close()
+    return graphs
+
+
+def _load_source(source: str) -> Tuple[Any, Any, Any]:
+    """(decoder weights, vision weights or None, processor config or None) of a model."""
+    from .loaders import load_model
+    from .loaders.vlm import is_vlm_folder, load_vlm
+
+    if is_vlm_folder(source):
+        return load_vlm(source)
+    return load_model(source), None, None
+
+
+def ensure_family(folder: str, quantization: str, fused: bool,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Add a graph family to a current engine folder when it lacks it; return the manifest."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ModelLoadError(f"{folder}: manifest.json is unreadable")
+    if graph_name(False, False, quantization, fused) in manifest.get("graphs", {}):
+        return manifest
+    t0 = time.perf_counter()
+    log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs into {folder}")
+    weights = _load_source(manifest["source"])[0]
+    tmp = tempfile.mkdtemp(prefix=".family-", dir=folder)
+    try:
+        graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused)
+        for name in os.listdir(tmp):
+            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+        manifest["graphs"].update(graphs)
+        origins = graphs[graph_name(False, False, quantization, fused)]["weight_origins"]
+        log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
+            f"(weights per graph: {origins or 'float32'})")
+        part = os.path.join(tmp, MANIFEST)
+        with open(part, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1)
+        os.replace(part, os.path.join(folder, MANIFEST))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
 def export_engine(source: str, folder: str, digest: str,
                   log: Callable[[str], None] = print,
                   feature_layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Load the model at ``source`` and write a complete engine folder."""
-    from .loaders import load_model
+    from .loaders.vlm import save_vision_json
+
     t0 = time.perf_counter()
     log(f"exporting {source} -> {folder}")
-    from .loaders.vlm import is_vlm_folder, load_vlm, save_vision_json
-
-    vision = proc = None
-    if is_vlm_folder(source):
-        weights, vision, proc = load_vlm(source)
-    else:
-        weights = load_model(source)
+    weights, vision, proc = _load_source(source)
     tokenizer = load_tokenizer_for(weights)
     log(f"loaded weights in {time.perf_counter() - t0:.1f} s; writing ONNX")
     parent = os.path.dirname(os.path.abspath(folder))
@@ -118,25 +190,15 @@ def export_engine(source: str, folder: str, digest: str,
     try:
         layers = list(feature_layers if feature_layers is not None
                       else default_target_layers(weights.config.num_layers))
-        graphs = {}
-        wf = WeightFile(os.path.join(tmp, "weights.data"))
-        try:
-            for lora in (False, True):
-                for eagle3 in (False, True):
-                    name = graph_name(lora, eagle3)
-                    mods = PROJECTIONS if lora else ()
-                    export_decoder(weights, tmp, wf, name=name, lora_modules=mods,
-                                   feature_layers=layers if eagle3 else ())
-                    graphs[name] = {"file": f"{name}.onnx", "dtype": "float32",
-                                    "lora_modules": list(mods),
-                                    "feature_layers": layers if eagle3 else [],
-                                    **decoder_io_names(weights.config.num_layers, mods)}
-            if vision is not None:
-                from .export.vision import export_vision, vision_io_names
+        graphs = export_family(weights, tmp, layers, "none", False)
+        if vision is not None:
+            from .export.vision import export_vision, vision_io_names
+            wf = WeightFile(os.path.join(tmp, "weights_vision.data"))
+            try:
                 export_vision(vision, tmp, wf)
-                graphs["vision"] = {"file": "vision.onnx", "dtype": "float32", **vision_io_names()}
-        finally:
-            wf.close()
+            finally:
+                wf.close()
+            graphs["vision"] = {"file": "vision.onnx", "dtype": "float32", **vision_io_names()}
         if vision is not None:
             save_vision_json(tmp, vision.config, proc)
         np.save(os.path.join(tmp, "embeddings.npy"), weights.tensors["embed_tokens.weight"])

@@ -38,6 +38,7 @@ def default_engine_dir():
 def engine(default_engine_dir):
     from edgellm_ros.config import EngineConfig
     from edgellm_ros.engine import Engine
-    eng = Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=256), log=lambda m: None)
+    eng = Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=256, quantization="none"),
+                      log=lambda m: None)
     yield eng
     eng.close()

@@ -68,13 +68,19 @@ def test_a_foreign_non_empty_engine_dir_is_not_overwritten(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 
-def test_a_corrupt_engine_graph_is_a_clear_load_error(tmp_path, default_engine_dir):  # noqa: F811
+@pytest.mark.parametrize("quantization,fused", [("none", False), ("int4", True)])
+def test_a_corrupt_engine_graph_is_a_clear_load_error(tmp_path, default_engine_dir,  # noqa: F811
+                                                      quantization, fused):
     from edgellm_ros.config import EngineConfig
     from edgellm_ros.engine import Engine
+    from edgellm_ros.engine_dir import ensure_family, graph_name
     model = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
     out = str(tmp_path / "engine")
     ensure_engine(model, out, log=lambda m: None)
-    with open(os.path.join(out, "decoder.onnx"), "r+b") as f:
+    ensure_family(out, quantization, fused, log=lambda m: None)
+    name = graph_name(False, False, quantization, fused) + ".onnx"
+    with open(os.path.join(out, name), "r+b") as f:
         f.truncate(100)
-    with pytest.raises(ModelLoadError, match="decoder.onnx"):
-        Engine.load(EngineConfig(model=model, engine_dir=out), log=lambda m: None)
+    with pytest.raises(ModelLoadError, match=name):
+        Engine.load(EngineConfig(model=model, engine_dir=out, quantization=quantization,
+                                 fused_ops=fused), log=lambda m: None)

@@ -20,8 +20,10 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about a robot.",
 
 def _engine(draft_dir, **kw):
     from edgellm_ros.engine import Engine
+    # float weights (fused CPU graph): bit-exact verify vs decode steps (int8 INT4 compute is
+    # not, test_quantized_and_fused_graphs.py says why)
     return Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, eagle_draft=str(draft_dir),
-                                    **kw), log=lambda m: None)
+                                    quantization="none", **kw), log=lambda m: None)
 
 
 @pytest.fixture(scope="module", params=["eagle3", "eagle1"])
@@ -36,8 +38,8 @@ def random_draft_engine(request, tmp_path_factory, default_weights, default_engi
 @pytest.fixture(scope="module")
 def plain_answers(default_engine_dir):  # noqa: F811
     from edgellm_ros.engine import Engine
-    eng = Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, eagle_draft=""),
-                      log=lambda m: None)
+    eng = Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, eagle_draft="",
+                                   quantization="none"), log=lambda m: None)
     out = {p: eng.generate(GenerationRequest(prompt=p, max_new_tokens=32)).token_ids for p in PROMPTS}
     eng.close()
     return out

@@ -49,7 +49,8 @@ def test_configure_time_parameters_are_the_engine_ones():
     assert CONFIGURE_TIME == {"model", "engine_dir", "backend", "max_seq_len", "num_threads",
                               "prompt_cache_bytes", "lora_adapters", "max_lora_rank",
                               "eagle.draft", "eagle.max_top_k", "eagle.max_step",
-                              "eagle.max_tree", "image_compressed", "split_images"}
+                              "eagle.max_tree", "image_compressed", "split_images",
+                              "quantization", "int4_compute", "fused_ops"}
 
 
 def test_every_parameter_has_a_description_and_a_range_holding_its_default():

@@ -2,9 +2,11 @@
 
 Runs TensorRT-RTX (``tensorrt-rtx-cu13-bindings``) on the CPU: no GPU is needed to parse
 and build; the engines target one compute capability (tensorrt_build's default, SM86).
-Built: the four decoder variants of a tiny Llama (plain, LoRA, EAGLE-3, EAGLE-3 + LoRA),
-a random EAGLE-3 draft (draft.onnx + draft_fc.onnx), the tiny VLM's vision.onnx and the
-real default model's decoder; and a broken graph must fail with its file and node named.
+Built: the four decoder variants of a tiny Llama (plain, LoRA, EAGLE-3, EAGLE-3 + LoRA) in
+float32 and in INT4 (block-wise DequantizeLinear, Q4_1 offsets, INT8 LM head), a random
+EAGLE-3 draft (draft.onnx + draft_fc.onnx), the tiny VLM's vision.onnx and the real default
+model's decoder in float32 and INT4; and a broken graph must fail with its file and node named.
+(The fused CPU graphs use ONNX Runtime contrib ops: TensorRT never builds those.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from onnx import TensorProto, helper
 
 from edgellm_ros.backends.tensorrt_build import (build_engine, decoder_profiles, draft_fc_profiles,
                                                  draft_profiles, import_tensorrt, vision_profiles)
-from edgellm_ros.engine_dir import ensure_engine, read_manifest
+from edgellm_ros.engine_dir import ensure_engine, ensure_family, graph_name, read_manifest
 from edgellm_ros.errors import ModelLoadError
 from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_random_draft, write_tiny_model
 
@@ -48,10 +50,13 @@ def tiny_engine(tmp_path_factory, tokenizer_folder):
     return ensure_engine(model, str(d / "engine"), log=lambda m: None)
 
 
-def test_every_decoder_variant_builds(tiny_engine, tmp_path):
-    manifest = read_manifest(tiny_engine)
-    names = [n for n in manifest["graphs"] if n.startswith("decoder")]
-    assert sorted(names) == ["decoder", "decoder_eagle3", "decoder_eagle3_lora", "decoder_lora"]
+@pytest.mark.parametrize("quantization", ["none", "int4"])
+def test_every_decoder_variant_builds(tiny_engine, tmp_path, quantization):
+    manifest = ensure_family(tiny_engine, quantization, False, log=lambda m: None)
+    names = [graph_name(lora, eagle3, quantization) for lora in (False, True) for eagle3 in (False, True)]
+    assert set(names) <= set(manifest["graphs"])
+    if quantization == "int4":   # the tiny model is float: its weights were re-quantized
+        assert manifest["graphs"][names[0]]["weight_origins"] == {"rtn int4": 14, "rtn int8": 1}
     for name in names:
         g = manifest["graphs"][name]
         profiles = decoder_profiles(g, manifest["model"], MAX_SEQ_LEN, MAX_CHUNK, MAX_LORA_RANK)
@@ -100,13 +105,18 @@ def test_vision_encoder_builds(tmp_path_factory, tokenizer_folder, tmp_path):
     _check(info, out)
 
 
-def test_default_model_decoder_builds(tokenizer_folder, tmp_path):
-    manifest = read_manifest(tokenizer_folder)
-    g = manifest["graphs"]["decoder"]
-    out = str(tmp_path / "decoder.plan")
+@pytest.mark.parametrize("quantization", ["none", "int4"])
+def test_default_model_decoder_builds(tokenizer_folder, tmp_path, quantization):
+    manifest = ensure_family(tokenizer_folder, quantization, False, log=lambda m: None)
+    name = graph_name(False, False, quantization)
+    g = manifest["graphs"][name]
+    out = str(tmp_path / f"{name}.plan")
     info = build_engine(os.path.join(tokenizer_folder, g["file"]), out,
                         decoder_profiles(g, manifest["model"], 2048, 128), log=lambda m: None)
     _check(info, out)
+    if quantization == "int4":   # the GGUF's own Q4_1 / Q8_0 blocks, 4-5x smaller than float32
+        assert g["weight_origins"] == {"gguf Q4_1": 210, "gguf Q8_0": 1}
+        assert info["size"] < 160 * 2**20
 
 
 def test_parse_failure_names_the_file_and_node(tmp_path):

@@ -27,7 +27,12 @@ def import_ort() -> Any:
     return onnxruntime
 
 
-def make_session(onnx_path: str, num_threads: int = 0, spin: bool = True) -> Any:
+#: ONNX Runtime's MatMulNBits accuracy level per EngineConfig.int4_compute.
+INT4_ACCURACY = {"int8": "4", "float32": "1"}
+
+
+def make_session(onnx_path: str, num_threads: int = 0, spin: bool = True,
+                 int4_compute: str = "int8") -> Any:
     """An InferenceSession on the CPU with full graph optimisation.
 
     spin=False stops the session's threads from busy-waiting after a run:
@@ -36,6 +41,10 @@ def make_session(onnx_path: str, num_threads: int = 0, spin: bool = True) -> Any
     model's next step (measured on 2 cores: EAGLE 35 -> 61 tokens/s with the
     draft not spinning; the base model keeps spinning, which plain decoding
     needs: 34 vs 45 tokens/s).
+
+    int4_compute: INT4 graphs' DequantizeLinear + MatMul pairs are fused by
+    the optimizer into MatMulNBits, which computes with int8-quantized
+    activations ("int8", accuracy level 4) or in float32 ("float32").
     """
     ort = import_ort()
     opts = ort.SessionOptions()
@@ -46,6 +55,7 @@ def make_session(onnx_path: str, num_threads: int = 0, spin: bool = True) -> Any
     opts.log_severity_level = 3
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", INT4_ACCURACY[int4_compute])
     try:
         return ort.InferenceSession(onnx_path, sess_options=opts,
                                     providers=["CPUExecutionProvider"])
@@ -67,12 +77,15 @@ class _BoundStep:
 
     def __init__(self, onnx_path: str, hidden_size: int, vocab: int, layers: int, kv_heads: int,
                  head_dim: int, embeddings: np.ndarray, max_seq_len: int, max_chunk: int,
-                 num_threads: int = 0, spin: bool = True):
+                 num_threads: int = 0, spin: bool = True, int4_compute: str = "int8"):
         self.max_seq_len = max_seq_len
         self.max_chunk = max_chunk
-        self.session = make_session(onnx_path, num_threads, spin)
+        self.session = make_session(onnx_path, num_threads, spin, int4_compute)
         self.embeddings = embeddings                                         # [V, H]
-        self.kv = KVCache(layers, max_seq_len, kv_heads, head_dim)
+        past_shape = {i.name: i.shape for i in self.session.get_inputs()}[self.kv_names(0)[0]]
+        # fused graph (GroupQueryAttention): head-major buffers bound whole, once
+        self.fused = isinstance(past_shape[2], str)
+        self.kv = KVCache(layers, max_seq_len, kv_heads, head_dim, head_major=self.fused)
         self._embeds = np.zeros((max_chunk, hidden_size), np.float32)        # [T, H]
         self._pos = np.zeros(max_chunk, np.int64)                             # [T]
         self._mask = np.zeros(max_chunk * max_seq_len, np.float32)            # [T * S]
@@ -84,6 +97,11 @@ class _BoundStep:
         # upper triangle of MASK_VALUE: row j of a chunk drops new rows > j
         self._tri = np.triu(np.full((max_chunk, max_chunk), MASK_VALUE, np.float32), 1)
         self._binding = self.session.io_binding()
+        # the C-level binder and the CPU device, made once: the public wrappers
+        # build an OrtDevice per call (~1 us each, x 6 per step)
+        from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
+        self._cpu = OrtDevice.make("cpu", 0)._get_c_device()
+        self._c_run = self.session._sess.run_with_iobinding
         self._kv_shape = (kv_heads, head_dim)
         self._width = (hidden_size, vocab)
         # addresses are read once: binding is then integer arithmetic only
@@ -91,6 +109,18 @@ class _BoundStep:
                       ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
         self._kv_addr = [self.kv_names(i) + (k.ctypes.data, v.ctypes.data)
                          for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
+        self._bind_static(self._binding)
+
+    def _bind_static(self, binding: Any) -> None:
+        """Bindings that never change: the whole KV buffers of a fused graph (past = present)."""
+        if not self.fused:
+            return
+        shape = (1,) + self.kv.keys[0].shape
+        for pk, pv, nk, nv, ka, va in self._kv_addr:
+            for name, addr in ((pk, ka), (pv, va)):
+                binding.bind_input(name, "cpu", 0, np.float32, shape, addr)
+            for name, addr in ((nk, ka), (nv, va)):
+                binding.bind_output(name, "cpu", 0, np.float32, shape, addr)
 
     @staticmethod
     def kv_names(layer: int) -> Tuple[str, str, str, str]:
@@ -132,7 +162,10 @@ class _BoundStep:
         if p + t > self.max_seq_len:
             raise ContextFull(f"{p + t} tokens do not fit in max_seq_len={self.max_seq_len}")
         if token_ids is not None:
-            np.take(self.embeddings, token_ids, axis=0, out=self._embeds[:t])
+            if t == 1:
+                self._embeds[0] = self.embeddings[token_ids[0]]
+            else:
+                np.take(self.embeddings, token_ids, axis=0, out=self._embeds[:t])
         if positions is None:
             if t == 1:
                 self._pos[0] = p
@@ -164,28 +197,35 @@ class _BoundStep:
         """Subclasses bind their own extra inputs here."""
 
     def _run(self, p: int, t: int, n_logits: int) -> None:
-        b, a = self._binding, self._addr
+        a, dev = self._addr, self._cpu
+        b = self._binding._iobinding
         hsize, vocab = self._width
         f32, i64 = np.float32, np.int64
-        b.bind_input("inputs_embeds", "cpu", 0, f32, (1, t, hsize), a["_embeds"])
-        b.bind_input("position_ids", "cpu", 0, i64, (1, t), a["_pos"])
-        b.bind_input("attention_mask", "cpu", 0, f32, (1, 1, t, p + t), a["_mask"])
-        b.bind_input("logits_index", "cpu", 0, i64, (n_logits,), a["_lidx"])
-        b.bind_output("logits", "cpu", 0, f32, (n_logits, vocab), a["_logits"])
-        b.bind_output(self.hidden_output, "cpu", 0, f32, (1, t, self.feature_size), a["_hidden"])
+        b.bind_input("inputs_embeds", dev, f32, (1, t, hsize), a["_embeds"])
+        b.bind_input("position_ids", dev, i64, (1, t), a["_pos"])
+        b.bind_input("attention_mask", dev, f32, (1, 1, t, p + t), a["_mask"])
+        b.bind_input("logits_index", dev, i64, (n_logits,), a["_lidx"])
+        b.bind_output("logits", dev, f32, (n_logits, vocab), a["_logits"])
+        b.bind_output(self.hidden_output, dev, f32, (1, t, self.feature_size), a["_hidden"])
         self._bind_extra(t)
+        if not self.fused:
+            self._bind_kv_rows(b, p, t)
+        try:
+            self._c_run(b, None)
+        except Exception as exc:
+            raise BackendError(f"ONNX Runtime step failed (P={p}, T={t}): {exc}") from exc
+
+    def _bind_kv_rows(self, b: Any, p: int, t: int) -> None:
+        """past = cache rows [0, P), present = rows [P, P+T) of each layer's buffer (C binder)."""
+        f32, dev = np.float32, self._cpu
         offset = p * self.kv.row_nbytes
         past_shape = (1, p) + self._kv_shape
         new_shape = (1, t) + self._kv_shape
         for pk, pv, nk, nv, ka, va in self._kv_addr:
-            b.bind_input(pk, "cpu", 0, f32, past_shape, ka)
-            b.bind_input(pv, "cpu", 0, f32, past_shape, va)
-            b.bind_output(nk, "cpu", 0, f32, new_shape, ka + offset)
-            b.bind_output(nv, "cpu", 0, f32, new_shape, va + offset)
-        try:
-            self.session.run_with_iobinding(b)
-        except Exception as exc:
-            raise BackendError(f"ONNX Runtime step failed (P={p}, T={t}): {exc}") from exc
+            b.bind_input(pk, dev, f32, past_shape, ka)
+            b.bind_input(pv, dev, f32, past_shape, va)
+            b.bind_output(nk, dev, f32, new_shape, ka + offset)
+            b.bind_output(nv, dev, f32, new_shape, va + offset)
 
     def close(self) -> None:
         self._binding = None
@@ -198,10 +238,11 @@ class OrtDecoder(_BoundStep):
 
     def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
                  max_seq_len: int, max_chunk: int, num_threads: int = 0,
-                 lora_slots: Sequence[Tuple[int, str]] = ()):
+                 lora_slots: Sequence[Tuple[int, str]] = (), int4_compute: str = "int8"):
         c = self.config = config
         super().__init__(onnx_path, c.hidden_size, c.vocab_size, c.num_layers, c.num_kv_heads,
-                         c.head_dim, embeddings, max_seq_len, max_chunk, num_threads)
+                         c.head_dim, embeddings, max_seq_len, max_chunk, num_threads,
+                         int4_compute=int4_compute)
         # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
         self.lora_slots = list(lora_slots)
         self._lora_tables: Dict[str, Tuple[Any, list]] = {}
@@ -235,6 +276,7 @@ class OrtDecoder(_BoundStep):
             binding.bind_input(a_name, "cpu", 0, f32, a.shape, a.ctypes.data)
             binding.bind_input(b_name, "cpu", 0, f32, b.shape, b.ctypes.data)
             keep.append(pair)
+        self._bind_static(binding)
         self._lora_tables[name] = (binding, keep)
 
     def set_adapter(self, name: str) -> None:

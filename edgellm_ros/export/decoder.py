@@ -38,15 +38,23 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import TensorProto
 
+from ..config import QUANTIZATIONS
 from ..models.llama import rope_inv_freq
+from ..models.quant import BLOCK, BlockQuant, quantize_symmetric
 from ..models.spec import ModelWeights
 from ..lora import lora_input_names, module_shapes
-from .graph import GraphBuilder, WeightFile
+from .graph import GraphBuilder, WeightFile, pack_int
+
+
+def rope_table_rows(config: Any) -> int:
+    """Positions the fused graph's cos/sin tables cover (max_seq_len must stay below)."""
+    return max(int(config.max_position_embeddings), 8192)
+
 
 #: Additive mask value for dropped positions (finite in float16 too).
 MASK_VALUE = -65504.0
@@ -68,38 +76,128 @@ def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = ()) -> Dict[
 
 class _Decoder:
     def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
-                 feature_layers: Sequence[int] = ()):
+                 feature_layers: Sequence[int] = (), quantization: str = "none",
+                 fused: bool = False):
         self.w, self.c, self.g = weights.tensors, weights.config, g
+        self.fused = fused
+        self.rope_rows = rope_table_rows(weights.config)
+        self.blocks = weights.quantized
         self.lora_modules = tuple(lora_modules)
         self.feature_layers = tuple(feature_layers)
         self.lora_inputs: List[str] = []
+        self.quantization = quantization
+        self.quant_origins: Dict[str, int] = {}
 
-    def linear(self, x: str, scope: str, name: str) -> str:
-        """x @ W^T (+ b) (+ (x @ a) @ b for a LoRA slot); W stored as [in, out]."""
+    def matmul_weight(self, x: str, scope: str, key: str, names: Sequence[str]) -> str:
+        """x @ [W_1; W_2; ...]^T for the weights ``names`` (each [out_i, in]), stored as one.
+
+        quantization "int4" / "int4-sym": the weights go in as block-wise
+        signed INT4 through DequantizeLinear (opset 21), see block_quant, plus
+        the per-block offset correction where the blocks have offsets (Q4_1).
+        """
         g = self.g
-        w = g.weight(f"model.{name}.weight", self.w[name + ".weight"].T)
+        if self.quantization == "none":
+            w = np.concatenate([self.w[n] for n in names], axis=0) if len(names) > 1 \
+                else self.w[names[0]]
+            return g.op("MatMul", [x, g.weight(f"model.{key}", w.T)], scope)
+        return self.quantized_matmul(x, scope, key, [self.block_quant(n, 4) for n in names])
+
+    def block_quant(self, name: str, bits: int) -> BlockQuant:
+        """The file's own blocks of ``name`` when they fit, else a symmetric re-quantization.
+
+        "int4" keeps any file blocks of ``bits`` (Q4_1's offsets included,
+        exact); "int4-sym" keeps only symmetric ones (Q4_0, Q8_0) and
+        re-quantizes the rest, so no offset correction runs.
+        """
+        bq = self.blocks.get(name)
+        if bq is None or bq.bits != bits or (bq.offset is not None and self.quantization == "int4-sym"):
+            bq = quantize_symmetric(self.w[name], bits)
+        self.quant_origins[bq.origin] = self.quant_origins.get(bq.origin, 0) + 1
+        return bq
+
+    def quantized_matmul(self, x: str, scope: str, key: str, parts: Sequence[BlockQuant]) -> str:
+        g = self.g
+        q = np.concatenate([b.q for b in parts], axis=0)                       # [N, K]
+        scale = np.concatenate([b.scale for b in parts], axis=0)               # [N, K/32]
+        n_in = q.shape[1]
+        elem = TensorProto.INT4 if parts[0].bits == 4 else TensorProto.INT8
+        key = f"{key}.{self.quantization}"   # one weights file may hold both int4 modes
+        qt = g.weight(f"model.{key}.q{parts[0].bits}", pack_int(q.T, parts[0].bits),
+                      elem_type=elem, dims=[n_in, q.shape[0]])
+        st = g.weight(f"model.{key}.scale", np.ascontiguousarray(scale.T))
+        w = g.op("DequantizeLinear", [qt, st], scope, axis=0, block_size=BLOCK)  # [K, N]
         y = g.op("MatMul", [x, w], scope)
-        bias = self.w.get(name + ".bias")
-        if bias is not None:
-            y = g.op("Add", [y, g.weight(f"model.{name}.bias", bias)], scope)
-        layer, module = int(name.split(".")[1]), name.rsplit(".", 1)[1]
-        if module in self.lora_modules:
-            n_in, n_out = module_shapes(self.c)[module]
-            a_name, b_name = lora_input_names(layer, module)
-            rank = f"lora_rank.{layer}.{module}"
-            self.lora_inputs += [g.input(a_name, F32, [n_in, rank]),
-                                 g.input(b_name, F32, [rank, n_out])]
-            low = g.op("MatMul", [x, a_name], f"{scope}/lora_a")
-            y = g.op("Add", [y, g.op("MatMul", [low, b_name], f"{scope}/lora_b")], f"{scope}/lora")
+        if any(b.offset is not None for b in parts):
+            off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
+                                  for b in parts], axis=0)                     # [N, K/32]
+            blk = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
+            sums = g.op("ReduceSum", [blk, g.const([-1])], f"{scope}/offset", keepdims=0)
+            corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
+                        f"{scope}/offset")
+            y = g.op("Add", [y, corr], f"{scope}/offset")
         return y
 
-    def rms_norm(self, x: str, scope: str, name: str) -> str:
+    def project(self, x: str, scope: str, names: Sequence[str]) -> List[str]:
+        """x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots) for each projection in ``names``.
+
+        Projections of one input (q/k/v, gate/up) run as one MatMul and a Split:
+        fewer, larger kernels. Each name is a module path like
+        ``layers.3.self_attn.q_proj``; weights stored as [in, out].
+        """
         g = self.g
-        sq = g.op("Mul", [x, x], scope)
-        var = g.op("ReduceMean", [sq], scope, axes=[-1], keepdims=1)
+        widths = [self.w[n + ".weight"].shape[0] for n in names]
+        key = names[0] if len(names) == 1 else \
+            names[0].rsplit(".", 1)[0] + "." + "_".join(n.rsplit(".", 1)[1].split("_")[0] for n in names)
+        y = self.matmul_weight(x, scope, key + ".weight", [n + ".weight" for n in names])
+        biases = [self.w.get(n + ".bias") for n in names]
+        if any(b is not None for b in biases):
+            bias = np.concatenate([b if b is not None else np.zeros(wd, np.float32)
+                                   for b, wd in zip(biases, widths)])
+            y = g.op("Add", [y, g.weight(f"model.{key}.bias", bias)], scope)
+        outs = [y] if len(names) == 1 else \
+            g.op("Split", [y, g.const(widths)], scope, n_out=len(names), axis=-1)
+        result = []
+        for name, out in zip(names, outs):
+            layer, module = int(name.split(".")[1]), name.rsplit(".", 1)[1]
+            if module in self.lora_modules:
+                n_in, n_out = module_shapes(self.c)[module]
+                a_name, b_name = lora_input_names(layer, module)
+                rank = f"lora_rank.{layer}.{module}"
+                self.lora_inputs += [g.input(a_name, F32, [n_in, rank]),
+                                     g.input(b_name, F32, [rank, n_out])]
+                sc = f"{scope}/{module}"
+                low = g.op("MatMul", [x, a_name], f"{sc}/lora_a")
+                out = g.op("Add", [out, g.op("MatMul", [low, b_name], f"{sc}/lora_b")], f"{sc}/lora")
+            result.append(out)
+        return result
+
+    def linear(self, x: str, scope: str, name: str) -> str:
+        return self.project(x, scope, [name])[0]
+
+    def add_norm(self, x: str, delta: str, scope: str, name: str) -> Tuple[str, str]:
+        """Residual add and the next RMSNorm: (x + delta, rms_norm(x + delta)).
+
+        The fused graph uses ONNX Runtime's SkipSimplifiedLayerNormalization
+        (one kernel for both); the plain graph two ops and the norm pattern.
+        """
+        if not self.fused:
+            x = self.g.op("Add", [x, delta], scope)
+            return x, self.rms_norm(x, scope, name)
+        h, _, _, x = self.g.op("SkipSimplifiedLayerNormalization",
+                               [x, delta, self.g.weight(f"model.{name}", self.w[name])], scope,
+                               n_out=4, domain="com.microsoft", epsilon=self.c.rms_norm_eps)
+        return x, h
+
+    def rms_norm(self, x: str, scope: str, name: str) -> str:
+        """x / sqrt(mean(x^2) + eps) * w, in the op pattern ONNX Runtime fuses into one kernel."""
+        g = self.g
+        sq = g.op("Pow", [x, g.const(2.0, np.float32)], scope)
+        if g.opset >= 18:
+            var = g.op("ReduceMean", [sq, g.const([-1])], scope, keepdims=1)
+        else:
+            var = g.op("ReduceMean", [sq], scope, axes=[-1], keepdims=1)
         var = g.op("Add", [var, g.const(self.c.rms_norm_eps, np.float32)], scope)
-        inv = g.op("Reciprocal", [g.op("Sqrt", [var], scope)], scope)
-        y = g.op("Mul", [x, inv], scope)
+        y = g.op("Div", [x, g.op("Sqrt", [var], scope)], scope)
         return g.op("Mul", [y, g.weight(f"model.{name}", self.w[name])], scope)
 
     def rotate(self, x: str, cos: str, sin: str, scope: str) -> str:
@@ -110,19 +208,11 @@ class _Decoder:
         rot = g.op("Concat", [g.op("Neg", [x2], scope), x1], scope, axis=-1)
         return g.op("Add", [g.op("Mul", [x, cos], scope), g.op("Mul", [rot, sin], scope)], scope)
 
-    def build(self) -> None:
+    def plain_attention(self, pos: str, mask: str) -> Callable[..., Tuple[str, str, str]]:
+        """Attention in plain ONNX ops (every backend): KV rows [1, S, KVH, D], past + new concatenated."""
         g, c = self.g, self.c
-        H, NH, KVH, D = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        NH, KVH, D = c.num_heads, c.num_kv_heads, c.head_dim
         G = NH // KVH
-        x = g.input("inputs_embeds", F32, [1, "seq", H])
-        pos = g.input("position_ids", I64, [1, "seq"])
-        mask = g.input("attention_mask", F32, [1, 1, "seq", "total"])
-        lidx = g.input("logits_index", I64, ["num_logits"])
-        past = []
-        for i in range(c.num_layers):
-            past.append((g.input(f"past_key.{i}", F32, [1, "past", KVH, D]),
-                         g.input(f"past_value.{i}", F32, [1, "past", KVH, D])))
-
         # rotary tables, shared by all layers: [1, T, 1, D]
         s = "/model/rotary"
         ang = g.op("Unsqueeze", [g.op("Cast", [pos], s, to=F32), g.const([-1])], s)   # [1, T, 1]
@@ -132,23 +222,14 @@ class _Decoder:
         sin = g.op("Unsqueeze", [g.op("Sin", [ang], s), g.const([2])], s)
         scale = g.const(1.0 / math.sqrt(D), np.float32)
 
-        presents = []
-        layer_out = []
-        for i in range(c.num_layers):
-            L, n = f"/model/layers.{i}", f"layers.{i}"
-            h = self.rms_norm(x, f"{L}/input_layernorm", f"{n}.input_layernorm.weight")
-            q = self.linear(h, f"{L}/attn/q_proj", f"{n}.self_attn.q_proj")
-            k = self.linear(h, f"{L}/attn/k_proj", f"{n}.self_attn.k_proj")
-            v = self.linear(h, f"{L}/attn/v_proj", f"{n}.self_attn.v_proj")
-            A = f"{L}/attn"
+        def attend(q: str, k: str, v: str, past: Tuple[str, str], A: str) -> Tuple[str, str, str]:
             q = g.op("Reshape", [q, g.const([0, 0, NH, D])], A)                   # [1, T, NH, D]
             k = g.op("Reshape", [k, g.const([0, 0, KVH, D])], A)                  # [1, T, KVH, D]
             v = g.op("Reshape", [v, g.const([0, 0, KVH, D])], A)
             q = self.rotate(q, cos, sin, f"{A}/q_rotary")
             k = self.rotate(k, cos, sin, f"{A}/k_rotary")
-            presents.append((k, v))
-            k_all = g.op("Concat", [past[i][0], k], A, axis=1)                   # [1, S, KVH, D]
-            v_all = g.op("Concat", [past[i][1], v], A, axis=1)
+            k_all = g.op("Concat", [past[0], k], A, axis=1)                      # [1, S, KVH, D]
+            v_all = g.op("Concat", [past[1], v], A, axis=1)
             q = g.op("Mul", [q, scale], A)
             q = g.op("Reshape", [q, g.const([0, 0, KVH, G, D])], A)              # [1, T, KVH, G, D]
             q = g.op("Transpose", [q], A, perm=[0, 2, 3, 1, 4])                  # [1, KVH, G, T, D]
@@ -161,22 +242,81 @@ class _Decoder:
             vt = g.op("Unsqueeze", [vt, g.const([2])], A)                        # [1, KVH, 1, S, D]
             att = g.op("MatMul", [probs, vt], A)                                  # [1, KVH, G, T, D]
             att = g.op("Transpose", [att], A, perm=[0, 3, 1, 2, 4])              # [1, T, KVH, G, D]
-            att = g.op("Reshape", [att, g.const([0, 0, NH * D])], A)             # [1, T, NH*D]
-            x = g.op("Add", [x, self.linear(att, f"{A}/o_proj", f"{n}.self_attn.o_proj")], L)
-            h = self.rms_norm(x, f"{L}/post_attention_layernorm",
-                              f"{n}.post_attention_layernorm.weight")
+            return g.op("Reshape", [att, g.const([0, 0, NH * D])], A), k, v      # [1, T, NH*D]
+        return attend
+
+    def fused_attention(self, pos: str, mask: str) -> Callable[..., Tuple[str, str, str]]:
+        """ONNX Runtime's GroupQueryAttention (com.microsoft), CPU graphs only.
+
+        The KV buffers are head-major [1, KVH, max_seq, D] and bound as both
+        past and present (ONNX Runtime's shared-buffer mode: the kernel writes
+        the T new rows at P..P+T-1 in place); rotary runs inside the kernel
+        from cos/sin tables at ``position_ids``; the additive mask goes in as
+        attention_bias (on top of the kernel's causal rule, which a tree in
+        topological order satisfies).
+        """
+        g, c = self.g, self.c
+        s = "/model/attn_lengths"
+        total = g.op("Gather", [g.op("Shape", [mask], s), g.const(3)], s, axis=0)     # P + T
+        total = g.op("Cast", [total], s, to=TensorProto.INT32)
+        seqlens = g.op("Reshape", [g.op("Sub", [total, g.const(1, np.int32)], s), g.const([1])], s)
+        ang = np.arange(self.rope_rows, dtype=np.float64)[:, None] * rope_inv_freq(c)[None]
+        cos = g.weight("model.rotary.cos_cache", np.cos(ang).astype(np.float32))       # [R, D/2]
+        sin = g.weight("model.rotary.sin_cache", np.sin(ang).astype(np.float32))
+
+        def attend(q: str, k: str, v: str, past: Tuple[str, str], A: str) -> Tuple[str, str, str]:
+            return g.op("GroupQueryAttention", [q, k, v, past[0], past[1], seqlens, total, cos, sin,
+                                                pos, mask], A, n_out=3, domain="com.microsoft",
+                        num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, do_rotary=1,
+                        rotary_interleaved=0)
+        return attend
+
+    def build(self) -> None:
+        g, c = self.g, self.c
+        H, KVH, D = c.hidden_size, c.num_kv_heads, c.head_dim
+        x = g.input("inputs_embeds", F32, [1, "seq", H])
+        pos = g.input("position_ids", I64, [1, "seq"])
+        mask = g.input("attention_mask", F32, [1, 1, "seq", "total"])
+        lidx = g.input("logits_index", I64, ["num_logits"])
+        kv_shape = [1, KVH, "max_seq", D] if self.fused else [1, "past", KVH, D]
+        past = []
+        for i in range(c.num_layers):
+            past.append((g.input(f"past_key.{i}", F32, kv_shape),
+                         g.input(f"past_value.{i}", F32, kv_shape)))
+        attend = self.fused_attention(pos, mask) if self.fused else self.plain_attention(pos, mask)
+
+        presents = []
+        layer_out = []
+        h = self.rms_norm(x, "/model/layers.0/input_layernorm", "layers.0.input_layernorm.weight")
+        for i in range(c.num_layers):
+            L, n = f"/model/layers.{i}", f"layers.{i}"
+            q, k, v = self.project(h, f"{L}/attn/qkv_proj",
+                                   [f"{n}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj")])
+            A = f"{L}/attn"
+            att, k, v = attend(q, k, v, past[i], A)                                # [1, T, NH*D]
+            presents.append((k, v))
+            x, h = self.add_norm(x, self.linear(att, f"{A}/o_proj", f"{n}.self_attn.o_proj"),
+                                 f"{L}/post_attention_layernorm", f"{n}.post_attention_layernorm.weight")
             M = f"{L}/mlp"
-            gate = self.linear(h, f"{M}/gate_proj", f"{n}.mlp.gate_proj")
+            gate, up = self.project(h, f"{M}/gate_up_proj", [f"{n}.mlp.gate_proj", f"{n}.mlp.up_proj"])
             gate = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{M}/act")], f"{M}/act")
-            up = self.linear(h, f"{M}/up_proj", f"{n}.mlp.up_proj")
             down = self.linear(g.op("Mul", [gate, up], M), f"{M}/down_proj", f"{n}.mlp.down_proj")
-            x = g.op("Add", [x, down], L)
+            if i + 1 < c.num_layers:
+                x, h = self.add_norm(x, down, f"/model/layers.{i + 1}/input_layernorm",
+                                     f"layers.{i + 1}.input_layernorm.weight")
+            else:
+                x, h = self.add_norm(x, down, "/model/norm", "norm.weight")
             layer_out.append(x)
 
-        hidden = self.rms_norm(x, "/model/norm", "norm.weight")                # [1, T, H]
+        hidden = h                                                               # [1, T, H]
         picked = g.op("Gather", [hidden, lidx], "/model/lm_head", axis=1)       # [1, L, H]
-        head = self.w.get("lm_head.weight", self.w["embed_tokens.weight"])
-        logits = g.op("MatMul", [picked, g.weight("lm_head.weight", head.T)], "/model/lm_head")
+        head = "lm_head.weight" if "lm_head.weight" in self.w else "embed_tokens.weight"
+        if self.quantization != "none":   # the GGUF's Q8_0 blocks, or int8 re-quantized
+            logits = self.quantized_matmul(picked, "/model/lm_head", "lm_head.weight",
+                                           [self.block_quant(head, 8)])
+        else:
+            logits = g.op("MatMul", [picked, g.weight("lm_head.weight", self.w[head].T)],
+                          "/model/lm_head")
         logits = g.op("Squeeze", [logits, g.const([0])], "/model/lm_head")      # [L, V]
         g.output(logits, "logits", F32, ["num_logits", c.vocab_size])
         if self.feature_layers:   # EAGLE-3 features: residual stream after chosen layers
@@ -186,19 +326,33 @@ class _Decoder:
         else:
             g.output(hidden, "hidden_states", F32, [1, "seq", H])
         for i, (k, v) in enumerate(presents):
-            g.output(k, f"present_key.{i}", F32, [1, "seq", KVH, D])
-            g.output(v, f"present_value.{i}", F32, [1, "seq", KVH, D])
+            g.output(k, f"present_key.{i}", F32, kv_shape if self.fused else [1, "seq", KVH, D])
+            g.output(v, f"present_value.{i}", F32, kv_shape if self.fused else [1, "seq", KVH, D])
 
 
 def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
                    name: str = "decoder", lora_modules: Sequence[str] = (),
-                   feature_layers: Sequence[int] = ()) -> str:
-    """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path."""
+                   feature_layers: Sequence[int] = (), quantization: str = "none",
+                   fused: bool = False, info: Optional[Dict[str, Any]] = None) -> str:
+    """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path.
+
+    quantization: "none" (float32 weights, opset 17), "int4" (block-wise
+    signed INT4 projections and an INT8 LM head, opset 21: the file's own
+    blocks where it has them, exact) or "int4-sym" (the same with
+    asymmetric file blocks re-quantized symmetric: no offset correction). ``info`` receives
+    "weight_origins": how many weights came from the file's own blocks and
+    how many were re-quantized. fused: ONNX Runtime's GroupQueryAttention
+    with head-major KV buffers (a CPU-only graph; see _Decoder.fused_attention).
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
-    g = GraphBuilder(name, weights=weight_file)
-    dec = _Decoder(weights, g, lora_modules, feature_layers)
+    g = GraphBuilder(name, weights=weight_file, opset=17 if quantization == "none" else 21)
+    dec = _Decoder(weights, g, lora_modules, feature_layers, quantization, fused)
     dec.build()
+    if info is not None:
+        info["weight_origins"] = dict(dec.quant_origins)
     # LoRA inputs go after the KV inputs, as decoder_io_names lists them
     order = {n: i for i, n in enumerate(decoder_io_names(weights.config.num_layers,
                                                          lora_modules)["inputs"])}

@@ -17,6 +17,18 @@ from onnx import TensorProto, helper, numpy_helper
 ALIGN = 4096
 
 
+def pack_int(q: np.ndarray, bits: int) -> np.ndarray:
+    """Signed values as ONNX stores them: int8 as is; INT4 two per byte, element 2i
+    in the low nibble and 2i+1 in the high nibble of byte i (row-major order)."""
+    flat = np.ascontiguousarray(q, dtype=np.int8).reshape(-1)
+    if bits == 8:
+        return flat
+    if bits != 4 or flat.size % 2:
+        raise ValueError(f"cannot pack {flat.size} values of {bits} bits")
+    u = flat.view(np.uint8) & 0x0F
+    return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
+
+
 class WeightFile:
     """One external-data file shared by several graphs of an engine folder.
 
@@ -82,16 +94,23 @@ class GraphBuilder:
             self._consts[key] = name
         return self._consts[key]
 
-    def weight(self, name: str, arr: np.ndarray) -> str:
-        """A large initializer, stored in the external data file when there is one."""
-        if self._data is None or arr.nbytes < 1024:
+    def weight(self, name: str, arr: np.ndarray, elem_type: Optional[int] = None,
+               dims: Optional[Sequence[int]] = None) -> str:
+        """A large initializer, stored in the external data file when there is one.
+
+        elem_type/dims describe ``arr``'s bytes when they are not its own dtype
+        and shape (packed INT4: see pack_int).
+        """
+        if elem_type is None and (self._data is None or arr.nbytes < 1024):
             self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             return name
+        if self._data is None:
+            raise ValueError(f"{name}: packed weights need an external weights file")
         offset, length = self._data.put(name, arr)
         t = TensorProto()
         t.name = name
-        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-        t.dims.extend(arr.shape)
+        t.data_type = elem_type if elem_type is not None else helper.np_dtype_to_tensor_dtype(arr.dtype)
+        t.dims.extend(dims if dims is not None else arr.shape)
         t.data_location = TensorProto.EXTERNAL
         for k, v in (("location", os.path.basename(self._data.path)),
                      ("offset", str(offset)), ("length", str(length))):
@@ -111,8 +130,11 @@ class GraphBuilder:
     # -- finish -------------------------------------------------------------
     def save(self, onnx_path: str, doc: str = "") -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+        opsets = [helper.make_opsetid("", self.opset)]
+        if any(n.domain == "com.microsoft" for n in self.nodes):
+            opsets.append(helper.make_opsetid("com.microsoft", 1))
+        model = helper.make_model(graph, opset_imports=opsets,
                                   producer_name="edgellm_ros", doc_string=doc)
-        model.ir_version = 8
+        model.ir_version = 10 if self.opset >= 21 else 8   # INT4 needs IR 10
         onnx.save_model(model, onnx_path)
         return model

@@ -19,6 +19,7 @@ from typing import Any, Dict
 import numpy as np
 
 from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
+from ..models.quant import BlockQuant, from_gguf
 from ..models.spec import ModelConfig, ModelWeights
 
 #: Architectures whose GGUF tensors map onto our Llama graph.
@@ -130,6 +131,7 @@ def load_gguf(path: str) -> ModelWeights:
     md = read_metadata(reader)
     cfg = config_from_metadata(md, path)
     tensors: Dict[str, np.ndarray] = {}
+    blocks: Dict[str, BlockQuant] = {}
     for t in reader.tensors:
         name = _tensor_name(t.name)
         if not name:
@@ -144,11 +146,21 @@ def load_gguf(path: str) -> ModelWeights:
             raise CorruptModelError(
                 f"{path}: tensor {t.name} is truncated ({arr.size} values, expected {expected})")
         arr = arr.reshape(expected)
+        quant = from_gguf(np.asarray(t.data), t.tensor_type.name, expected, t.name) \
+            if t.tensor_type.name in ("Q4_0", "Q4_1", "Q8_0") and len(expected) == 2 else None
+        heads = 0
         if name.endswith(("q_proj.weight", "q_proj.bias")) and cfg.architecture == "llama":
-            arr = unpermute_qk(arr, cfg.num_heads)
+            heads = cfg.num_heads
         elif name.endswith(("k_proj.weight", "k_proj.bias")) and cfg.architecture == "llama":
-            arr = unpermute_qk(arr, cfg.num_kv_heads)
+            heads = cfg.num_kv_heads
+        if heads:
+            arr = unpermute_qk(arr, heads)
+            if quant is not None:
+                quant = quant.take_rows(unpermute_qk(np.arange(expected[0]), heads))
         tensors[name] = np.ascontiguousarray(arr)
+        if quant is not None:
+            blocks[name] = quant
     tied = "lm_head.weight" not in tensors
     cfg = ModelConfig.from_dict({**cfg.to_dict(), "tie_word_embeddings": tied})
-    return ModelWeights(config=cfg, tensors=tensors, source=path, tokenizer_source=("gguf", md))
+    return ModelWeights(config=cfg, tensors=tensors, source=path, tokenizer_source=("gguf", md),
+                        quantized=blocks)

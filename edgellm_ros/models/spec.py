@@ -96,6 +96,9 @@ class ModelWeights:
     source: str
     # Tokenizer source: ("gguf", metadata dict) or ("hf", folder path).
     tokenizer_source: tuple = field(default=("none", None))
+    # Tensor name -> models.quant.BlockQuant: the integer blocks the file stores
+    # (GGUF Q4_0 / Q4_1 / Q8_0), which ``tensors`` holds dequantized.
+    quantized: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def lm_head(self) -> np.ndarray:
         """[V, H] output projection (the embedding when tied)."""

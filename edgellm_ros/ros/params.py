@@ -61,6 +61,19 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "inference backend: auto (TensorRT when usable, else ONNX Runtime), "
               "onnxruntime or tensorrt",
               configure_time=True, constraints="one of: auto, onnxruntime, tensorrt"),
+    ParamSpec("quantization", _ENGINE.quantization,
+              "decoder weights: int4 (block-wise INT4, the GGUF's own blocks where it has "
+              "them: exact), int4-sym (Q4_1 re-quantized symmetric: faster, less accurate) "
+              "or none (float32)",
+              configure_time=True, constraints="one of: none, int4, int4-sym"),
+    ParamSpec("int4_compute", _ENGINE.int4_compute,
+              "ONNX Runtime INT4 kernels compute with int8 activations (fast) or in "
+              "float32 (exact products, slow; EAGLE bit-exact)",
+              configure_time=True, constraints="one of: int8, float32"),
+    ParamSpec("fused_ops", _ENGINE.fused_ops,
+              "ONNX Runtime: run the CPU graph with fused kernels (GroupQueryAttention, "
+              "SkipSimplifiedLayerNormalization); false = the plain-op graph TensorRT builds",
+              configure_time=True),
     ParamSpec("max_seq_len", _ENGINE.max_seq_len,
               "rows of the KV cache allocated at configure: prompt and answer together",
               configure_time=True, range=(16, 131072)),
@@ -197,6 +210,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
                           f"{', '.join(names) or 'none'}")
     engine = EngineConfig(
         model=v["model"], engine_dir=v["engine_dir"], backend=v["backend"],
+        quantization=v["quantization"], int4_compute=v["int4_compute"], fused_ops=v["fused_ops"],
         max_seq_len=max_seq_len,
         # not a parameter: the runtime's chunk, capped by the cache size
         prefill_chunk=max(1, min(_ENGINE.prefill_chunk, max_seq_len)),

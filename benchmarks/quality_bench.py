@@ -1,0 +1,78 @@
+"""Quality of every decoder variant against the float32 graph, on the shipped text sample.
+
+    python benchmarks/quality_bench.py [--model PATH] [--threads N] [--tokens N]
+
+Teacher-forces benchmarks/data/quality_sample.txt (about 900 tokens) through
+the float32 plain-op graph (the reference; its logits match the NumPy reference
+and transformers, see the tests) and through each variant, and prints one JSON
+object: top-1 agreement, perplexity, mean KL and the largest logit difference
+per variant (edgellm_ros/evaluation.py), plus the variant's weight origins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from edgellm_ros.backends.onnxruntime import OrtDecoder
+from edgellm_ros.engine_dir import ensure_engine, ensure_family, graph_name
+from edgellm_ros.evaluation import compare_decoders
+from edgellm_ros.models.spec import ModelConfig
+from edgellm_ros.tokenizer import Tokenizer
+
+SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "quality_sample.txt")
+VARIANTS = [  # (quantization, fused ops, int4 compute)
+    ("none", True, "int8"),
+    ("int4", False, "int8"),
+    ("int4", True, "int8"),
+    ("int4", True, "float32"),
+    ("int4-sym", False, "int8"),
+    ("int4-sym", True, "int8"),
+    ("int4-sym", True, "float32"),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
+    a = ap.parse_args()
+    quiet = lambda m: None  # noqa: E731
+    folder = ensure_engine(a.model, "", quiet)
+    tok = Tokenizer.from_hf_folder(folder)
+    with open(SAMPLE, encoding="utf-8") as f:
+        ids = tok.encode(f.read())
+    if a.tokens:
+        ids = ids[:a.tokens]
+    emb = np.load(os.path.join(folder, "embeddings.npy"), mmap_mode="r")
+    out = {"sample": os.path.relpath(SAMPLE), "tokens": len(ids), "machine": platform.processor() or
+           platform.machine(), "cpus": os.cpu_count(), "reference": "decoder (float32, plain ops)",
+           "variants": {}}
+
+    def decoder(name: str, compute: str = "int8") -> OrtDecoder:
+        m = ensure_family(folder, "none", False, quiet)
+        return OrtDecoder(os.path.join(folder, name + ".onnx"), ModelConfig.from_dict(m["model"]),
+                          np.asarray(emb), len(ids) + 8, 128, a.threads, int4_compute=compute)
+
+    ref = decoder("decoder")
+    for quant, fused, compute in VARIANTS:
+        manifest = ensure_family(folder, quant, fused, quiet)
+        name = graph_name(False, False, quant, fused)
+        t0 = time.perf_counter()
+        res = compare_decoders(ref, decoder(name, compute), ids).as_dict()
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        res["weight_origins"] = manifest["graphs"][name]["weight_origins"]
+        key = f"{quant}{'/fused' if fused else '/plain'}" + (f"/{compute}" if quant != "none" else "")
+        out["variants"][key] = res
+        print(f"{key}: {json.dumps(res)}", flush=True)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""INT4 weights and the fused CPU graph compute what the reference computes.
+
+- GGUF blocks (Q4_0, Q4_1, Q8_0) are read exactly, and packed as ONNX stores INT4;
+- every graph family (float / int4 / int4-sym x plain / fused) matches the NumPy
+  reference run on the very weights the graph holds (the blocks dequantized),
+  with float32 INT4 compute, within 2e-3 over a prefill and decode steps;
+- the fused graph's head-major KV buffers hold the reference's keys and values,
+  bound once, and EAGLE, the prompt cache and LoRA stay exact on it;
+- on the real model, the int4 graph with float32 compute (the GGUF's own blocks:
+  exact quantization) gives the float path's greedy tokens, and the stated
+  quality of each variant (top-1 agreement, perplexity) holds on the shipped sample.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgellm_ros.models.quant import BlockQuant, from_gguf, quantize_symmetric
+from runtime_fixtures import default_engine_dir, default_weights, load_json  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(REPO, "benchmarks", "data", "quality_sample.txt")
+PROMPT = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+
+
+# ---------------------------------------------------------------- blocks
+
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+def test_gguf_blocks_read_exactly(kind):
+    from gguf import GGMLQuantizationType, quants
+    w = np.random.default_rng(3).standard_normal((6, 96)).astype(np.float32)
+    qtype = getattr(GGMLQuantizationType, kind)
+    raw = quants.quantize(w, qtype)
+    bq = from_gguf(raw, kind, w.shape, "t")
+    assert bq.bits == (8 if kind == "Q8_0" else 4)
+    assert (bq.offset is not None) == (kind == "Q4_1")
+    assert bq.q.min() >= (-127 if kind == "Q8_0" else -8) and bq.q.max() <= (127 if kind == "Q8_0" else 7)
+    np.testing.assert_array_equal(bq.dequantize(), quants.dequantize(raw, qtype).reshape(w.shape))
+
+
+def test_truncated_blocks_are_a_corrupt_model_error():
+    from edgellm_ros.errors import CorruptModelError
+    with pytest.raises(CorruptModelError, match="Q4_1"):
+        from_gguf(np.zeros((2, 10), np.uint8), "Q4_1", (2, 64), "blk.0.ffn_up.weight")
+
+
+def test_default_models_blocks_dequantize_to_its_float_tensors(default_weights):  # noqa: F811
+    w = default_weights
+    assert w.quantized["embed_tokens.weight"].origin == "gguf Q8_0"
+    for name in ("layers.0.self_attn.q_proj.weight", "layers.7.self_attn.k_proj.weight",
+                 "layers.29.mlp.down_proj.weight", "embed_tokens.weight"):
+        np.testing.assert_array_equal(w.quantized[name].dequantize(), w.tensors[name])
+
+
+def test_int4_packing_is_the_onnx_layout():
+    from edgellm_ros.export.graph import pack_int
+    q = np.random.default_rng(0).integers(-8, 8, size=(64, 6)).astype(np.int8)
+    t = helper.make_tensor("q", TensorProto.INT4, q.shape, pack_int(q, 4).tobytes(), raw=True)
+    np.testing.assert_array_equal(numpy_helper.to_array(t).astype(np.int8), q)
+
+
+def test_symmetric_quantization_error_is_half_a_step():
+    """Round to nearest: half a step, except int4's clipped +8 (Q4_0's rule: the extreme
+    maps to -8, so the opposite extreme may clip to +7: one step)."""
+    w = np.random.default_rng(1).standard_normal((8, 128)).astype(np.float32)
+    w[0, :32] = 0.0
+    for bits in (4, 8):
+        bq = quantize_symmetric(w, bits)
+        step = np.abs(bq.scale)[..., None]
+        err = np.abs(bq.dequantize() - w).reshape(8, 4, 32)
+        inside = np.abs(w.reshape(8, 4, 32)) <= step * (7.5 if bits == 4 else 127.5)
+        assert np.all(err[inside] <= (step / 2 + 1e-7).repeat(32, -1)[inside])
+        assert np.all(err <= step + 1e-7)
+        assert np.all(bq.dequantize()[0, :32] == 0.0)
+
+
+# ---------------------------------------------------------------- graphs vs reference
+
+def _q4_1_like(w: np.ndarray, rng) -> BlockQuant:
+    """Random Q4_1-shaped blocks (scale and offset per block of 32) of w's shape."""
+    out, n = w.shape
+    q = rng.integers(-8, 8, size=(out, n)).astype(np.int8)
+    scale = (rng.random((out, n // 32)) * 0.05 + 0.01).astype(np.float32)
+    offset = (rng.standard_normal((out, n // 32)) * 0.05).astype(np.float32)
+    return BlockQuant(4, q, scale, offset, "test q4_1")
+
+
+@pytest.fixture(scope="module")
+def tiny_q4_1(tmp_path_factory, default_engine_dir):  # noqa: F811
+    """The tiny test Llama with Q4_1-like blocks on every projection and Q8_0-like embeddings."""
+    from edgellm_ros.loaders import load_model
+    from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_tiny_model
+    d = tmp_path_factory.mktemp("tinyq")
+    w = copy.deepcopy(load_model(write_tiny_model(str(d / "m"), TINY_LLAMA,
+                                                  tokenizer_from=default_engine_dir)))
+    rng = np.random.default_rng(7)
+    for name in list(w.tensors):
+        if name.endswith("_proj.weight") and w.tensors[name].shape[1] % 32 == 0:
+            w.quantized[name] = _q4_1_like(w.tensors[name], rng)
+            w.tensors[name] = w.quantized[name].dequantize()
+    for name in ("embed_tokens.weight", "lm_head.weight"):   # Q8_0-like head (tied or not)
+        if name in w.tensors:
+            w.quantized[name] = quantize_symmetric(w.tensors[name], 8)
+            w.tensors[name] = w.quantized[name].dequantize()
+    return w, d
+
+
+def _graph_vs_reference(weights, folder, quantization, fused):
+    from edgellm_ros.backends.onnxruntime import OrtDecoder
+    from edgellm_ros.export.decoder import export_decoder
+    from edgellm_ros.export.graph import WeightFile
+    from edgellm_ros.models.llama import LlamaReference
+
+    name = f"g_{quantization}_{int(fused)}"
+    wf = WeightFile(os.path.join(folder, name + ".data"))
+    path = export_decoder(weights, str(folder), wf, name=name, quantization=quantization, fused=fused)
+    wf.close()
+    ref_weights = weights
+    if quantization == "int4-sym":   # the graph holds the offsets-free re-quantization
+        ref_weights = copy.copy(weights)
+        ref_weights.tensors = dict(weights.tensors)
+        for n, bq in weights.quantized.items():
+            if n.endswith("_proj.weight"):
+                ref_weights.tensors[n] = quantize_symmetric(weights.tensors[n], 4).dequantize()
+    ref = LlamaReference(ref_weights)
+    dec = OrtDecoder(path, weights.config, weights.tensors["embed_tokens.weight"], 64, 16,
+                     int4_compute="float32")
+    ids = [3, 17, 42, 99, 5, 64, 7, 11, 23]
+    logits, _, past = ref.forward(ref.embed(ids), np.arange(len(ids)), [])
+    worst = float(np.abs(dec.forward(0, ids, logits_rows="all") - logits).max())
+    pos = len(ids)
+    for tok in (8, 120, 33, 1):
+        logits, _, kv = ref.forward(ref.embed([tok]), np.array([pos]), past)
+        past = [(np.concatenate([pk, k]), np.concatenate([pv, v])) for (pk, pv), (k, v) in zip(past, kv)]
+        worst = max(worst, float(np.abs(dec.forward(pos, [tok]) - logits).max()))
+        pos += 1
+    n = pos
+    for i, (k, v) in enumerate(past):
+        keys = dec.kv.keys[i][:, :n].transpose(1, 0, 2) if fused else dec.kv.keys[i][:n]
+        assert np.abs(keys - k).max() < 1e-3
+    ops = {node.op_type for node in onnx.load(path, load_external_data=False).graph.node}
+    dec.close()
+    return worst, ops
+
+
+@pytest.mark.parametrize("quantization,fused", [("none", True), ("int4", False), ("int4", True),
+                                                ("int4-sym", False), ("int4-sym", True)])
+def test_every_graph_family_matches_the_reference_on_its_own_weights(tiny_q4_1, quantization, fused):
+    weights, folder = tiny_q4_1
+    worst, ops = _graph_vs_reference(weights, folder, quantization, fused)
+    assert worst < 2e-3, f"max |logit difference| {worst}"
+    assert ("GroupQueryAttention" in ops) == fused
+    assert ("DequantizeLinear" in ops) == (quantization != "none")
+    assert ("ReduceSum" in ops) == (quantization == "int4"), "offset correction only for Q4_1 blocks"
+    if not fused:
+        assert all(not n.startswith("com.microsoft") for n in ops)
+
+
+def test_plain_int4_graph_is_opset_21_without_contrib_ops(tiny_q4_1):
+    from edgellm_ros.export.decoder import export_decoder
+    from edgellm_ros.export.graph import WeightFile
+    weights, folder = tiny_q4_1
+    wf = WeightFile(os.path.join(folder, "plain.data"))
+    path = export_decoder(weights, str(folder), wf, name="plain", quantization="int4")
+    wf.close()
+    model = onnx.load(path, load_external_data=False)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 21)]
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    onnx.checker.check_model(path)
+
+
+# ---------------------------------------------------------------- the real model
+
+def _load(**kw):
+    from edgellm_ros.config import EngineConfig
+    from edgellm_ros.engine import Engine
+    return Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=128, **kw), log=lambda m: None)
+
+
+def _greedy(dec, ids, n):
+    row = dec.forward(0, ids)[0]
+    out = []
+    for pos in range(len(ids), len(ids) + n):
+        out.append(int(row.argmax()))
+        row = dec.forward(pos, out[-1:])[0]
+    return out
+
+
+def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(default_engine_dir):  # noqa: F811
+    golden = load_json("reference_greedy.json")["cases"]
+    eng = _load(quantization="int4", int4_compute="float32", eagle_draft="")
+    try:
+        assert eng.decoder.fused and eng.config.quantization == "int4"
+        for case in golden:
+            assert _greedy(eng.decoder, case["prompt_ids"], 32) == case["greedy_ids_ignoring_eos"]
+    finally:
+        eng.close()
+
+
+@pytest.mark.parametrize("quantization,min_top1,max_ppl_ratio", [("int4", 0.93, 1.02), ("int4-sym", 0.6, 1.35)])
+def test_stated_quality_on_the_shipped_sample(default_engine_dir, quantization, min_top1,  # noqa: F811
+                                              max_ppl_ratio):
+    """README states these figures (benchmarks/quality_bench.py): int4 keeps the GGUF's Q4_1
+    blocks (top-1 0.96, perplexity +0.4%); int4-sym re-quantizes them (top-1 0.71, +20%)."""
+    from edgellm_ros.evaluation import compare_decoders
+    ref = _load(quantization="none", fused_ops=False, eagle_draft="")
+    var = _load(quantization=quantization, eagle_draft="")
+    try:
+        with open(SAMPLE, encoding="utf-8") as f:
+            ids = ref.tokenizer.encode(f.read())[:384]
+        res = compare_decoders(ref.decoder, var.decoder, ids)
+    finally:
+        ref.close()
+        var.close()
+    assert res.positions == 383
+    assert res.top1_agreement >= min_top1, res
+    assert res.perplexity / res.perplexity_reference <= max_ppl_ratio, res
+
+
+@pytest.mark.parametrize("kw", [dict(quantization="none"),
+                                dict(quantization="int4", int4_compute="float32")])
+def test_fused_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw):  # noqa: F811
+    """EAGLE on the fused graph (GroupQueryAttention with the tree as attention_bias,
+    head-major compaction) gives plain greedy's tokens. With int4_compute "int8" it
+    need not: ONNX Runtime's MatMulNBits rounds activations differently for one row
+    and for many (see the next test), so verify and decode steps see different logits."""
+    from edgellm_ros.config import GenerationRequest
+    from edgellm_ros.speculative import EagleConfig
+    eng = _load(**kw)
+    try:
+        assert eng.decoder.fused and eng.decoder.kv.head_major
+        addrs = eng.decoder.buffer_addresses()
+        reqs = [GenerationRequest(prompt=p, max_new_tokens=24, ignore_eos=True,
+                                  system_prompt="You are a robot's assistant. Answer briefly.")
+                for p in ("What is a lidar?", "Name three safety rules for mobile robots.")]
+        plain = [eng.generate(r).token_ids for r in reqs]
+        eng.set_eagle(EagleConfig(enabled=True, drafting_top_k=2, drafting_step=4, verify_tree_size=8))
+        spec = [eng.generate(r) for r in reqs]
+        assert [r.token_ids for r in spec] == plain
+        assert all(r.eagle.accepted_tokens > 0 for r in spec)
+        assert eng.prompt_cache.hits >= 2    # the shared system prompt came back from the cache
+        assert eng.decoder.buffer_addresses() == addrs
+    finally:
+        eng.close()
+
+
+def test_int8_compute_rounds_one_row_and_many_rows_differently(default_engine_dir):  # noqa: F811
+    """Why EAGLE is bit-exact only with float32 compute: the same tokens as one chunk
+    and as single steps agree to 1e-3 in float32 compute, not in int8 compute."""
+    ids = PROMPT + [504, 3575, 282, 4649, 314]
+    diffs = {}
+    for compute in ("float32", "int8"):
+        eng = _load(quantization="int4", int4_compute=compute, eagle_draft="")
+        try:
+            chunk = eng.decoder.forward(0, ids, logits_rows="all").copy()
+            steps = np.array([eng.decoder.forward(i, [t])[0].copy() for i, t in enumerate(ids)])
+            diffs[compute] = float(np.abs(chunk - steps).max())
+        finally:
+            eng.close()
+    assert diffs["float32"] < 1e-3 < 0.05 < diffs["int8"], diffs
