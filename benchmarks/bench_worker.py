@@ -63,7 +63,12 @@ def _measure(one_run, chat_ids: List[int], prefill_ids: List[int], n: int) -> Di
 
 
 class Ours:
-    """edgellm_ros' Engine; spec["variant"] = "<quantization>[+eagle]"."""
+    """edgellm_ros' Engine; spec["variant"] = "<quantization>[+eagle][/field=value...]".
+
+    The quantization is ``EngineConfig.quantization``; "+eagle" turns EAGLE on;
+    each "/field=value" sets one more EngineConfig field (``int4/int4_compute=float32``,
+    ``int4/fused_ops=false``; values read as JSON where they parse, else as text).
+    """
 
     def __init__(self, spec: Dict[str, Any]) -> None:
         sys.path.insert(0, ROOT)
@@ -71,7 +76,8 @@ class Ours:
         from edgellm_ros.engine import Engine
         from edgellm_ros.speculative import EagleConfig
 
-        quant, _, extra = spec["variant"].partition("+")
+        head, *settings = spec["variant"].split("/")
+        quant, _, extra = head.partition("+")
         if extra not in ("", "eagle"):
             raise Skipped(f"unknown variant suffix {extra!r} (use <quantization> or <quantization>+eagle)")
         self.eagle = extra == "eagle"
@@ -83,6 +89,14 @@ class Ours:
             kw["quantization"] = quant
         elif quant != "none":
             raise Skipped(f"EngineConfig has no 'quantization' field yet (variant {spec['variant']!r})")
+        for item in settings:
+            name, _, value = item.partition("=")
+            if name not in fields:
+                raise Skipped(f"EngineConfig has no field {name!r} (variant {spec['variant']!r})")
+            try:
+                kw[name] = json.loads(value)
+            except ValueError:
+                kw[name] = value
         t0 = time.perf_counter()
         self.engine = Engine.load(EngineConfig(**kw), log=lambda m: print(m, file=sys.stderr))
         self.load_s = time.perf_counter() - t0
@@ -95,11 +109,10 @@ class Ours:
                                             verify_tree_size=spec.get("eagle_tree", 4))
             self.engine.set_eagle(self.eagle_config)
         self.checked: set = set()
-        self.kw = kw
 
     def info(self) -> Dict[str, Any]:
         e = self.engine
-        return {"load_s": round(self.load_s, 2), "engine_config": {k: v for k, v in self.kw.items()},
+        return {"load_s": round(self.load_s, 2), "engine_config": dataclasses.asdict(e.config),
                 "engine_dir": e.folder, "backend": e.backend,
                 "eagle": dataclasses.asdict(self.eagle_config) if self.eagle_config else None}
 
