@@ -40,7 +40,7 @@ from .models.eagle import default_target_layers
 from .models.spec import PROJECTIONS
 
 #: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 6
+EXPORT_FORMAT = 7
 
 
 def family_suffix(quantization: str = "none", fused: bool = False) -> str:

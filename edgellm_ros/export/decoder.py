@@ -130,19 +130,21 @@ class _Decoder:
         if any(b.offset is not None for b in parts):
             off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
                                   for b in parts], axis=0)                     # [N, K/32]
-            blk = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
-            sums = g.op("ReduceSum", [blk, g.const([-1])], f"{scope}/offset", keepdims=0)
+            # block sums of x as one MatMul with a 0/1 [K, K/32] matrix (one node, not two)
+            ones = np.repeat(np.eye(n_in // BLOCK, dtype=np.float32), BLOCK, axis=0)
+            sums = g.op("MatMul", [x, g.weight(f"model.block_sum.{n_in}", ones)], f"{scope}/offset")
             corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
                         f"{scope}/offset")
             y = g.op("Add", [y, corr], f"{scope}/offset")
         return y
 
-    def project(self, x: str, scope: str, names: Sequence[str]) -> List[str]:
+    def project(self, x: str, scope: str, names: Sequence[str], split: bool = True) -> List[str]:
         """x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots) for each projection in ``names``.
 
         Projections of one input (q/k/v, gate/up) run as one MatMul and a Split:
         fewer, larger kernels. Each name is a module path like
-        ``layers.3.self_attn.q_proj``; weights stored as [in, out].
+        ``layers.3.self_attn.q_proj``; weights stored as [in, out]. split=False
+        returns the packed output alone (no LoRA slot may be among ``names``).
         """
         g = self.g
         widths = [self.w[n + ".weight"].shape[0] for n in names]
@@ -154,6 +156,8 @@ class _Decoder:
             bias = np.concatenate([b if b is not None else np.zeros(wd, np.float32)
                                    for b, wd in zip(biases, widths)])
             y = g.op("Add", [y, g.weight(f"model.{key}.bias", bias)], scope)
+        if not split:
+            return [y]
         outs = [y] if len(names) == 1 else \
             g.op("Split", [y, g.const(widths)], scope, n_out=len(names), axis=-1)
         result = []
@@ -265,6 +269,7 @@ class _Decoder:
         sin = g.weight("model.rotary.sin_cache", np.sin(ang).astype(np.float32))
 
         def attend(q: str, k: str, v: str, past: Tuple[str, str], A: str) -> Tuple[str, str, str]:
+            # k == v == "": q is packed [q | k | v] (no Split node)
             return g.op("GroupQueryAttention", [q, k, v, past[0], past[1], seqlens, total, cos, sin,
                                                 pos, mask], A, n_out=3, domain="com.microsoft",
                         num_heads=c.num_heads, kv_num_heads=c.num_kv_heads, do_rotary=1,
@@ -290,8 +295,11 @@ class _Decoder:
         h = self.rms_norm(x, "/model/layers.0/input_layernorm", "layers.0.input_layernorm.weight")
         for i in range(c.num_layers):
             L, n = f"/model/layers.{i}", f"layers.{i}"
-            q, k, v = self.project(h, f"{L}/attn/qkv_proj",
-                                   [f"{n}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj")])
+            qkv = [f"{n}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj")]
+            if self.fused and not {"q_proj", "k_proj", "v_proj"} & set(self.lora_modules):
+                q, k, v = self.project(h, f"{L}/attn/qkv_proj", qkv, split=False)[0], "", ""
+            else:
+                q, k, v = self.project(h, f"{L}/attn/qkv_proj", qkv)
             A = f"{L}/attn"
             att, k, v = attend(q, k, v, past[i], A)                                # [1, T, NH*D]
             presents.append((k, v))

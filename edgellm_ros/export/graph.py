@@ -67,6 +67,7 @@ class GraphBuilder:
         self.outputs: List[onnx.ValueInfoProto] = []
         self._consts: Dict[Any, str] = {}
         self._names: Dict[str, int] = {}
+        self._weights: set = set()
         self._data = weights
 
     # -- naming -------------------------------------------------------------
@@ -99,8 +100,12 @@ class GraphBuilder:
         """A large initializer, stored in the external data file when there is one.
 
         elem_type/dims describe ``arr``'s bytes when they are not its own dtype
-        and shape (packed INT4: see pack_int).
+        and shape (packed INT4: see pack_int). A name given again refers to
+        the initializer made the first time.
         """
+        if name in self._weights:
+            return name
+        self._weights.add(name)
         if elem_type is None and (self._data is None or arr.nbytes < 1024):
             self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             return name
