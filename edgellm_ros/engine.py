@@ -52,11 +52,8 @@ def manifest_head(folder: str, mcfg: ModelConfig) -> np.ndarray:
     return np.load(os.path.join(folder, "embeddings.npy"), mmap_mode="r")
 
 
-def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarray,
-                 base_head: np.ndarray, config: EngineConfig, limits: EagleLimits,
-                 chunk: int) -> Drafter:
-    """Export (once) and load the draft graphs; the draft KV cache is sized here."""
-    from .backends.onnxruntime import OrtDraft, make_session
+def export_draft_graphs(cfg, weights, draft_dir: str, folder: str, base_head: np.ndarray) -> str:
+    """The draft's graph folder in the engine folder (drafts/draft-<hash>-f<format>), exported once."""
     from .engine_dir import source_hash
     from .export.draft import export_draft
 
@@ -66,6 +63,25 @@ def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarr
         tmp = sub + ".tmp"
         export_draft(cfg, weights, np.asarray(base_head), tmp)
         os.replace(tmp, sub)
+    return sub
+
+
+def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarray,
+                 base_head: np.ndarray, config: EngineConfig, limits: EagleLimits,
+                 chunk: int, backend: str = "onnxruntime", log: Log = print, table=None) -> Drafter:
+    """Export (once) and load the draft graphs; the draft KV cache is sized here.
+
+    backend "tensorrt": the draft's engines (built when missing or stale) on the GPU,
+    sharing ``table`` (the TensorRT decoder's device embedding table) when given."""
+    from .backends.onnxruntime import OrtDraft, make_session
+
+    sub = export_draft_graphs(cfg, weights, draft_dir, folder, base_head)
+    if backend == "tensorrt":
+        from .backends.tensorrt_draft import load_trt_draft
+        trt_step, trt_fc = load_trt_draft(folder, os.path.relpath(sub, folder), cfg, embeddings,
+                                          config.max_seq_len + limits.max_expanded,
+                                          max(chunk, limits.max_top_k), log, table)
+        return Drafter(cfg, weights, trt_step, trt_fc, limits)
     vocab = cfg.draft_vocab_size if cfg.layout == "eagle3" else cfg.vocab_size
     step = OrtDraft(os.path.join(sub, "draft.onnx"), cfg, vocab, embeddings,
                     config.max_seq_len + limits.max_expanded, max(chunk, limits.max_top_k),
@@ -177,7 +193,8 @@ class Engine:
         drafter = None
         if draft is not None:
             drafter = make_drafter(draft[0], draft[1], draft_dir, folder, np.asarray(embeddings),
-                                   manifest_head(folder, mcfg), config, limits, chunk)
+                                   manifest_head(folder, mcfg), config, limits, chunk, backend, log,
+                                   getattr(decoder, "embedding_table", None))
         log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
             f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
             f"backend {backend}")
@@ -185,7 +202,8 @@ class Engine:
         if os.path.exists(os.path.join(folder, "vision.json")):
             from .vision import VisionPipeline
             engine.vision = VisionPipeline.from_folder(
-                folder, config.num_threads, split_images=None if config.split_images else False)
+                folder, config.num_threads, split_images=None if config.split_images else False,
+                backend=backend, log=log)
             log(f"vision encoder loaded ({engine.vision.backend})")
         else:
             log("text-only model: requests with images are refused")
@@ -234,6 +252,11 @@ class Engine:
         """Free the KV cache, the session and the prompt cache."""
         if self.prompt_cache is not None:
             self.prompt_cache.clear()
+        if self.drafter is not None:     # the TensorRT draft's and encoder's device memory
+            self.drafter.step.close()
+            getattr(self.drafter.fc, "close", lambda: None)()
+        if self.vision is not None and getattr(self.vision, "encoder", None) is not None:
+            self.vision.encoder.close()
         if self.decoder is not None:
             self.decoder.close()
         self.decoder = None

@@ -13,12 +13,17 @@ otherwise (a failure, or a check that could not run).
 4. with TensorRT: the default model's decoder engines are built (or reused) in its
    engine folder; TensorRT decode vs the ONNX Runtime CPU decoder on the same prompt
    (logits max-abs-diff, greedy token agreement), the LoRA switch, and decode steps
-   as CUDA graphs against the same steps without graphs.
+   as CUDA graphs against the same steps without graphs;
+5. with TensorRT: the EAGLE draft's engines (draft step and fc; the shipped draft of the
+   default model, else a random EAGLE-3 draft) and the vision encoder's engine (the model's,
+   or for the default text model a tiny SmolVLM-layout encoder with fixed seeds) built in
+   the engine folder and run against ONNX Runtime on the same inputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -136,7 +141,7 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
                    needs: Optional[str]) -> None:
     names = ("engine_build", "trt_decode", "lora_switch", "trt_cuda_graphs")
     if needs:
-        for n in names:
+        for n in names + AUX_CHECKS:
             rep.run(n, lambda: "", needs)
         return
     from .backends.onnxruntime import OrtDecoder
@@ -165,6 +170,7 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
     if not rep.run("engine_build", build):
         for n in names[1:]:
             rep.run(n, lambda: "", "needs the engines (engine_build failed)")
+        _draft_and_vision_checks(rep, model, folder, mcfg, emb, max_seq_len, chunk, log)
         return
     tok = Tokenizer.from_hf_folder(folder)
     ids = tok.encode("<|im_start|>user\nWhat should a robot do near stairs?<|im_end|>\n<|im_start|>assistant\n")
@@ -205,10 +211,12 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
 
     def lora() -> Any:
         shapes = module_shapes(mcfg)
-        slots = [(i, m) for i in range(mcfg.num_layers) for m in ("q_proj", "v_proj")]
+        # every LoRA input of the graph is bound (the adapter's, else rank-1 zeros); the adapter has q and v
+        slots = [(i, m) for i in range(mcfg.num_layers) for m in manifest["graphs"]["decoder_lora"]["lora_modules"]]
         r = np.random.default_rng(1)
         weights = {(i, m): (r.standard_normal((shapes[m][0], 8)).astype(np.float32) * 0.05,
-                            r.standard_normal((8, shapes[m][1])).astype(np.float32) * 0.05) for i, m in slots}
+                            r.standard_normal((8, shapes[m][1])).astype(np.float32) * 0.05)
+                   for i in range(mcfg.num_layers) for m in ("q_proj", "v_proj")}
         ref, dec = ort("decoder_lora", slots), trt("decoder_lora", slots)
         for d in (ref, dec):
             d.add_adapter("selftest", weights)
@@ -244,6 +252,96 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
     rep.run("trt_decode", decode)
     rep.run("lora_switch", lora)
     rep.run("trt_cuda_graphs", graphs)
+    _draft_and_vision_checks(rep, model, folder, mcfg, emb, max_seq_len, chunk, log)
+
+
+#: The checks of _draft_and_vision_checks, in order.
+AUX_CHECKS = ("draft_engines", "vision_engine")
+
+
+def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, emb: np.ndarray,
+                             max_seq_len: int, chunk: int, log: Callable[[str], None]) -> None:
+    """The EAGLE draft's and the vision encoder's engines against ONNX Runtime, same inputs."""
+    from .backends.onnxruntime import OrtDraft, make_session
+    from .export.decoder import MASK_VALUE
+    from .loaders.vlm import read_vision_json
+
+    rng = np.random.default_rng(2)
+    own = os.path.join(folder, "selftest")           # what these checks write, reused by the next run
+    ids = rng.integers(3, mcfg.vocab_size, 24).tolist()
+
+    def draft() -> Any:
+        from .backends.tensorrt_draft import load_trt_draft
+        from .engine import export_draft_graphs, manifest_head
+        from .models.eagle import load_draft
+        from .resources import resolve_draft
+
+        path, what = resolve_draft("default", model), "the shipped EAGLE-3 draft"
+        if not path:
+            from .testing.tiny_models import write_random_draft
+            path, what = os.path.join(own, "random_draft"), "a random EAGLE-3 draft"
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                write_random_draft(path, mcfg, "eagle3", seed=0)
+        cfg, weights = load_draft(path, mcfg)
+        sub = export_draft_graphs(cfg, weights, path, folder, manifest_head(folder, mcfg))
+        vocab = cfg.draft_vocab_size if cfg.layout == "eagle3" else cfg.vocab_size
+        step, fc = load_trt_draft(folder, os.path.relpath(sub, folder), cfg, emb, max_seq_len, chunk, log)
+        ref = OrtDraft(os.path.join(sub, "draft.onnx"), cfg, vocab, emb, max_seq_len, chunk)
+        n = len(ids) - 4
+        feats = rng.standard_normal((n, cfg.feature_size)).astype(np.float32)
+        hidden = feats
+        if fc is not None:
+            hidden = fc(feats)
+            want = make_session(os.path.join(sub, "draft_fc.onnx")).run(None, {"features": feats[None]})[0][0]
+            fc_diff = float(np.abs(hidden - want).max())
+        mask = np.full((4, n + 4), MASK_VALUE, np.float32)     # 4 sibling tree nodes after the prompt
+        mask[:, :n] = 0.0
+        mask[np.arange(4), n + np.arange(4)] = 0.0
+        rows = []
+        for d in (ref, step):
+            d.hidden_in_buffer(n)[...] = hidden
+            a = d.forward(0, ids[:n], logits_rows="all").copy()
+            d.hidden_in_buffer(4)[...] = d.hidden[n - 1]
+            b = d.forward(n, ids[n:], positions=np.full(4, n), mask=mask, logits_rows="all")
+            rows.append(np.concatenate([a, b]))
+        step.close()
+        top4 = np.argsort(-rows[0], -1)[:, :4]
+        in_top4 = float(np.mean([t in k for t, k in zip(np.argmax(rows[1], -1), top4)]))
+        m = {"max_abs_diff": float(np.abs(rows[0] - rows[1]).max()), "top1_in_ort_top4": in_top4}
+        if fc is not None:
+            m["fc_max_abs_diff"] = fc_diff
+            fc.close()
+        if in_top4 < 1.0:
+            raise AssertionError(f"TensorRT's top-1 is outside ONNX Runtime's top-4 on {1 - in_top4:.0%} of rows, {m}")
+        return (f"{what}: {n}-token catch-up + a 4-node tree step vs ONNX Runtime: top-1 within ONNX Runtime's "
+                f"top-4 on every row, max |logit diff| {m['max_abs_diff']:.3g}"), m
+
+    def vision() -> Any:
+        from .backends.tensorrt_function import load_trt_vision
+        from .engine_dir import ensure_engine
+
+        vfolder, what = folder, "the model's vision encoder"
+        if read_vision_json(folder) is None:
+            from .testing.tiny_vlm import write_tiny_vlm_once
+            vlm = write_tiny_vlm_once(own, folder)
+            vfolder, what = ensure_engine(vlm, os.path.join(own, "tiny_vlm_engine"), log), "a tiny SmolVLM encoder"
+        vcfg = (read_vision_json(vfolder) or (None,))[0]
+        enc = load_trt_vision(vfolder, vcfg, 4, log)
+        px = rng.standard_normal((6, vcfg.num_channels, vcfg.image_size, vcfg.image_size)).astype(np.float32)
+        got = enc(px)
+        enc.close()
+        want = make_session(os.path.join(vfolder, "vision.onnx")).run(None, {"pixel_values": px})[0]
+        a, b = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
+        cos = float(np.min(np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)))
+        m = {"max_abs_diff": float(np.abs(got - want).max()), "min_cosine": cos}
+        if cos < 0.99:
+            raise AssertionError(f"image embeddings differ from ONNX Runtime's: {m}")
+        return (f"{what}: 6 tiles in runs of up to 4 vs ONNX Runtime: min cosine {cos:.4f}, "
+                f"max |diff| {m['max_abs_diff']:.3g}"), m
+
+    rep.run("draft_engines", draft)
+    rep.run("vision_engine", vision, needs=None if read_vision_json(folder) is not None or not model
+            else "the model has no vision encoder")
 
 
 def run_selftest(model: str = "", engine_dir: str = "", max_seq_len: int = 256,

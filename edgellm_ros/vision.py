@@ -34,7 +34,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -208,15 +208,19 @@ class VisionPipeline:
     """SmolVLM / Idefics3 images -> tiles -> image embeddings merged into a prompt."""
 
     def __init__(self, vcfg: VisionConfig, proc: ImageProcessorConfig, session: Any = None,
-                 reference: Optional[SiglipReference] = None, max_tiles_per_run: int = 8):
-        if session is None and reference is None:
+                 reference: Optional[SiglipReference] = None, max_tiles_per_run: int = 8,
+                 encoder: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+        if session is None and reference is None and encoder is None:
             raise ModelLoadError(
-                "a VisionPipeline needs an ONNX Runtime session or a NumPy reference")
+                "a VisionPipeline needs an ONNX Runtime session, a TensorRT encoder or a NumPy reference")
         self.vcfg, self.proc = vcfg, proc
         self.session, self.reference = session, reference
+        #: pixel_values [n, 3, S, S] -> [n, Q, H] on TensorRT (backends/tensorrt_function.py), or None
+        self.encoder = encoder
         self.max_tiles_per_run = max(1, int(max_tiles_per_run))
-        #: "onnxruntime" or "numpy": what encode() runs.
-        self.backend = "onnxruntime" if session is not None else "numpy"
+        #: "tensorrt", "onnxruntime" or "numpy": what encode() runs.
+        self.backend = "tensorrt" if encoder is not None else \
+            "onnxruntime" if session is not None else "numpy"
         #: Seconds spent by the last preprocess() and encode() calls.
         self.last_timings: Dict[str, float] = {}
         # rescale + normalise as a lookup table per RGB channel: [3, 256]
@@ -231,22 +235,31 @@ class VisionPipeline:
 
     @classmethod
     def from_folder(cls, folder: str, num_threads: int = 0, max_tiles_per_run: int = 8,
-                    split_images: Optional[bool] = None) -> "VisionPipeline":
-        """An engine folder (vision.json + vision.onnx: ONNX Runtime) or a SmolVLM / Idefics3
-        Hugging Face folder (the NumPy reference encoder: for tests and tools).
+                    split_images: Optional[bool] = None, backend: str = "onnxruntime",
+                    log: Callable[[str], None] = print) -> "VisionPipeline":
+        """An engine folder (vision.json + vision.onnx: ONNX Runtime, or with ``backend``
+        "tensorrt" the engine trt/vision.plan, built when missing or stale) or a SmolVLM /
+        Idefics3 Hugging Face folder (the NumPy reference encoder: for tests and tools).
 
         ``split_images`` overrides the model's ``do_image_splitting`` (None keeps it):
         a split 640 x 480 frame is 13 tiles for SmolVLM-256M, unsplit it is one.
         """
         folder = os.fspath(folder)
         configs = read_vision_json(folder)
+        session: Any = None
+        reference: Optional[SiglipReference] = None
+        encoder: Optional[Callable[[np.ndarray], np.ndarray]] = None
         if configs is not None:
             from .backends.onnxruntime import make_session
             path = os.path.join(folder, "vision.onnx")
             if not os.path.isfile(path):
                 raise ModelLoadError(f"{folder} has vision.json but no vision.onnx")
             vcfg, proc = configs
-            session, reference = make_session(path, num_threads), None
+            if backend == "tensorrt":
+                from .backends.tensorrt_function import load_trt_vision
+                encoder = load_trt_vision(folder, vcfg, max_tiles_per_run, log)
+            else:
+                session, reference = make_session(path, num_threads), None
         elif is_vlm_folder(folder):
             vweights, proc = load_vision(folder)
             vcfg, session, reference = vweights.config, None, SiglipReference(vweights)
@@ -256,7 +269,7 @@ class VisionPipeline:
         if split_images is not None:
             proc = dataclasses.replace(proc, do_image_splitting=bool(split_images))
         return cls(vcfg, proc, session=session, reference=reference,
-                   max_tiles_per_run=max_tiles_per_run)
+                   max_tiles_per_run=max_tiles_per_run, encoder=encoder)
 
     # -- tokens -------------------------------------------------------------------------
     @property
@@ -364,7 +377,9 @@ class VisionPipeline:
         out = np.empty((px.shape[0], c.image_seq_len, c.text_hidden_size), np.float32)  # [N, Q, H]
         for a in range(0, px.shape[0], self.max_tiles_per_run):
             b = min(a + self.max_tiles_per_run, px.shape[0])
-            if self.session is not None:
+            if self.encoder is not None:
+                out[a:b] = self.encoder(px[a:b])
+            elif self.session is not None:
                 try:
                     out[a:b] = self.session.run(["image_embeds"], {"pixel_values": px[a:b]})[0]
                 except Exception as exc:

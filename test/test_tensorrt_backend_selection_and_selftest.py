@@ -83,8 +83,9 @@ def test_selftest_reports_the_missing_gpu_and_exits_1():
     assert status["gpu"][0] == "FAIL" and "no CUDA GPU found" in status["gpu"][1]
     assert status["tensorrt"][0] == "FAIL" and "JetPack" in status["tensorrt"][1]
     assert status["nvrtc"][0] == "PASS" and "sm_87" in status["nvrtc"][1]
-    for name in ("embedding_kernel", "compaction_kernel", "cuda_graph", "trt_decode", "lora_switch"):
+    for name in ("embedding_kernel", "compaction_kernel", "cuda_graph", "trt_decode", "lora_switch",
+                 "draft_engines", "vision_engine"):
         assert status[name] == ("SKIP", "needs a CUDA GPU"), name
     assert any(line.startswith("FAIL  gpu ") for line in lines)
-    assert lines[-2].startswith("FAIL  selftest: 2 of 12 checks passed")
+    assert lines[-2].startswith("FAIL  selftest: 2 of 14 checks passed")
     assert "Traceback" not in r.stderr

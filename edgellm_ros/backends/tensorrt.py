@@ -90,14 +90,27 @@ class _Binding:
 
 
 class TrtDecoder:
-    """The base model's decoder engine on the GPU, with optional LoRA slots."""
+    """The base model's decoder engine on the GPU, with optional LoRA slots.
+
+    Subclasses (TrtDraft) name their own KV tensors (``kv_names``), hidden output and
+    ``extra_inputs``: [1, T, H] inputs with a device buffer and pinned host staging each,
+    which the caller fills (``self._h[name]``) and each plain step uploads and binds."""
 
     hidden_output = "hidden_states"
+    #: Inputs of [1, T, H] besides inputs_embeds that the caller fills per step (the draft's hidden_in).
+    extra_inputs: Tuple[str, ...] = ()
+
+    @staticmethod
+    def kv_names(layer: int) -> Tuple[str, str, str, str]:
+        """(past key, past value, present key, present value) tensor names of a layer."""
+        return (f"past_key.{layer}", f"past_value.{layer}", f"present_key.{layer}", f"present_value.{layer}")
 
     def __init__(self, engine: Any, config: ModelConfig, embeddings: np.ndarray, max_seq_len: int,
                  max_chunk: int, lora_slots: Sequence[Tuple[int, str]] = (), trt: Any = None,
                  log: Callable[[str], None] = print, cuda_graphs: bool = True, graph_bucket: int = 64,
-                 device: Optional[Device] = None, runtime: Any = None):
+                 device: Optional[Device] = None, runtime: Any = None, table: Optional[DeviceBuffer] = None):
+        """``table``: a device copy of ``embeddings`` to share (another engine's
+        ``embedding_table``, same dtype), instead of uploading one more."""
         if trt is None:
             from .tensorrt_build import import_tensorrt
             trt = import_tensorrt()
@@ -113,13 +126,18 @@ class TrtDecoder:
         self._check_io(c)
         dt = self._dtype
         self.feature_size = int(engine.get_tensor_shape(self.hidden_output)[-1])   # F
-        H, V, F, T = c.hidden_size, c.vocab_size, self.feature_size, max_chunk
+        width = int(engine.get_tensor_shape("logits")[-1])
+        self.vocab = width if width > 0 else c.vocab_size                        # V (the draft's Vd)
+        H, V, F, T = c.hidden_size, self.vocab, self.feature_size, max_chunk
         S = max_seq_len + max_chunk
-        kv_dtype = dt("past_key.0")
+        kv_dtype = dt(self.kv_names(0)[0])
         self.kv = DeviceKVCache(self.device, self.stream, c.num_layers, max_seq_len, c.num_kv_heads,
                                 c.head_dim, kv_dtype, scratch_rows=max_chunk)
         # device tensors
-        self._table = DeviceBuffer.from_host(np.asarray(embeddings, dt("inputs_embeds")))  # [V, H]
+        want = (embeddings.shape, np.dtype(dt("inputs_embeds")))
+        self.owns_table = table is None or (tuple(table.shape), table.dtype) != want
+        self._table = DeviceBuffer.from_host(np.asarray(embeddings, dt("inputs_embeds"))) \
+            if self.owns_table else table                                                    # [V, H]
         self._d = {
             "ids": DeviceBuffer.empty((T,), np.int64),
             "inputs_embeds": DeviceBuffer.empty((T, H), dt("inputs_embeds")),
@@ -144,6 +162,9 @@ class TrtDecoder:
         }
         if dt("inputs_embeds") != np.float32:
             self._h["embeds_cast"] = PinnedBuffer((T, H), dt("inputs_embeds"))
+        for name in self.extra_inputs:                                           # [T, H]
+            self._d[name] = DeviceBuffer.empty((T, H), dt(name))
+            self._h[name] = PinnedBuffer((T, H), dt(name))
         self._tri = causal_upper(T)
         self._hidden_rows = 0            # rows of the last step's hidden output not yet on the host
         self._hidden_host = np.zeros((T, F), np.float32)
@@ -199,12 +220,10 @@ class TrtDecoder:
 
     def _check_io(self, c: ModelConfig) -> None:
         need = {"inputs_embeds": True, "position_ids": True, "attention_mask": True, "logits_index": True,
-                "logits": False, self.hidden_output: False}
+                "logits": False, self.hidden_output: False, **{n: True for n in self.extra_inputs}}
         for i in range(c.num_layers):
-            for n in (f"past_key.{i}", f"past_value.{i}"):
-                need[n] = True
-            for n in (f"present_key.{i}", f"present_value.{i}"):
-                need[n] = False
+            names = self.kv_names(i)
+            need.update({names[0]: True, names[1]: True, names[2]: False, names[3]: False})
         for name, is_input in need.items():
             if name not in self._io or self._io[name][0] != is_input:
                 raise ModelLoadError(f"the engine has no {'input' if is_input else 'output'} {name!r} "
@@ -213,7 +232,7 @@ class TrtDecoder:
                            ("attention_mask", np.float32)):
             if self._dtype(name) != want:
                 raise ModelLoadError(f"engine input {name} is {self._dtype(name)}, expected {np.dtype(want)}")
-        if self._dtype("past_key.0") != self._dtype("present_key.0"):
+        if self._dtype(self.kv_names(0)[0]) != self._dtype(self.kv_names(0)[2]):
             raise ModelLoadError("the engine's past and present KV dtypes differ")
 
     def _new_context(self, shared: bool = False) -> Any:
@@ -278,6 +297,11 @@ class TrtDecoder:
         return self._h["inputs_embeds"].array[:t]
 
     @property
+    def embedding_table(self) -> DeviceBuffer:
+        """The device copy of the embedding table [V, H] (a draft on the same GPU shares it)."""
+        return self._table
+
+    @property
     def hidden(self) -> np.ndarray:
         """[max_chunk, F] hidden output of the last step (rows [0, T) valid), copied back on first use."""
         if self._hidden_rows:
@@ -308,10 +332,11 @@ class TrtDecoder:
         h, d, s = self._h, self._d, self.stream
         if token_ids is not None:
             ids = np.asarray(token_ids, np.int64)
-            if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-                raise BackendError(f"token ids {ids.tolist()} are outside [0, {self.config.vocab_size})")
+            if ids.min() < 0 or ids.max() >= len(self.embeddings):
+                raise BackendError(f"token ids {ids.tolist()} are outside [0, {len(self.embeddings)})")
             h["ids"].array[:t] = ids
-            if self.cuda_graphs and t == 1 and positions is None and mask is None and logits_rows == "last":
+            if self.cuda_graphs and t == 1 and positions is None and mask is None and logits_rows == "last" \
+                    and not self.extra_inputs:
                 return self._decode_graph(p)
             d["ids"].upload(h["ids"].array[:t], s)
             self.device.kernels().gather_rows(self._table, d["ids"].ptr, t, d["inputs_embeds"].ptr, s)
@@ -328,6 +353,8 @@ class TrtDecoder:
         d["position_ids"].upload(pos[:t], s)
         d["attention_mask"].upload(m, s)
         d["logits_index"].upload(lidx[:n_logits], s)
+        for name in self.extra_inputs:
+            d[name].upload(h[name].array[:t], s)
         in_place = (p * self.kv.row_nbytes) % TRT_ALIGNMENT == 0
         b = self._main
         self._bind_step(b, t, p, width, n_logits, d["attention_mask"].ptr, d["logits_index"].ptr,
@@ -361,13 +388,17 @@ class TrtDecoder:
         b.addr("logits_index", lidx_ptr)
         b.addr("logits", d["logits"].ptr)
         b.addr(self.hidden_output, d[self.hidden_output].ptr)
+        for name in self.extra_inputs:
+            b.shape(name, (1, t, c.hidden_size))
+            b.addr(name, d[name].ptr)
         past_shape = (1, past, c.num_kv_heads, c.head_dim)
         offset = (present_row or 0) * kv.row_nbytes
         for i in range(c.num_layers):
-            for kind, bufs, scratch in (("key", kv.keys, kv.scratch_keys), ("value", kv.values, kv.scratch_values)):
-                b.shape(f"past_{kind}.{i}", past_shape)
-                b.addr(f"past_{kind}.{i}", bufs[i].ptr)
-                b.addr(f"present_{kind}.{i}", bufs[i].ptr + offset if present_row is not None else scratch[i].ptr)
+            pk, pv, nk, nv = self.kv_names(i)
+            for src, dst, bufs, scratch in ((pk, nk, kv.keys, kv.scratch_keys), (pv, nv, kv.values, kv.scratch_values)):
+                b.shape(src, past_shape)
+                b.addr(src, bufs[i].ptr)
+                b.addr(dst, bufs[i].ptr + offset if present_row is not None else scratch[i].ptr)
 
     # -- decode steps as CUDA graphs --------------------------------------------
     def _decode_graph(self, p: int) -> np.ndarray:
@@ -412,7 +443,8 @@ class TrtDecoder:
                 a.free()
                 b.free()
         self._adapters.clear()
-        for buf in list(self._d.values()) + [self._table] + ([self._ctx_memory] if self._ctx_memory else []):
+        own = [self._table] if self.owns_table else []
+        for buf in list(self._d.values()) + own + ([self._ctx_memory] if self._ctx_memory else []):
             buf.free()
         for pin in self._h.values():
             pin.free()

@@ -2,7 +2,8 @@
 
 Layout (beside the ONNX graphs of engine_dir.py)::
 
-    trt/<graph>.plan       the engine of <graph>.onnx (tensorrt_build.build_engine)
+    trt/<graph>.plan       the engine of <graph>.onnx (tensorrt_build.build_engine); the
+                           EAGLE draft's are trt/drafts/<draft export>/draft(_fc).plan
     trt/manifest.json      one entry per plan: what it was built from and for
     trt/timing.cache       full TensorRT's timing cache, shared by the builds
 
@@ -25,7 +26,8 @@ import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BackendUnavailable, ModelLoadError
-from .tensorrt_build import Profile, build_engine, decoder_profiles, import_tensorrt, is_rtx
+from .tensorrt_build import (Profile, build_engine, decoder_profiles, draft_fc_profiles, draft_profiles,
+                             import_tensorrt, is_rtx, vision_profiles)
 
 SUBDIR = "trt"
 MANIFEST = "manifest.json"
@@ -164,3 +166,30 @@ def ensure_decoder_plan(folder: str, graph: str, max_seq_len: int, max_chunk: in
     rank = max_lora_rank if entry.get("lora_modules") else 0
     profiles = decoder_profiles(entry, manifest["model"], max_seq_len, max_chunk, rank)
     return ensure_plan(folder, graph, profiles, precision, log, trt, target)
+
+
+def ensure_draft_plans(folder: str, draft_sub: str, draft_cfg: Any, max_seq_len: int, max_chunk: int,
+                       precision: str = DEFAULT_PRECISION, log: Callable[[str], None] = print, trt: Any = None,
+                       target: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Plans of an EAGLE draft exported under ``<folder>/<draft_sub>`` (engine.py's drafts/...).
+
+    ``draft`` (the step: its KV cache holds ``max_seq_len`` rows, T up to ``max_chunk``) and,
+    for EAGLE-3, ``fc`` (features -> hidden, T up to ``max_chunk``). The draft export folder's
+    name carries the draft checkpoint's hash, so another draft is another plan.
+    Returns {"draft": plan path, "fc": plan path (EAGLE-3 only)}.
+    """
+    out = {}
+    graph = f"{draft_sub}/draft"
+    out["draft"] = ensure_plan(folder, graph, draft_profiles(draft_cfg, max_seq_len, max_chunk),
+                               precision, log, trt, target)[0]
+    if draft_cfg.layout == "eagle3":
+        out["fc"] = ensure_plan(folder, f"{draft_sub}/draft_fc", draft_fc_profiles(draft_cfg, max_chunk),
+                                precision, log, trt, target)[0]
+    return out
+
+
+def ensure_vision_plan(folder: str, vision_cfg: Any, max_tiles: int, precision: str = DEFAULT_PRECISION,
+                       log: Callable[[str], None] = print, trt: Any = None,
+                       target: Optional[Mapping[str, str]] = None) -> str:
+    """The plan of the folder's vision.onnx, for runs of 1 to ``max_tiles`` tiles."""
+    return ensure_plan(folder, "vision", vision_profiles(vision_cfg, max_tiles), precision, log, trt, target)[0]

@@ -19,13 +19,19 @@ for real with cuda-python:
   present_value.l[t] = -embeds[t][:W]; hidden = embeds;
   logits[i][v] = sum of key.0 rows j with mask[lidx[i], j] == 0, column v % W
   (+ lora.0.q_proj.a[0, 0] when the graph has LoRA inputs); W = KVH * D <= H.
+
+``stand_in_tensorrt`` makes ``Engine.load(backend="tensorrt")`` run on a GPU without
+TensorRT: the plans asked of tensorrt_engines become OrtEngines over the same graphs, each
+checking the shapes it is given against the profiles the build would have used (a shape
+outside them is refused, as TensorRT refuses it).
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import types
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,6 +54,8 @@ class _Engine:
     """Tensor table: name -> (is input, dtype, shape with -1 for dynamic dims)."""
 
     io: Dict[str, Tuple[bool, np.dtype, Tuple[int, ...]]]
+    #: input -> (min, opt, max) of the build's optimization profile; None accepts any shape
+    profile: Optional[Dict[str, Any]] = None
 
     @property
     def num_io_tensors(self) -> int:
@@ -76,7 +84,14 @@ class _Context:
     def set_input_shape(self, name: str, shape: Sequence[int]) -> bool:
         if name not in self.engine.io or not self.engine.io[name][0]:
             return False
-        self.shapes[name] = tuple(int(d) for d in shape)
+        shape = tuple(int(d) for d in shape)
+        prof = self.engine.profile
+        if prof is not None:
+            lo, _, hi = prof.get(name, (self.engine.io[name][2],) * 3)
+            if len(shape) != len(lo) or any(not a <= d <= b for d, a, b in zip(shape, lo, hi)):
+                self.engine.refused.append((name, shape))
+                return False
+        self.shapes[name] = shape
         return True
 
     def set_tensor_address(self, name: str, ptr: int) -> bool:
@@ -96,9 +111,11 @@ class _Context:
 class OrtEngine(_Engine):
     """A decoder ONNX graph run by ONNX Runtime behind TensorRT's engine API (not capturable)."""
 
-    def __init__(self, onnx_path: str):
+    def __init__(self, onnx_path: str, profile: Optional[Dict[str, Any]] = None):
         from ..backends.onnxruntime import make_session
         self.session = make_session(onnx_path)
+        self.profile = profile
+        self.refused: List[Tuple[str, Tuple[int, ...]]] = []
         self.io = {}
         for is_input, items in ((True, self.session.get_inputs()), (False, self.session.get_outputs())):
             for it in items:
@@ -224,3 +241,37 @@ def toy_logits_reference(embeddings: np.ndarray, tokens: Sequence[int], kv_width
     k0 = np.stack([embeddings[tok][:kv_width] + j for j, tok in enumerate(tokens)])   # [n, W]
     sums = np.cumsum(k0, axis=0)                                                       # [n, W]
     return sums[:, np.arange(V) % kv_width] + lora
+
+
+def stand_in_tensorrt(patch: Any) -> Dict[str, Any]:
+    """Route the TensorRT backend's engine loading to OrtEngines (``patch``: a pytest MonkeyPatch).
+
+    backend selection answers "tensorrt"; tensorrt_engines.ensure_plan records the graph and
+    profiles asked for and returns the graph's ONNX file as the "plan"; load_engine gives an
+    OrtEngine over it that checks the shapes against those profiles; import_tensorrt gives
+    FAKE_TRT. Returns the record: graph name -> its profiles (and "engines": graph -> OrtEngine).
+    """
+    from .. import engine as engine_mod
+    from ..backends import tensorrt, tensorrt_build, tensorrt_engines
+
+    asked: Dict[str, Any] = {"engines": {}}
+    by_path: Dict[str, str] = {}
+
+    def ensure_plan(folder: str, graph: str, profiles: Sequence[Dict[str, Any]], precision: str = "fp16",
+                    *a: Any, **k: Any) -> Tuple[str, Dict[str, Any]]:
+        path = os.path.join(folder, graph + ".onnx")
+        asked[graph] = list(profiles)
+        by_path[path] = graph
+        return path, {"graph": graph, "profiles": list(profiles), "trt": FAKE_TRT.__name__,
+                      "precision": precision, "applied_precision": "as-graph", "size": os.path.getsize(path)}
+
+    def load_engine(path: str, trt: Any = None, log: Callable[[str], None] = print) -> Tuple[Any, OrtEngine]:
+        graph = by_path[path]
+        engine = asked["engines"][graph] = OrtEngine(path, profile=asked[graph][0])
+        return None, engine
+
+    patch.setattr(engine_mod, "select_backend", lambda requested, log=print: "tensorrt")
+    patch.setattr(tensorrt_engines, "ensure_plan", ensure_plan)
+    patch.setattr(tensorrt, "load_engine", load_engine)
+    patch.setattr(tensorrt_build, "import_tensorrt", lambda *a, **k: FAKE_TRT)
+    return asked
