@@ -8,7 +8,12 @@ Figures (medians over --runs):
   measured by the generator after the first token;
 - ttft_s_{cold,warm}_prompt_cache: time to first token of a request whose
   system prompt is not / is in the system-prompt cache;
+- python_overhead_us_per_token: decode wall time per token minus the time
+  inside ONNX Runtime's run (binding, embedding row, sampling, detokenizing,
+  stop checks, the token callback), median over --runs requests;
 - peak_rss_mib: the process's peak resident memory.
+
+    python benchmarks/runtime_bench.py --quantization int4 --threads 2
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ def main() -> None:
     ap.add_argument("--model", default="")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quantization", default=EngineConfig.quantization)
     a = ap.parse_args()
     t0 = time.perf_counter()
     eng = Engine.load(EngineConfig(model=a.model, max_seq_len=1024, prefill_chunk=512,
-                                   num_threads=a.threads), log=lambda m: None)
+                                   num_threads=a.threads, quantization=a.quantization,
+                                   eagle_draft=""), log=lambda m: None)
     load_s = time.perf_counter() - t0
     tok = eng.tokenizer
     text = "The robot drives along the aisle and checks every shelf for misplaced boxes. " * 60
@@ -47,11 +54,29 @@ def main() -> None:
         t = time.perf_counter()
         eng.decoder.forward(0, ids)
         prefill.append(512 / (time.perf_counter() - t))
-    decode = []
+    decode, overhead = [], []
+    dec, inside = eng.decoder, [0.0]
+    run = dec._c_run
+
+    def timed_run(binding, opts):
+        t = time.perf_counter()
+        run(binding, opts)
+        inside[0] += time.perf_counter() - t
+    dec._c_run = timed_run
     for _ in range(a.runs):
+        inside[0] = 0.0
+        at_first = []
+
+        def on_token(ev):
+            if not at_first:
+                at_first.append(inside[0])   # the prefill's runs are done
         res = eng.generate(GenerationRequest(prompt="Tell me about warehouse robots.",
-                                             max_new_tokens=128, ignore_eos=True))
+                                             max_new_tokens=128, ignore_eos=True), on_token=on_token)
         decode.append(res.tokens_per_second)
+        n = res.generated_tokens - 1
+        wall = res.total_time - res.time_to_first_token
+        overhead.append((wall - (inside[0] - at_first[0])) / n)
+    dec._c_run = run
     cold, warm = [], []
     req = GenerationRequest(prompt="Is the aisle clear?", system_prompt=SYSTEM, max_new_tokens=1)
     for _ in range(a.runs):
@@ -64,6 +89,8 @@ def main() -> None:
         "engine_load_s": round(load_s, 2),
         "prefill_tokens_per_s": round(statistics.median(prefill[1:]), 1),
         "decode_tokens_per_s": round(statistics.median(decode), 1),
+        "python_overhead_us_per_token": round(statistics.median(overhead) * 1e6, 1),
+        "quantization": a.quantization,
         "ttft_s_cold_prompt_cache": round(statistics.median(cold), 4),
         "ttft_s_warm_prompt_cache": round(statistics.median(warm), 4),
         "prompt_tokens_with_system": r.prompt_tokens, "cached_tokens": r.cached_tokens,

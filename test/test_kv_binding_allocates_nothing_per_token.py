@@ -6,15 +6,22 @@ import os
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from runtime_fixtures import default_engine_dir, default_weights  # noqa: F401
 
 
-def test_decode_steps_reuse_the_same_buffers_and_allocate_no_arrays(default_engine_dir, default_weights):  # noqa: F811
+@pytest.mark.parametrize("quantization,fused", [("none", False), ("int4", True)])
+def test_decode_steps_reuse_the_same_buffers_and_allocate_no_arrays(default_engine_dir, default_weights,  # noqa: F811
+                                                                    quantization, fused):
+    """The plain float graph (past/present rebound per step) and the default CPU graph
+    (INT4, fused: the whole head-major buffers bound once)."""
     from edgellm_ros.backends.onnxruntime import OrtDecoder
+    from edgellm_ros.engine_dir import ensure_family, graph_name
     c = default_weights.config
-    dec = OrtDecoder(os.path.join(default_engine_dir, "decoder.onnx"), c,
-                     default_weights.tensors["embed_tokens.weight"], max_seq_len=256, max_chunk=64)
+    ensure_family(default_engine_dir, quantization, fused, log=lambda m: None)
+    dec = OrtDecoder(os.path.join(default_engine_dir, graph_name(False, False, quantization, fused) + ".onnx"),
+                     c, default_weights.tensors["embed_tokens.weight"], max_seq_len=256, max_chunk=64)
     before = dec.buffer_addresses()
     logits = dec.forward(0, [1, 4093, 198, 28120, 2, 198, 1, 520, 9531, 198])
     pos, tok = 10, int(logits[0].argmax())
@@ -39,9 +46,13 @@ def test_decode_steps_reuse_the_same_buffers_and_allocate_no_arrays(default_engi
     assert peak - base < 64 * 1024, f"{peak - base} bytes traced at peak during 50 decode steps"
     assert dec.buffer_addresses() == before
     # ONNX Runtime wrote its outputs where we bound them, not into its own memory.
-    outs = dec._binding.get_outputs()
-    assert outs[0].data_ptr() == dec._logits.ctypes.data
-    row = dec.kv.row_nbytes
-    assert outs[2].data_ptr() == dec.kv.keys[0].ctypes.data + (pos - 1) * row
-    assert np.any(dec.kv.keys[0][pos - 1] != 0)
+    ptrs = {o.data_ptr() for o in dec._binding.get_outputs()}
+    assert dec._logits.ctypes.data in ptrs
+    if fused:   # present = the whole buffer; the step wrote its row in place
+        assert dec.kv.keys[0].ctypes.data in ptrs
+        assert np.any(dec.kv.keys[0][:, pos - 1] != 0) and not np.any(dec.kv.keys[0][:, pos:])
+    else:
+        row = dec.kv.row_nbytes
+        assert dec.kv.keys[0].ctypes.data + (pos - 1) * row in ptrs
+        assert np.any(dec.kv.keys[0][pos - 1] != 0)
     dec.close()
