@@ -39,8 +39,22 @@ from .export.graph import WeightFile
 from .models.eagle import default_target_layers
 from .models.spec import PROJECTIONS
 
-#: Bump when the exported graphs or the folder layout change.
-EXPORT_FORMAT = 7
+#: Bump when the folder layout changes. Changes of the exporting code are caught
+#: by exporter_digest() as well, so a graph edit never meets a stale folder.
+EXPORT_FORMAT = 8
+#: Source files whose content decides the exported graphs (relative to the package).
+EXPORTER_SOURCES = ("export/decoder.py", "export/draft.py", "export/graph.py", "export/vision.py", "models/quant.py",
+                    "loaders/gguf.py", "loaders/hf.py", "loaders/vlm.py", "engine_dir.py")
+
+
+def exporter_digest() -> str:
+    """sha256 (16 hex digits) of the code that writes the graphs."""
+    h = hashlib.sha256()
+    root = os.path.dirname(os.path.abspath(__file__))
+    for rel in EXPORTER_SOURCES:
+        with open(os.path.join(root, rel), "rb") as f:
+            h.update(rel.encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
 
 
 def family_suffix(quantization: str = "none", fused: bool = False) -> str:
@@ -89,7 +103,8 @@ def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
 
 def is_current(folder: str, digest: str, feature_layers: Optional[Sequence[int]] = None) -> bool:
     m = read_manifest(folder)
-    if not m or m.get("source_hash") != digest or m.get("format") != EXPORT_FORMAT:
+    if not m or m.get("source_hash") != digest or m.get("format") != EXPORT_FORMAT \
+            or m.get("exporter") != exporter_digest():
         return False
     return feature_layers is None or list(m.get("feature_layers", [])) == list(feature_layers)
 
@@ -207,6 +222,7 @@ def export_engine(source: str, folder: str, digest: str,
         tokenizer.save_hf_folder(tmp)
         manifest = {
             "format": EXPORT_FORMAT,
+            "exporter": exporter_digest(),
             "source": source,
             "source_hash": digest,
             "model": weights.config.to_dict(),
