@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from edgellm_ros.backends.onnxruntime import OrtDecoder
-from edgellm_ros.engine_dir import ensure_engine, ensure_family, graph_name
+from edgellm_ros.engine_dir import ensure_engine, ensure_family, graph_name, read_manifest
 from edgellm_ros.evaluation import compare_decoders
 from edgellm_ros.models.spec import ModelConfig
 from edgellm_ros.tokenizer import Tokenizer
@@ -55,10 +55,11 @@ def main() -> None:
            platform.machine(), "cpus": os.cpu_count(), "reference": "decoder (float32, plain ops)",
            "variants": {}}
 
+    mcfg = ModelConfig.from_dict(read_manifest(folder)["model"])
+
     def decoder(name: str, compute: str = "int8") -> OrtDecoder:
-        m = ensure_family(folder, "none", False, quiet)
-        return OrtDecoder(os.path.join(folder, name + ".onnx"), ModelConfig.from_dict(m["model"]),
-                          np.asarray(emb), len(ids) + 8, 128, a.threads, int4_compute=compute)
+        return OrtDecoder(os.path.join(folder, name + ".onnx"), mcfg, np.asarray(emb),
+                          len(ids) + 8, 128, a.threads, int4_compute=compute)
 
     ref = decoder("decoder")
     for quant, fused, compute in VARIANTS:

@@ -13,10 +13,10 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailable, ContextFull
-from ..export.decoder import MASK_VALUE
+from ..errors import BackendError, BackendUnavailable
 from ..kv_cache import KVCache
 from ..models.spec import ModelConfig
+from .step_inputs import causal_upper, check_step, fill_step
 
 
 def import_ort() -> Any:
@@ -94,8 +94,7 @@ class _BoundStep:
         feat = {o.name: o.shape for o in self.session.get_outputs()}[self.hidden_output][-1]
         self.feature_size = int(feat)                                         # F
         self._hidden = np.zeros((max_chunk, self.feature_size), np.float32)   # [T, F]
-        # upper triangle of MASK_VALUE: row j of a chunk drops new rows > j
-        self._tri = np.triu(np.full((max_chunk, max_chunk), MASK_VALUE, np.float32), 1)
+        self._tri = causal_upper(max_chunk)                                  # [T, T]
         self._binding = self.session.io_binding()
         # the C-level binder and the CPU device, made once: the public wrappers
         # build an OrtDevice per call (~1 us each, x 6 per step)
@@ -158,39 +157,14 @@ class _BoundStep:
         """
         t = len(token_ids) if token_ids is not None else num_tokens
         p = n_past
-        if not 1 <= t <= self.max_chunk:
-            raise BackendError(f"step of {t} tokens is outside [1, {self.max_chunk}]")
-        if p + t > self.max_seq_len:
-            raise ContextFull(f"{p + t} tokens do not fit in max_seq_len={self.max_seq_len}")
+        check_step(t, p, self.max_chunk, self.max_seq_len)
         if token_ids is not None:
             if t == 1:
                 self._embeds[0] = self.embeddings[token_ids[0]]
             else:
                 np.take(self.embeddings, token_ids, axis=0, out=self._embeds[:t])
-        if positions is None:
-            if t == 1:
-                self._pos[0] = p
-            else:
-                self._pos[:t] = np.arange(p, p + t)
-        else:
-            self._pos[:t] = positions
-        s = p + t
-        m = self._mask[:t * s].reshape(t, s)
-        if mask is None:
-            m[:, :p] = 0.0
-            m[:, p:] = self._tri[:t, :t]
-        else:
-            m[...] = mask
-        if isinstance(logits_rows, str):
-            if logits_rows == "last":
-                n_logits = 1
-                self._lidx[0] = t - 1
-            else:  # "all"
-                n_logits = t
-                self._lidx[:t] = np.arange(t)
-        else:
-            n_logits = len(logits_rows)
-            self._lidx[:n_logits] = logits_rows
+        n_logits = fill_step(self._pos, self._mask, self._lidx, self._tri, p, t, positions, mask,
+                             logits_rows)
         self._run(p, t, n_logits)
         return self._logits[:n_logits]
 

@@ -32,7 +32,12 @@ def fill_step(pos: np.ndarray, mask_flat: np.ndarray, lidx: np.ndarray, tri: np.
     """Write positions [T], the additive mask [T, P+T] (row-major, at the start of mask_flat) and
     the logits index; returns L, the number of logits rows. Defaults: positions P..P+T-1, a
     causal mask, the last row's logits ("all" = every row)."""
-    pos[:t] = np.arange(p, p + t) if positions is None else positions
+    if positions is not None:
+        pos[:t] = positions
+    elif t == 1:   # the decode step: no temporary array
+        pos[0] = p
+    else:
+        pos[:t] = np.arange(p, p + t)
     m = mask_flat[:t * (p + t)].reshape(t, p + t)
     if mask is None:
         m[:, :p] = 0.0
@@ -40,8 +45,12 @@ def fill_step(pos: np.ndarray, mask_flat: np.ndarray, lidx: np.ndarray, tri: np.
     else:
         m[...] = mask
     if isinstance(logits_rows, str):
-        n = 1 if logits_rows == "last" else t
-        lidx[:n] = t - 1 if logits_rows == "last" else np.arange(t)
+        if logits_rows == "last":
+            n = 1
+            lidx[0] = t - 1
+        else:  # "all"
+            n = t
+            lidx[:t] = np.arange(t)
     else:
         n = len(logits_rows)
         lidx[:n] = logits_rows
