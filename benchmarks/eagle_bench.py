@@ -1,6 +1,7 @@
 """EAGLE sweep on the CPU: mean acceptance length and decode tokens/s, on vs off.
 
     python benchmarks/eagle_bench.py [--prompts 8] [--max-new-tokens 96] [--draft DIR]
+        [--quantization none|int4|int4-sym] [--grid 1,1,1/1,2,2/1,4,4]
 
 Prompts: the held-out ("eval") prompts of tools/data/eagle_prompts.jsonl.
 Greedy decoding, so every setting produces the same tokens as EAGLE off
@@ -53,14 +54,19 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--draft", default="default")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--quantization", default="none",
+                    help="EngineConfig.quantization (default none: float32, where EAGLE is exact)")
+    ap.add_argument("--grid", default="",
+                    help="(top_k, step, tree) settings as k,d,n/k,d,n/...; default: the sweep grid")
     a = ap.parse_args()
-    eng = Engine.load(EngineConfig(eagle_draft=a.draft, max_seq_len=1024, num_threads=a.threads),
-                      log=lambda m: None)
+    grid = [tuple(int(v) for v in g.split(",")) for g in a.grid.split("/")] if a.grid else GRID
+    eng = Engine.load(EngineConfig(eagle_draft=a.draft, max_seq_len=1024, num_threads=a.threads,
+                                   quantization=a.quantization), log=lambda m: None)
     prompts = load_prompts(a.prompts)
     t0 = time.perf_counter()
     base_out, base_tps, _ = run(eng, prompts, a.max_new_tokens)
     rows = []
-    for k, d, n in GRID:
+    for k, d, n in grid:
         eng.set_eagle(EagleConfig(True, k, d, n))
         out, tps, st = run(eng, prompts, a.max_new_tokens)
         rows.append({"drafting_top_k": k, "drafting_step": d, "verify_tree_size": n,
@@ -68,6 +74,7 @@ def main() -> None:
                      **st.as_dict(), "identical_to_plain_greedy": out == base_out})
     eng.close()
     print(json.dumps({"prompts": len(prompts), "max_new_tokens": a.max_new_tokens,
+                      "quantization": a.quantization,
                       "baseline_decode_tokens_per_s": round(base_tps, 1), "sweep": rows,
                       "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
 

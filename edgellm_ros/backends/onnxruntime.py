@@ -80,6 +80,7 @@ class _BoundStep:
                  num_threads: int = 0, spin: bool = True, int4_compute: str = "int8"):
         self.max_seq_len = max_seq_len
         self.max_chunk = max_chunk
+        self.onnx_path = onnx_path
         self.session = make_session(onnx_path, num_threads, spin, int4_compute)
         self.embeddings = embeddings                                         # [V, H]
         past_shape = {i.name: i.shape for i in self.session.get_inputs()}[self.kv_names(0)[0]]

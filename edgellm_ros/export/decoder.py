@@ -189,7 +189,8 @@ class _Decoder:
             return x, self.rms_norm(x, scope, name)
         h, _, _, x = self.g.op("SkipSimplifiedLayerNormalization",
                                [x, delta, self.g.weight(f"model.{name}", self.w[name])], scope,
-                               n_out=4, domain="com.microsoft", epsilon=self.c.rms_norm_eps)
+                               n_out=4, unused=(1, 2), domain="com.microsoft",
+                               epsilon=self.c.rms_norm_eps)
         return x, h
 
     def rms_norm(self, x: str, scope: str, name: str) -> str:

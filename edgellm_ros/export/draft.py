@@ -28,6 +28,7 @@ from onnx import TensorProto
 
 from ..models.eagle import DraftConfig
 from ..models.llama import rope_inv_freq
+from ..models.quant import quantize_symmetric
 from ..models.spec import ModelWeights
 from .decoder import _Decoder
 from .graph import GraphBuilder, WeightFile
@@ -35,15 +36,27 @@ from .graph import GraphBuilder, WeightFile
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
+DRAFT_QUANTIZATIONS = ("none", "int8")
+
+
+def draft_matmul(dec: _Decoder, x: str, scope: str, key: str, w: np.ndarray, int8: bool) -> str:
+    """x @ w^T, w [out, in]: float32, or block-wise INT8 (32 per block, symmetric) through
+    DequantizeLinear, which ONNX Runtime runs as one MatMulNBits kernel."""
+    if int8:
+        return dec.quantized_matmul(x, scope, key, [quantize_symmetric(w, 8)])
+    return dec.g.op("MatMul", [x, dec.g.weight(key, w.T)], scope)
+
+
 class _Draft(_Decoder):
     def __init__(self, cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
-                 g: GraphBuilder):
+                 g: GraphBuilder, quantization: str = "none"):
         weights = ModelWeights(cfg.rope(), w, "draft")
-        super().__init__(weights, g)
+        super().__init__(weights, g, quantization=quantization)
         self.d, self.base_head = cfg, base_head
 
     def proj(self, x: str, scope: str, name: str) -> str:
-        return self.g.op("MatMul", [x, self.g.weight("draft." + name, self.w[name].T)], scope)
+        return draft_matmul(self, x, scope, "draft." + name, self.w[name],
+                            self.quantization == "int8")
 
     def build(self) -> None:
         g, d = self.g, self.d
@@ -107,7 +120,8 @@ class _Draft(_Decoder):
             head = self.w["lm_head.weight"]
         else:
             head = self.base_head
-        logits = g.op("MatMul", [picked, g.weight("draft.lm_head.weight", head.T)], f"{S}/lm_head")
+        logits = draft_matmul(self, picked, f"{S}/lm_head", "draft.lm_head.weight",
+                              np.asarray(head), self.quantization == "int8")
         logits = g.op("Squeeze", [logits, g.const([0])], f"{S}/lm_head")
         g.output(logits, "logits", F32, ["num_logits", head.shape[0]])
         g.output(out, "hidden_out", F32, [1, "seq", H])
@@ -116,20 +130,32 @@ class _Draft(_Decoder):
 
 
 def export_draft(cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
-                 out_dir: str) -> Dict[str, str]:
-    """Write draft.onnx (and draft_fc.onnx for EAGLE-3) with draft.data; return paths."""
+                 out_dir: str, quantization: str = "none") -> Dict[str, str]:
+    """Write draft.onnx (and draft_fc.onnx for EAGLE-3) with draft.data; return paths.
+
+    quantization "int8": every projection, the fc and the LM head as block-wise
+    INT8 (the CPU variant: a draft step reads a quarter of the bytes; the
+    draft only proposes tokens, so its rounding never changes the output).
+    """
+    if quantization not in DRAFT_QUANTIZATIONS:
+        raise ValueError(f"draft quantization must be one of {DRAFT_QUANTIZATIONS}, "
+                         f"got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     wf = WeightFile(os.path.join(out_dir, "draft.data"))
     paths = {}
+    opset = 21 if quantization == "int8" else 17
     try:
-        g = GraphBuilder("edgellm_draft", weights=wf)
-        _Draft(cfg, w, base_head, g).build()
+        g = GraphBuilder("edgellm_draft", weights=wf, opset=opset)
+        _Draft(cfg, w, base_head, g, quantization).build()
         paths["draft"] = os.path.join(out_dir, "draft.onnx")
         g.save(paths["draft"], doc=__doc__ or "")
         if cfg.layout == "eagle3":
-            g = GraphBuilder("edgellm_draft_fc", weights=wf)
+            g = GraphBuilder("edgellm_draft_fc", weights=wf, opset=opset)
             feats = g.input("features", F32, [1, "seq", cfg.feature_size])
-            y = g.op("MatMul", [feats, g.weight("draft.fc.weight", w["fc.weight"].T)], "/draft/fc")
+            y = draft_matmul(_Decoder(ModelWeights(cfg.rope(), w, "draft"), g,
+                                      quantization=quantization),
+                             feats, "/draft/fc", "draft.fc.weight", w["fc.weight"],
+                             quantization == "int8")
             g.output(y, "hidden", F32, [1, "seq", cfg.hidden_size])
             paths["fc"] = os.path.join(out_dir, "draft_fc.onnx")
             g.save(paths["fc"], doc=__doc__ or "")

@@ -77,10 +77,14 @@ class GraphBuilder:
         return base if n == 0 else f"{base}_{n}"
 
     def op(self, op_type: str, inputs: Sequence[str], scope: str, n_out: int = 1,
-           **attrs: Any) -> Any:
-        """Add one node named ``{scope}/{op_type}``; returns its output name(s)."""
+           unused: Sequence[int] = (), **attrs: Any) -> Any:
+        """Add one node named ``{scope}/{op_type}``; returns its output name(s).
+
+        unused: indices of optional outputs left unnamed (""), so the kernel
+        neither computes nor allocates them.
+        """
         name = self._unique(f"{scope}/{op_type}")
-        outs = [f"{name}_output_{i}" for i in range(n_out)]
+        outs = ["" if i in unused else f"{name}_output_{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
         return outs[0] if n_out == 1 else outs
 
