@@ -14,6 +14,12 @@ categories) and ``"category"`` naming the template family::
 
     python3 tools/eagle_data.py                       # writes tools/data/eagle_prompts.jsonl
     python3 tools/eagle_data.py --check               # fails if the file is not what the code gives
+    python3 tools/eagle_data.py --extended [--check]  # tools/data/eagle_prompts_extended.jsonl
+
+The extended set (what the shipped draft is trained on) is the standard set,
+its held-out prompts unchanged, followed by every other expansion of the same
+templates as training prompts: the held-out prompts are the same in both files
+and are never trained on.
 
 Only the standard library is used.
 """
@@ -30,6 +36,7 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "data", "eagle_prompts.jsonl")
+EXTENDED_OUT = os.path.join(HERE, "data", "eagle_prompts_extended.jsonl")
 SEED = 20261122
 
 # --------------------------------------------------------------------------- slots
@@ -220,112 +227,118 @@ def _sample(rng: random.Random, items: List[str], n: int) -> List[str]:
     return items[:n]
 
 
-def build(seed: int = SEED) -> List[Tuple[str, str]]:
-    """(category, prompt) pairs, deduplicated, in a seeded order."""
+def build(seed: int = SEED, full: bool = False) -> List[Tuple[str, str]]:
+    """(category, prompt) pairs, deduplicated, in a seeded order.
+
+    full: every expansion of every template (all code languages too) instead of a
+    seeded sample of each family: the extended training set."""
     rng = random.Random(seed)
     fam: Dict[str, List[str]] = {}
 
-    fam["robot_situation"] = _sample(rng, _fill(
+    def take(items: List[str], n: int) -> List[str]:
+        return sorted(set(items)) if full else _sample(rng, items, n)
+
+    fam["robot_situation"] = take(_fill(
         ["What should a {r} do when {s}?", "A {r} in our building: what is the right behavior when {s}?",
          "Describe how a well-designed {r} reacts when {s}."],
         [{"r": r, "s": s} for r in ROBOTS for s in SITUATIONS]), 110)
-    fam["robot_troubleshoot"] = _sample(rng, _fill(
+    fam["robot_troubleshoot"] = take(_fill(
         ["My {r} {p}. What could be wrong?", "Our {r} {p}. How do I fix it?",
          "Give me three possible causes: the {r} {p}."],
         [{"r": r, "p": p} for r in ROBOTS for p in PROBLEMS]), 90)
-    fam["robot_parts"] = _sample(rng, _fill(
+    fam["robot_parts"] = take(_fill(
         ["How do I check the {part} of a {r}?", "What does the {part} on a {r} do?",
          "How should I maintain the {part} of a {r}?"],
         [{"r": r, "part": part} for r in ROBOTS for part in PARTS]), 60)
-    fam["ros"] = _sample(rng, _fill(
+    fam["ros"] = take(_fill(
         ["Explain {c} in simple terms.", "What is {c} used for in a robot?", "When should I use {c}?",
          "Give an example of {c}."],
         [{"c": c} for c in ROS_CONCEPTS]), 55)
-    fam["compare_tech"] = _sample(rng, _fill(
+    fam["compare_tech"] = take(_fill(
         ["What is the difference between {a} and {b}?", "Compare {a} and {b} for a small robot.",
          "When would you choose {a} over {b}?"],
         [{"a": a, "b": b} for a, b in SENSOR_PAIRS]), 40)
-    fam["sensors"] = _sample(rng, _fill(
+    fam["sensors"] = take(_fill(
         ["How does {s} work?", "What are the limitations of {s}?", "What can {s} measure?"],
         [{"s": s} for s in SENSORS]), 30)
-    fam["checklist"] = _sample(rng, _fill(
+    fam["checklist"] = take(_fill(
         ["Write a short checklist for {t}.", "What are the steps for {t}?",
          "List the safety rules for {t}."],
         [{"t": t} for t in ROBOT_TASKS]), 35)
-    fam["operator"] = list(OPERATOR_QUESTIONS) + _sample(rng, _fill(
+    fam["operator"] = list(OPERATOR_QUESTIONS) + take(_fill(
         ["The robot's battery is at {b} percent and it is {d} meters from the dock. Should it return to charge?",
          "A robot moves at 0.{b} meters per second. How long does it need to travel {d} meters?"],
         [{"b": b, "d": d} for b, d in STATUS_NUMBERS]), 12)
 
-    fam["explain"] = _sample(rng, _fill(
+    fam["explain"] = take(_fill(
         ["What is {c}?", "Explain {c} to {a}.", "Explain {c} in three sentences.",
          "Why is {c} important?"],
         [{"c": c, "a": a} for c in CONCEPTS for a in AUDIENCES]), 120)
-    fam["why"] = _sample(rng, _fill(["Why does {p}?", "Can you explain why {p}?"],
-                                    [{"p": p} for p in PHENOMENA]), 35)
-    fam["geography"] = _sample(rng, _fill(
+    fam["why"] = take(_fill(["Why does {p}?", "Can you explain why {p}?"],
+                            [{"p": p} for p in PHENOMENA]), 35)
+    fam["geography"] = take(_fill(
         ["What is the capital of {c}?", "Tell me three interesting facts about {c}.",
          "What languages are spoken in {c}?", "What is the climate like in {c}?",
          "What food is {c} famous for?"],
         [{"c": c} for c in COUNTRIES]), 55)
-    fam["animals"] = _sample(rng, _fill(
+    fam["animals"] = take(_fill(
         ["Tell me three facts about {a}.", "How do {a} communicate?", "What do {a} eat?",
          "Where do {a} live?"],
         [{"a": a} for a in ANIMALS]), 45)
-    fam["people"] = _sample(rng, _fill(
+    fam["people"] = take(_fill(
         ["Who was {p}?", "What is {p} best known for?", "Summarize the life of {p} in a few sentences."],
         [{"p": p} for p in PEOPLE]), 30)
 
-    fam["howto"] = _sample(rng, _fill(
+    fam["howto"] = take(_fill(
         ["How do I {h}?", "Give me step-by-step instructions to {h}.", "What is the easiest way to {h}?",
          "I want to {h}. Where do I start?"],
         [{"h": h} for h in HOWTO]), 110)
-    fam["advice"] = _sample(rng, _fill(
+    fam["advice"] = take(_fill(
         ["Give me five tips for {a}.", "What are common mistakes in {a}?",
          "What should a beginner know about {a}?"],
         [{"a": a} for a in ACTIVITIES]), 30)
-    fam["pros_cons"] = _sample(rng, _fill(
+    fam["pros_cons"] = take(_fill(
         ["What are the pros and cons of {t}?", "Are {t} a good idea? Give both sides.",
          "Write a short paragraph about the future of {t}."],
         [{"t": t} for t in THINGS]), 35)
 
-    fam["writing"] = _sample(rng, _fill(
+    fam["writing"] = take(_fill(
         ["Write {f} about {t}.", "Can you write {f} about {t}?"],
         [{"f": f, "t": t} for f in FORMS for t in TOPICS]), 80)
-    fam["email"] = _sample(rng, _fill(
+    fam["email"] = take(_fill(
         ["Write a short email to {to} {why}.", "Draft a polite message to {to} {why}."],
         [{"to": to, "why": why} for to, why in EMAILS]), 18)
-    fam["product"] = _sample(rng, _fill(
+    fam["product"] = take(_fill(
         ["Write a product description for {p}.", "Write a short advertisement for {p}.",
          "Give me three catchy slogans for {p}."],
         [{"p": p} for p in PRODUCTS]), 22)
-    fam["summary"] = _sample(rng, _fill(
+    fam["summary"] = take(_fill(
         ["Summarize the benefits of {t} in three sentences.", "Give me a short list of reasons for {t}.",
          "Why do people recommend {t}?"],
         [{"t": t} for t in SUMMARY_TOPICS]), 22)
 
-    fam["code_write"] = _sample(rng, _fill(
+    fam["code_write"] = take(_fill(
         ["Write a {l} function that {t}.", "Show me {l} code that {t}.",
          "How would you write a function in {l} that {t}?"],
-        [{"l": lang, "t": t} for lang in LANGS[:4] for t in CODE_TASKS]), 95)
-    fam["code_howto"] = _sample(rng, _fill(["How do I {h} in {l}?", "Show me how to {h} in {l}."],
-                                           [{"h": h, "l": lang} for h in CODE_HOWTO for lang in LANGS]), 55)
-    fam["code_concept"] = _sample(rng, _fill(
+        [{"l": lang, "t": t} for lang in (LANGS if full else LANGS[:4]) for t in CODE_TASKS]), 95)
+    fam["code_howto"] = take(_fill(["How do I {h} in {l}?", "Show me how to {h} in {l}."],
+                                   [{"h": h, "l": lang} for h in CODE_HOWTO for lang in LANGS]), 55)
+    fam["code_concept"] = take(_fill(
         ["What is {c} in programming?", "Explain {c} with a simple example.", "Why is {c} useful?"],
         [{"c": c} for c in CODE_CONCEPTS]), 45)
-    fam["python_diff"] = _sample(rng, _fill(["In Python, what is the difference between {a} and {b}?"],
-                                            [{"a": a, "b": b} for a, b in PY_PAIRS]), 12)
-    fam["code_explain"] = _sample(rng, _fill(
+    fam["python_diff"] = take(_fill(["In Python, what is the difference between {a} and {b}?"],
+                                    [{"a": a, "b": b} for a, b in PY_PAIRS]), 12)
+    fam["code_explain"] = take(_fill(
         ["What does this Python code do?\n\n{s}", "Explain this code line by line:\n\n{s}"],
         [{"s": s} for s in SNIPPETS]), 14)
 
-    fam["math"] = _sample(rng, _fill(
+    fam["math"] = take(_fill(
         ["What is {a} plus {b}?", "What is {a} times {b}?", "Is {a} an even or an odd number?",
          "What is {a} percent of {b}?"],
         [{"a": a, "b": b} for a in (7, 12, 25, 48, 99, 150) for b in (3, 8, 20, 64)]), 30)
-    fam["units"] = _sample(rng, _fill(["Convert {n} {u} to {v}.", "How many {v} are in {n} {u}?"],
-                                      [{"n": n, "u": u, "v": v} for n, u, v in UNITS]), 16)
-    fam["physics_robot"] = _sample(rng, _fill(
+    fam["units"] = take(_fill(["Convert {n} {u} to {v}.", "How many {v} are in {n} {u}?"],
+                              [{"n": n, "u": u, "v": v} for n, u, v in UNITS]), 16)
+    fam["physics_robot"] = take(_fill(
         ["If a robot drives at {v} meters per second for {t} seconds, how far does it go?",
          "A robot has to cover {d} meters in {t} seconds. What speed does it need?"],
         [{"v": v, "t": t, "d": d} for v in (0.5, 1.2, 2) for t in (10, 30, 45) for d in (15, 60)]), 14)
@@ -356,9 +369,12 @@ def pick_eval(pairs: List[Tuple[str, str]], n_eval: int) -> List[int]:
     return sorted(picked)
 
 
-def render(n_eval: int = 40, seed: int = SEED) -> str:
+def render(n_eval: int = 40, seed: int = SEED, extended: bool = False) -> str:
     pairs = build(seed)
     held = set(pick_eval(pairs, n_eval))
+    if extended:  # the standard set first (same held-out rows), then the other expansions
+        known = {p for _, p in pairs}
+        pairs = pairs + [(c, p) for c, p in build(seed, full=True) if p not in known]
     lines = []
     for i, (cat, p) in enumerate(pairs):
         row = {"prompt": p, "category": cat}
@@ -370,12 +386,15 @@ def render(n_eval: int = 40, seed: int = SEED) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--out", default="", help="default tools/data/eagle_prompts[_extended].jsonl")
     ap.add_argument("--eval", type=int, default=40, help="prompts held out for measuring acceptance")
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--check", action="store_true", help="compare with --out instead of writing it")
+    ap.add_argument("--extended", action="store_true",
+                    help="the standard set plus every other template expansion as training prompts")
     args = ap.parse_args()
-    text = render(args.eval, args.seed)
+    args.out = args.out or (EXTENDED_OUT if args.extended else DEFAULT_OUT)
+    text = render(args.eval, args.seed, args.extended)
     if args.check:
         with open(args.out, encoding="utf-8") as f:
             same = f.read() == text

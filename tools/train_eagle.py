@@ -181,13 +181,23 @@ def coverage(answers: Sequence[Sequence[int]], ids: Sequence[int]) -> float:
 
 
 def features(model: Any, seqs: List[List[int]], layers: Sequence[int], batch: int, device: str,
-             feat_dtype: Any) -> Tuple[List[Any], List[Any], List[Any]]:
-    """Per sequence: features [T, len(layers)*H], final-norm output [T, H], base argmax [T]."""
+             feat_dtype: Any, final_dtype: Any = None) -> Tuple[Any, Any, Any, List[int]]:
+    """Every sequence's rows, packed one after another (no padding) into
+    features [N + 1, len(layers)*H], final-norm output [N + 1, H] and base argmax [N + 1],
+    N = the total token count; row N is a padding row (zeros, argmax -1).
+    Returns them and the first row of each sequence."""
     import torch
 
-    feats, finals, argmax = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    offsets, n = [], 0
+    for s in seqs:
+        offsets.append(n)
+        n += len(s)
     head = model.get_output_embeddings().weight
+    hsz = head.shape[1]
+    feats = torch.zeros((n + 1, len(layers) * hsz), dtype=feat_dtype, device=device)
+    finals = torch.zeros((n + 1, hsz), dtype=final_dtype or torch.float32, device=device)
+    argmax = torch.full((n + 1,), -1, dtype=torch.long, device=device)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     for b0 in range(0, len(order), batch):
         idx = order[b0:b0 + batch]
         width = max(len(seqs[i]) for i in idx)
@@ -206,11 +216,11 @@ def features(model: Any, seqs: List[List[int]], layers: Sequence[int], batch: in
             for c in range(0, width, 256):  # full-vocab argmax without a [B, T, V] tensor at once
                 am[:, c:c + 256] = (last[:, c:c + 256] @ head.T).argmax(-1)
         for r, i in enumerate(idx):
-            n = len(seqs[i])
-            feats[i] = f[r, :n].to(feat_dtype)
-            finals[i] = last[r, :n].float()
-            argmax[i] = am[r, :n]
-    return feats, finals, argmax
+            o, k = offsets[i], len(seqs[i])
+            feats[o:o + k] = f[r, :k]
+            finals[o:o + k] = last[r, :k]
+            argmax[o:o + k] = am[r, :k]
+    return feats, finals, argmax, offsets
 
 
 # --------------------------------------------------------------------------- the draft
@@ -349,35 +359,40 @@ def build_draft_class():
 
 
 class Data:
-    """Padded tensors of every sequence on the device."""
+    """Some of the packed sequences of `features` (which stay on the device, shared);
+    batches are gathered into padded tensors."""
 
-    def __init__(self, seqs, prompt_lens, feats, finals, argmax, device, feat_dtype):
+    def __init__(self, packed, seqs, prompt_lens, offsets):
         import torch
 
-        n, width = len(seqs), max(len(s) for s in seqs)
-        fdim, h = feats[0].shape[-1], finals[0].shape[-1]
-        self.tokens = torch.zeros((n, width), dtype=torch.long, device=device)
-        self.argmax = torch.full((n, width), -1, dtype=torch.long, device=device)
-        self.feats = torch.zeros((n, width, fdim), dtype=feat_dtype, device=device)
-        self.finals = torch.zeros((n, width, h), dtype=torch.float32, device=device)
-        for i, s in enumerate(seqs):
-            self.tokens[i, :len(s)] = torch.tensor(s, device=device)
-            self.argmax[i, :len(s)] = argmax[i]
-            self.feats[i, :len(s)] = feats[i]
-            self.finals[i, :len(s)] = finals[i]
-        self.lens = torch.tensor([len(s) for s in seqs], device=device)
-        self.plens = torch.tensor(prompt_lens, device=device)
-        self.n_tokens = int(sum(len(s) for s in seqs))
-        self.n_answer = int(sum(len(s) - p for s, p in zip(seqs, prompt_lens)))
+        self.feats, self.finals, self.argmax_flat, self.tokens_flat = packed
+        dev = self.feats.device
+        self.pad_row = self.feats.shape[0] - 1
+        self.n_list = [len(s) for s in seqs]
+        self.lens = torch.tensor(self.n_list, device=dev)
+        self.plens = torch.tensor(prompt_lens, device=dev)
+        self.off = torch.tensor(offsets, device=dev)
+        self.n_tokens = int(sum(self.n_list))
+        self.n_answer = int(sum(n - p for n, p in zip(self.n_list, prompt_lens)))
+
+    def batch(self, idx):
+        """Padded (t, tokens [B, t], feats [B, t, F], finals [B, t, H] float32, base argmax [B, t])
+        of the sequences idx (a device tensor); padding: token 0, zero rows, argmax -1."""
+        import torch
+
+        t = max(self.n_list[i] for i in idx.tolist())
+        ar = torch.arange(t, device=idx.device)[None]
+        rows = torch.where(ar < self.lens[idx][:, None], self.off[idx][:, None] + ar, self.pad_row)
+        return t, self.tokens_flat[rows], self.feats[rows], self.finals[rows].float(), self.argmax_flat[rows]
 
     def batches(self, max_tokens: int, shuffle: Optional[random.Random]) -> List[List[int]]:
-        order = sorted(range(len(self.lens)), key=lambda i: int(self.lens[i]))
+        order = sorted(range(len(self.n_list)), key=lambda i: self.n_list[i])
         out, cur, width = [], [], 0
         for i in order:
-            w = max(width, int(self.lens[i]))
+            w = max(width, self.n_list[i])
             if cur and w * (len(cur) + 1) > max_tokens:
                 out.append(cur)
-                cur, w = [], int(self.lens[i])
+                cur, w = [], self.n_list[i]
             cur.append(i)
             width = w
         if cur:
@@ -387,7 +402,7 @@ class Data:
         return out
 
 
-def step_masks(data: Data, idx, t: int, steps: int, in_vocab):
+def step_masks(data: Data, idx, t: int, steps: int, in_vocab, argmax):
     """Per step j: (valid [B, T] answer targets, trainable = valid and base argmax in the draft vocab,
     target positions [B, T] clamped)."""
     import torch
@@ -399,7 +414,7 @@ def step_masks(data: Data, idx, t: int, steps: int, in_vocab):
         tp = i + j + 1                        # base distribution at tp predicts t[i+j+2]
         valid = (i + j + 2 <= lens - 1) & (i + j + 2 >= plens)
         tpc = tp.clamp(max=t - 1).expand(len(idx), t)
-        am = data.argmax[idx][:, :t].gather(1, tpc)
+        am = argmax.gather(1, tpc)
         ok = valid & in_vocab[am.clamp(min=0)]
         out.append((valid, ok, tpc))
     return out
@@ -410,13 +425,10 @@ def run_batch(draft, data: Data, idx, embed, head_d, in_vocab, draft_to_base, st
     """Loss (tensor) and per-step counters of one batch."""
     import torch
 
-    dev = data.tokens.device
+    dev = data.feats.device
     idx_t = torch.tensor(idx, device=dev)
-    t = int(data.lens[idx_t].max())
-    tokens = data.tokens[idx_t, :t]
-    feats = data.feats[idx_t, :t]
-    finals = data.finals[idx_t, :t]
-    masks = step_masks(data, idx_t, t, steps, in_vocab)
+    t, tokens, feats, finals, argmax = data.batch(idx_t)
+    masks = step_masks(data, idx_t, t, steps, in_vocab, argmax)
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
     with ctx:
         logits = draft.ttt(lambda ids: embed[ids], feats.float() if not amp else feats, tokens, steps)
@@ -434,7 +446,7 @@ def run_batch(draft, data: Data, idx, embed, head_d, in_vocab, draft_to_base, st
         if n_ok > 0:
             loss = loss + weights[j] * (ce * ok).sum() / n_ok
         with torch.no_grad():
-            am = data.argmax[idx_t][:, :t].gather(1, tpc)
+            am = argmax.gather(1, tpc)
             pred = draft_to_base[lg.argmax(-1)]
             corr = (pred == am) & valid
             chain = corr if correct_prev is None else (corr & correct_prev)
@@ -565,9 +577,9 @@ def check(args: argparse.Namespace) -> None:
             g = gpu[prompt][:len(ans)]
             same_as_file.append(g == ans[:len(g)])
         seq = ids + ans
-        f, _, am = features(model, [seq], cfg.target_layer_ids, 1, args.device, torch.float32)
-        feats = f[0].cpu().numpy()
-        am = am[0].cpu().numpy()
+        f, _, am, _ = features(model, [seq], cfg.target_layer_ids, 1, args.device, torch.float32)
+        feats = f[:len(seq)].cpu().numpy()
+        am = am[:len(seq)].cpu().numpy()
         ref_logits = reference_steps(ref, w, feats, seq, steps)
         with torch.no_grad():
             tl = draft.ttt(lambda x: embed[x], torch.tensor(feats)[None].to(args.device),
@@ -640,8 +652,14 @@ def main() -> None:
     ap.add_argument("--gen-seconds", type=float, default=0,
                     help="start no sampled-answer batch later than this many seconds after start (0: no limit)")
     ap.add_argument("--gen-batch", type=int, default=256)
+    ap.add_argument("--sampled-use", type=int, default=-1,
+                    help="train on only the first N rounds of the --sampled answers (-1: all)")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="stop once the answers are generated and written to --cache")
     ap.add_argument("--feat-batch", type=int, default=64)
     ap.add_argument("--feat-dtype", choices=["float32", "bfloat16"], default="float32")
+    ap.add_argument("--final-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="storage of the base's final-norm output (the teacher); bfloat16 halves it")
     ap.add_argument("--ttt-steps", type=int, default=3)
     ap.add_argument("--step-decay", type=float, default=0.8, help="loss weight of step j: decay**j")
     ap.add_argument("--epochs", type=int, default=40)
@@ -658,6 +676,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training prompts (tests)")
     ap.add_argument("--limit-eval", type=int, default=0, help="use only the first N eval prompts (tests)")
     ap.add_argument("--cache", default="", help="file keeping the generated answers between runs")
+    ap.add_argument("--init", default="", help="start from this draft folder's weights (same vocabulary)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -711,6 +730,12 @@ def main() -> None:
             torch.save({"rendered": rendered, "args": [args.max_new_tokens, args.sampled, args.temperature, layers],
                         "greedy": greedy, "sampled": sampled}, args.cache)
             log(f"answers cached in {args.cache}")
+    if args.generate_only:
+        log(f"answers only: {sum(map(len, greedy))} greedy tokens, {sum(1 for a in sampled if a)} sampled answers "
+            f"({sum(map(len, sampled))} tokens)")
+        return
+    if args.sampled_use >= 0:
+        sampled = sampled[:n_train * args.sampled_use]
     ans_tokens = sum(map(len, greedy)) + sum(map(len, sampled))
     log(f"answers: {len(greedy)} greedy ({sum(map(len, greedy))} tokens, "
         f"{sum(1 for a in greedy if a and a[-1] == eos)} ended by EOS), {sum(1 for a in sampled if a)} sampled "
@@ -738,23 +763,25 @@ def main() -> None:
     extra = [(k % n_train, a) for k, a in enumerate(sampled) if a]
     seqs = [rendered[k] + greedy[k] for k in range(len(rendered))] + [rendered[k] + a for k, a in extra]
     plens = [len(rendered[k]) for k in range(len(rendered))] + [len(rendered[k]) for k, _ in extra]
-    feats, finals, am = features(model, seqs, layers, args.feat_batch, dev, feat_dtype)
+    feats, finals, am, offsets = features(model, seqs, layers, args.feat_batch, dev, feat_dtype,
+                                          getattr(torch, args.final_dtype))
     # Teacher-forcing check: the base's argmax along its own greedy answer is the answer.
     agree = tot = 0
     for k in range(len(rendered)):
-        p, a = len(rendered[k]), greedy[k]
+        p, a = offsets[k] + len(rendered[k]), greedy[k]
         if len(a) > 1:
-            agree += int((am[k][p - 1:p - 1 + len(a)].cpu() == torch.tensor(a)).sum())
+            agree += int((am[p - 1:p - 1 + len(a)].cpu() == torch.tensor(a)).sum())
             tot += len(a)
     log(f"features: {sum(map(len, seqs))} tokens; base argmax over prompt+answer = greedy answer for "
         f"{agree}/{tot} tokens")
+    packed = (feats, finals, am, torch.tensor([t for s in seqs for t in s] + [0], device=dev))
     train_idx = list(range(n_train)) + list(range(len(rendered), len(seqs)))
     eval_idx = list(range(n_train, len(rendered)))
-    train_data = Data([seqs[i] for i in train_idx], [plens[i] for i in train_idx], [feats[i] for i in train_idx],
-                      [finals[i] for i in train_idx], [am[i] for i in train_idx], dev, feat_dtype)
-    eval_data = Data([seqs[i] for i in eval_idx], [plens[i] for i in eval_idx], [feats[i] for i in eval_idx],
-                     [finals[i] for i in eval_idx], [am[i] for i in eval_idx], dev, feat_dtype) if eval_idx else None
-    del feats, finals, am
+    train_data = Data(packed, [seqs[i] for i in train_idx], [plens[i] for i in train_idx],
+                      [offsets[i] for i in train_idx])
+    eval_data = Data(packed, [seqs[i] for i in eval_idx], [plens[i] for i in eval_idx],
+                     [offsets[i] for i in eval_idx]) if eval_idx else None
+    del feats, finals, am, packed
     log(f"train: {len(train_idx)} sequences, {train_data.n_tokens} tokens ({train_data.n_answer} answer); "
         f"eval: {len(eval_idx)} sequences")
 
@@ -785,6 +812,14 @@ def main() -> None:
     with torch.no_grad():  # start from the base's output head and final norm over the draft vocab
         draft.lm_head.weight.copy_(head_d)
         draft.norm.weight.copy_(final_norm)
+    if args.init:  # continue from a draft of the same vocabulary (a second schedule)
+        from safetensors.torch import load_file
+
+        sd = load_file(os.path.join(args.init, "model.safetensors"))
+        if not torch.equal(sd.pop("d2t").to(dev), d2t):
+            sys.exit(f"--init {args.init}: another draft vocabulary")
+        draft.load_state_dict({k: v.float() for k, v in sd.items()})
+        log(f"weights from {args.init}")
     n_params = sum(p.numel() for p in draft.parameters())
     log(f"draft: {n_params} parameters, config {cfg}")
 
