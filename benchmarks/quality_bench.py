@@ -1,6 +1,6 @@
 """Quality of every decoder variant against the float32 graph, on the shipped text sample.
 
-    python benchmarks/quality_bench.py [--model PATH] [--threads N] [--tokens N]
+    python benchmarks/quality_bench.py [--model PATH] [--threads N] [--tokens N] [--only KEY,...]
 
 Teacher-forces benchmarks/data/quality_sample.txt (about 900 tokens) through
 the float32 plain-op graph (the reference; its logits match the NumPy reference
@@ -34,6 +34,9 @@ VARIANTS = [  # (quantization, fused ops, int4 compute)
     ("int4-sym", False, "int8"),
     ("int4-sym", True, "int8"),
     ("int4-sym", True, "float32"),
+    ("int8", False, "int8"),
+    ("int8", True, "int8"),
+    ("int8", True, "float32"),
 ]
 
 
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--model", default="")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
+    ap.add_argument("--only", default="", help="comma-separated variant keys to run, e.g. int8/fused/int8")
     a = ap.parse_args()
     quiet = lambda m: None  # noqa: E731
     folder = ensure_engine(a.model, "", quiet)
@@ -63,13 +67,15 @@ def main() -> None:
 
     ref = decoder("decoder")
     for quant, fused, compute in VARIANTS:
+        key = f"{quant}{'/fused' if fused else '/plain'}" + (f"/{compute}" if quant != "none" else "")
+        if a.only and key not in a.only.split(","):
+            continue
         manifest = ensure_family(folder, quant, fused, quiet)
         name = graph_name(False, False, quant, fused)
         t0 = time.perf_counter()
         res = compare_decoders(ref, decoder(name, compute), ids).as_dict()
         res["seconds"] = round(time.perf_counter() - t0, 1)
         res["weight_origins"] = manifest["graphs"][name]["weight_origins"]
-        key = f"{quant}{'/fused' if fused else '/plain'}" + (f"/{compute}" if quant != "none" else "")
         out["variants"][key] = res
         print(f"{key}: {json.dumps(res)}", flush=True)
     print(json.dumps(out, indent=1))

@@ -26,7 +26,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
     p.add_argument("--quantization", default=EngineConfig.quantization, choices=QUANTIZATIONS,
                    help="decoder weights: int4 (the GGUF's own 4-bit blocks), int4-sym (Q4_1 re-quantized "
-                        "symmetric: faster, less accurate) or none (float32)")
+                        "symmetric: faster, less accurate), int8 (8-bit blocks: twice int4's bytes, about as accurate, "
+                        "faster on a CPU) or none (float32)")
     p.add_argument("--int4-compute", default=EngineConfig.int4_compute, choices=INT4_COMPUTE,
                    help="ONNX Runtime INT4 kernels: int8 activations (fast) or float32 (exact, slow)")
     p.add_argument("--plain-ops", action="store_true",

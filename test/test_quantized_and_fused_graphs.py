@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 
 import numpy as np
 import onnx
@@ -122,12 +123,13 @@ def _graph_vs_reference(weights, folder, quantization, fused):
     path = export_decoder(weights, str(folder), wf, name=name, quantization=quantization, fused=fused)
     wf.close()
     ref_weights = weights
-    if quantization == "int4-sym":   # the graph holds the offsets-free re-quantization
+    if quantization in ("int4-sym", "int8"):   # the graph holds an offsets-free re-quantization
         ref_weights = copy.copy(weights)
         ref_weights.tensors = dict(weights.tensors)
+        bits = 8 if quantization == "int8" else 4
         for n, bq in weights.quantized.items():
             if n.endswith("_proj.weight"):
-                ref_weights.tensors[n] = quantize_symmetric(weights.tensors[n], 4).dequantize()
+                ref_weights.tensors[n] = quantize_symmetric(weights.tensors[n], bits).dequantize()
     ref = LlamaReference(ref_weights)
     dec = OrtDecoder(path, weights.config, weights.tensors["embed_tokens.weight"], 64, 16,
                      int4_compute="float32")
@@ -154,7 +156,8 @@ def _initializers(path):
 
 
 @pytest.mark.parametrize("quantization,fused", [("none", True), ("int4", False), ("int4", True),
-                                                ("int4-sym", False), ("int4-sym", True)])
+                                                ("int4-sym", False), ("int4-sym", True),
+                                                ("int8", False), ("int8", True)])
 def test_every_graph_family_matches_the_reference_on_its_own_weights(tiny_q4_1, quantization, fused):
     weights, folder = tiny_q4_1
     worst, ops, path = _graph_vs_reference(weights, folder, quantization, fused)
@@ -163,6 +166,9 @@ def test_every_graph_family_matches_the_reference_on_its_own_weights(tiny_q4_1, 
     assert ("DequantizeLinear" in ops) == (quantization != "none")
     offsets = any(n.startswith("model.block_sum.") for n in _initializers(path))
     assert offsets == (quantization == "int4"), "offset correction only for Q4_1 blocks"
+    if quantization != "none":   # int8: every projection in 8-bit blocks; int4*: 4-bit
+        bits = {n[-1] for n in _initializers(path) if re.search(r"\.q[48]$", n) and "lm_head" not in n}
+        assert bits == {"8" if quantization == "int8" else "4"}
     if not fused:
         assert all(not n.startswith("com.microsoft") for n in ops)
 
@@ -208,11 +214,13 @@ def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(def
         eng.close()
 
 
-@pytest.mark.parametrize("quantization,min_top1,max_ppl_ratio", [("int4", 0.93, 1.02), ("int4-sym", 0.6, 1.35)])
+@pytest.mark.parametrize("quantization,min_top1,max_ppl_ratio",
+                         [("int4", 0.93, 1.02), ("int4-sym", 0.6, 1.35), ("int8", 0.93, 1.03)])
 def test_stated_quality_on_the_shipped_sample(default_engine_dir, quantization, min_top1,  # noqa: F811
                                               max_ppl_ratio):
     """README states these figures (benchmarks/quality_bench.py): int4 keeps the GGUF's Q4_1
-    blocks (top-1 0.96, perplexity +0.4%); int4-sym re-quantizes them (top-1 0.71, +20%)."""
+    blocks (top-1 0.96, perplexity +0.3%); int4-sym re-quantizes them (top-1 0.72, +20%);
+    int8 re-expresses them in 8-bit blocks (top-1 0.97, +0.8%)."""
     from edgellm_ros.evaluation import compare_decoders
     ref = _load(quantization="none", fused_ops=False, eagle_draft="")
     var = _load(quantization=quantization, eagle_draft="")

@@ -93,21 +93,26 @@ class _Decoder:
 
         quantization "int4" / "int4-sym": the weights go in as block-wise
         signed INT4 through DequantizeLinear (opset 21), see block_quant, plus
-        the per-block offset correction where the blocks have offsets (Q4_1).
+        the per-block offset correction where the blocks have offsets (Q4_1);
+        "int8": block-wise signed INT8 (no offsets: every weight is re-expressed
+        in 8-bit blocks, which hold a Q4_1 block's 16 levels to within 1/254 of
+        its largest magnitude).
         """
         g = self.g
         if self.quantization == "none":
             w = np.concatenate([self.w[n] for n in names], axis=0) if len(names) > 1 \
                 else self.w[names[0]]
             return g.op("MatMul", [x, g.weight(f"model.{key}", w.T)], scope)
-        return self.quantized_matmul(x, scope, key, [self.block_quant(n, 4) for n in names])
+        bits = 8 if self.quantization == "int8" else 4
+        return self.quantized_matmul(x, scope, key, [self.block_quant(n, bits) for n in names])
 
     def block_quant(self, name: str, bits: int) -> BlockQuant:
         """The file's own blocks of ``name`` when they fit, else a symmetric re-quantization.
 
         "int4" keeps any file blocks of ``bits`` (Q4_1's offsets included,
         exact); "int4-sym" keeps only symmetric ones (Q4_0, Q8_0) and
-        re-quantizes the rest, so no offset correction runs.
+        re-quantizes the rest, so no offset correction runs; "int8" asks for
+        bits=8 everywhere, so it keeps Q8_0 blocks and re-quantizes the rest.
         """
         bq = self.blocks.get(name)
         if bq is None or bq.bits != bits or (bq.offset is not None and self.quantization == "int4-sym"):
@@ -347,8 +352,10 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
 
     quantization: "none" (float32 weights, opset 17), "int4" (block-wise
     signed INT4 projections and an INT8 LM head, opset 21: the file's own
-    blocks where it has them, exact) or "int4-sym" (the same with
-    asymmetric file blocks re-quantized symmetric: no offset correction). ``info`` receives
+    blocks where it has them, exact), "int4-sym" (the same with
+    asymmetric file blocks re-quantized symmetric: no offset correction) or
+    "int8" (block-wise INT8 everywhere: Q8_0 blocks kept, the rest
+    re-quantized; twice int4's bytes, no offset correction). ``info`` receives
     "weight_origins": how many weights came from the file's own blocks and
     how many were re-quantized. fused: ONNX Runtime's GroupQueryAttention
     with head-major KV buffers (a CPU-only graph; see _Decoder.fused_attention).
