@@ -35,6 +35,20 @@ def default_engine_dir():
 
 
 @pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory, default_engine_dir):
+    """The seeded tiny VLM folder (edgellm_ros.testing.tiny_vlm), written once per session."""
+    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    return write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_loaded(tiny_vlm):
+    """load_vlm(tiny_vlm): (decoder weights, vision weights, processor config)."""
+    from edgellm_ros.loaders.vlm import load_vlm
+    return load_vlm(tiny_vlm)
+
+
+@pytest.fixture(scope="session")
 def engine(default_engine_dir):
     from edgellm_ros.config import EngineConfig
     from edgellm_ros.engine import Engine

@@ -19,12 +19,12 @@ import pytest
 from edgellm_ros.backends.onnxruntime import make_session
 from edgellm_ros.export.graph import WeightFile
 from edgellm_ros.export.vision import export_vision, vision_io_names
-from edgellm_ros.loaders.vlm import load_vlm, save_vision_json, vision_config_from_hf
+from edgellm_ros.loaders.vlm import save_vision_json, vision_config_from_hf
 from edgellm_ros.models.siglip import SiglipReference, VisionWeights, patchify, pixel_shuffle
 from edgellm_ros.testing.tiny_vlm import (TEST_IMAGES, TINY_VLM, synthetic_image, unpack_u8,
-                                          vision_tensors, write_tiny_vlm_once)
+                                          vision_tensors)
 from edgellm_ros.vision import VisionPipeline
-from runtime_fixtures import default_engine_dir, load_json  # noqa: F401
+from runtime_fixtures import default_engine_dir, load_json, tiny_vlm, tiny_vlm_loaded  # noqa: F401
 
 REF = load_json("reference_tiny_vlm.json")
 #: ops the graph may use: plain ONNX, opset 17 (what TensorRT 10.3 parses)
@@ -33,19 +33,9 @@ PLAIN_OPS = {"Add", "Conv", "Identity", "LayerNormalization", "MatMul", "Mul", "
 
 
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory, default_engine_dir):  # noqa: F811
-    return write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_vlm):
-    return load_vlm(tiny_vlm)
-
-
-@pytest.fixture(scope="module")
-def engine_like(tiny_vlm, loaded, tmp_path_factory):
+def engine_like(tiny_vlm, tiny_vlm_loaded, tmp_path_factory):  # noqa: F811
     """A folder with vision.onnx (weights in an external file, as in an engine) and vision.json."""
-    _, vision, proc = loaded
+    _, vision, proc = tiny_vlm_loaded
     d = str(tmp_path_factory.mktemp("vision_engine"))
     wf = WeightFile(os.path.join(d, "weights.data"))
     try:
@@ -62,22 +52,22 @@ def transformers_pixels(case: str, pipeline: VisionPipeline) -> np.ndarray:
     return pipeline.normalise(u8)
 
 
-def test_fixture_writes_the_checkpoint_the_reference_used(tiny_vlm):
+def test_fixture_writes_the_checkpoint_the_reference_used(tiny_vlm):  # noqa: F811
     for name, digest in REF["sha256"].items():
         with open(os.path.join(tiny_vlm, name), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest, name
 
 
-def test_encoder_output_matches_transformers(tiny_vlm, loaded):
-    ref = SiglipReference(loaded[1])
+def test_encoder_output_matches_transformers(tiny_vlm, tiny_vlm_loaded):  # noqa: F811
+    ref = SiglipReference(tiny_vlm_loaded[1])
     px = transformers_pixels("image_a", VisionPipeline.from_folder(tiny_vlm))
     got = ref.encode(px[:1])[0]                                          # [L, E]
     assert np.abs(got - np.array(REF["cases"]["image_a"]["encoder_tile0"])).max() < 1e-4
 
 
 @pytest.mark.parametrize("case", ["image_a", "image_b"])
-def test_connector_features_match_transformers(tiny_vlm, loaded, case):
-    ref = SiglipReference(loaded[1])
+def test_connector_features_match_transformers(tiny_vlm, tiny_vlm_loaded, case):  # noqa: F811
+    ref = SiglipReference(tiny_vlm_loaded[1])
     c = REF["cases"][case]
     px = transformers_pixels(case, VisionPipeline.from_folder(tiny_vlm))
     got = ref.forward(px)[c["image_features_tiles"]]                     # [tiles, Q, H]
@@ -98,11 +88,11 @@ def test_patchify_and_pixel_shuffle_keep_transformers_order():
     assert s[0, 1].tolist() == np.concatenate(block).tolist()
 
 
-def test_onnx_graph_matches_numpy_reference(loaded, engine_like):
+def test_onnx_graph_matches_numpy_reference(tiny_vlm_loaded, engine_like):  # noqa: F811
     pipe = VisionPipeline.from_folder(engine_like)
     assert pipe.backend == "onnxruntime"
     px = np.random.default_rng(0).uniform(-2.0, 2.0, (5, 3, 64, 64)).astype(np.float32)
-    want = SiglipReference(loaded[1]).forward(px)
+    want = SiglipReference(tiny_vlm_loaded[1]).forward(px)
     assert np.abs(pipe.encode(px) - want).max() < 1e-4
     pipe.max_tiles_per_run = 2                                           # 3 runs of 2, 2, 1 tiles
     assert np.abs(pipe.encode(px) - want).max() < 1e-4

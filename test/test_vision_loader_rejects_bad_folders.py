@@ -14,18 +14,13 @@ from edgellm_ros.errors import ModelLoadError, UnsupportedModelError
 from edgellm_ros.loaders import load_model
 from edgellm_ros.loaders.vlm import (is_vlm_folder, load_vision, load_vlm, read_vision_json,
                                      save_vision_json)
-from edgellm_ros.testing.tiny_vlm import IMAGE_TOKEN_ID, TINY_VLM, VOCAB_SIZE, write_tiny_vlm_once
+from edgellm_ros.testing.tiny_vlm import IMAGE_TOKEN_ID, TINY_VLM, VOCAB_SIZE
 from edgellm_ros.vision import VisionPipeline
-from runtime_fixtures import default_engine_dir  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory, default_engine_dir):  # noqa: F811
-    return write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
+from runtime_fixtures import default_engine_dir, tiny_vlm  # noqa: F401
 
 
 @pytest.fixture
-def copy(tiny_vlm, tmp_path):
+def copy(tiny_vlm, tmp_path):  # noqa: F811
     """A private copy of the tiny VLM folder to break."""
     d = str(tmp_path / "vlm")
     shutil.copytree(tiny_vlm, d)
@@ -44,7 +39,7 @@ def edit_json(path, **changes):
         json.dump(d, f)
 
 
-def test_tiny_vlm_loads_in_our_names(tiny_vlm):
+def test_tiny_vlm_loads_in_our_names(tiny_vlm):  # noqa: F811
     text, vision, proc = load_vlm(tiny_vlm)
     c = text.config
     assert (c.num_layers, c.hidden_size, c.vocab_size, c.num_kv_heads, c.head_dim) == \
@@ -66,7 +61,7 @@ def test_tiny_vlm_loads_in_our_names(tiny_vlm):
     assert proc_only == proc and set(vision_only.tensors) == set(vision.tensors)
 
 
-def test_vision_json_round_trips(tiny_vlm, tmp_path):
+def test_vision_json_round_trips(tiny_vlm, tmp_path):  # noqa: F811
     _, vision, proc = load_vlm(tiny_vlm)
     assert read_vision_json(str(tmp_path)) is None
     save_vision_json(str(tmp_path), vision.config, proc)
@@ -75,7 +70,7 @@ def test_vision_json_round_trips(tiny_vlm, tmp_path):
         VisionPipeline.from_folder(str(tmp_path))
 
 
-def test_load_model_of_a_vlm_folder_gives_its_text_model(tiny_vlm):
+def test_load_model_of_a_vlm_folder_gives_its_text_model(tiny_vlm):  # noqa: F811
     text = load_model(tiny_vlm)
     assert text.tensors["embed_tokens.weight"].shape[0] == text.config.vocab_size
     assert text.config.num_layers == load_vlm(tiny_vlm)[0].config.num_layers

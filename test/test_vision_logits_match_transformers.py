@@ -17,31 +17,21 @@ from edgellm_ros.errors import InvalidRequest
 from edgellm_ros.export.decoder import export_decoder
 from edgellm_ros.export.graph import WeightFile
 from edgellm_ros.export.vision import export_vision
-from edgellm_ros.loaders.vlm import load_vlm, save_vision_json
+from edgellm_ros.loaders.vlm import save_vision_json
 from edgellm_ros.models.llama import LlamaReference
-from edgellm_ros.testing.tiny_vlm import synthetic_image, unpack_u8, write_tiny_vlm_once
+from edgellm_ros.testing.tiny_vlm import synthetic_image, unpack_u8
 from edgellm_ros.tokenizer import Tokenizer
 from edgellm_ros.vision import VisionPipeline
-from runtime_fixtures import default_engine_dir, load_json  # noqa: F401
+from runtime_fixtures import default_engine_dir, load_json, tiny_vlm, tiny_vlm_loaded  # noqa: F401
 
 REF = load_json("reference_tiny_vlm.json")
 CASES = ("image_a", "image_b", "two_images")
 
 
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory, default_engine_dir):  # noqa: F811
-    return write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_vlm):
-    return load_vlm(tiny_vlm)
-
-
-@pytest.fixture(scope="module")
-def engine_like(loaded, tmp_path_factory):
+def engine_like(tiny_vlm_loaded, tmp_path_factory):  # noqa: F811
     """decoder.onnx + vision.onnx in one weights file, vision.json: what an engine folder holds."""
-    weights, vision, proc = loaded
+    weights, vision, proc = tiny_vlm_loaded
     d = str(tmp_path_factory.mktemp("vlm_engine"))
     wf = WeightFile(os.path.join(d, "weights.data"))
     try:
@@ -70,8 +60,8 @@ def check_last_logits(row: np.ndarray, want: dict) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_numpy_forward_with_merged_images_matches_transformers(tiny_vlm, loaded, case):
-    weights, _, _ = loaded
+def test_numpy_forward_with_merged_images_matches_transformers(tiny_vlm, tiny_vlm_loaded, case):  # noqa: F811
+    weights, _, _ = tiny_vlm_loaded
     pipe = VisionPipeline.from_folder(tiny_vlm)
     assert pipe.backend == "numpy"
     c = REF["cases"][case]
@@ -101,9 +91,9 @@ def prefill(dec, pipe: VisionPipeline, ids, image_embeds: np.ndarray, chunk: int
 
 
 @pytest.fixture(scope="module")
-def ort(loaded, engine_like):
+def ort(tiny_vlm_loaded, engine_like):  # noqa: F811
     from edgellm_ros.backends.onnxruntime import OrtDecoder
-    weights = loaded[0]
+    weights = tiny_vlm_loaded[0]
     dec = OrtDecoder(os.path.join(engine_like, "decoder.onnx"), weights.config,
                      weights.tensors["embed_tokens.weight"], max_seq_len=512, max_chunk=48)
     yield dec, VisionPipeline.from_folder(engine_like)
@@ -119,7 +109,7 @@ def test_exported_graphs_with_chunked_merge_match_transformers(ort, case):
     check_last_logits(row, c["logits_last"])
 
 
-def test_same_image_same_logits_different_image_different_logits(tiny_vlm, ort):
+def test_same_image_same_logits_different_image_different_logits(tiny_vlm, ort):  # noqa: F811
     dec, pipe = ort
     tok = Tokenizer.from_hf_folder(tiny_vlm)
     prompt = tok.apply_chat_template(
@@ -133,7 +123,7 @@ def test_same_image_same_logits_different_image_different_logits(tiny_vlm, ort):
     assert np.abs(runs[0][1] - runs[2][1]).max() > 0.1
 
 
-def test_prompt_too_long_for_max_seq_len_is_refused_before_encoding(tiny_vlm):
+def test_prompt_too_long_for_max_seq_len_is_refused_before_encoding(tiny_vlm):  # noqa: F811
     from edgellm_ros.errors import ContextFull
     pipe = VisionPipeline.from_folder(tiny_vlm)
     tok = Tokenizer.from_hf_folder(tiny_vlm)
@@ -143,7 +133,7 @@ def test_prompt_too_long_for_max_seq_len_is_refused_before_encoding(tiny_vlm):
         pipe.prepare("<image>hi", [synthetic_image(11, 50, 120)], tok, max_tokens=40)
 
 
-def test_merge_rejects_count_mismatch(tiny_vlm):
+def test_merge_rejects_count_mismatch(tiny_vlm):  # noqa: F811
     pipe = VisionPipeline.from_folder(tiny_vlm)
     tid = pipe.image_token_id
     embeds = np.zeros((5, 64), np.float32)

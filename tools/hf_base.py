@@ -1,4 +1,5 @@
-"""Load the base model with transformers for the training scripts (torch needed).
+"""Load the base model with transformers for the training scripts (torch needed),
+and read their JSONL data files (standard library only).
 
 Shared by tools/train_lora.py and tools/train_eagle.py. transformers' GGUF
 tokenizer ignores ``tokenizer.ggml.pre = "smollm"`` (every digit is its own
@@ -9,8 +10,29 @@ runtime produces.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
+
+
+def read_split_jsonl(path: str, fields: Sequence[str]) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """(training rows, held-out rows) of a JSONL file; a row is held out when its
+    "split" is "eval". Every row needs a non-empty string in each of ``fields``;
+    blank lines are skipped. A bad row stops the script with its line number."""
+    train: List[Dict[str, Any]] = []
+    held: List[Dict[str, Any]] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            row = json.loads(line)
+            missing = [k for k in fields if not isinstance(row.get(k), str) or not row[k]]
+            if missing:
+                raise SystemExit(f"{path}:{n}: a row needs {' and '.join(repr(k) for k in fields)} "
+                                 f"(missing: {', '.join(missing)})")
+            (held if row.get("split") == "eval" else train).append(row)
+    return train, held
 
 
 def gguf_pre_tokenizer(path: str) -> str:

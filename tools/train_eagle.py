@@ -81,16 +81,10 @@ def log(msg: str) -> None:
 
 def read_prompts(path: str, limit: int = 0, limit_eval: int = 0) -> Tuple[List[str], List[str]]:
     """(train prompts, eval prompts) of a JSONL file."""
-    train, held = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("prompt"), str):
-                raise SystemExit(f"{path}:{n}: no \"prompt\" string")
-            (held if row.get("split") == "eval" else train).append(row["prompt"])
+    from hf_base import read_split_jsonl
+
+    rows, held_rows = read_split_jsonl(path, ["prompt"])
+    train, held = [r["prompt"] for r in rows], [r["prompt"] for r in held_rows]
     if limit:
         train = train[:limit]
     if limit_eval:

@@ -78,16 +78,11 @@ def default_gguf() -> str:
 
 def read_rows(path: str) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
     """(train, eval) lists of (prompt, answer) from a JSONL file."""
-    train, held = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            row = json.loads(line)
-            if not row.get("prompt") or not row.get("answer"):
-                raise SystemExit(f"{path}:{n}: a row needs 'prompt' and 'answer'")
-            (held if row.get("split") == "eval" else train).append((row["prompt"], row["answer"]))
+    from hf_base import read_split_jsonl
+
+    rows, held_rows = read_split_jsonl(path, ["prompt", "answer"])
+    train = [(r["prompt"], r["answer"]) for r in rows]
+    held = [(r["prompt"], r["answer"]) for r in held_rows]
     if not train:
         raise SystemExit(f"{path}: no training rows")
     return train, held
