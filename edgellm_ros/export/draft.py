@@ -15,6 +15,12 @@
 | present_key/value (out) | float32 | [1, T, KVH, D] | rows [P, P+T) of the draft cache           |
 
 ``draft_fc.onnx`` (EAGLE-3 only): features [1, T, F] -> hidden [1, T, H].
+
+The CPU variant (quantization "int8", ONNX Runtime only) uses the decoder's
+fused CPU ops: q/k/v and gate/up packed into one matmul each, ONNX Runtime's
+GroupQueryAttention (rotary inside, the tree mask as attention_bias) with a
+head-major KV buffer [1, KVH, max_seq, D] bound as both past and present, and
+SkipSimplifiedLayerNormalization for the residual add + norm.
 """
 
 from __future__ import annotations
@@ -51,25 +57,57 @@ class _Draft(_Decoder):
     def __init__(self, cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
                  g: GraphBuilder, quantization: str = "none"):
         weights = ModelWeights(cfg.rope(), w, "draft")
-        super().__init__(weights, g, quantization=quantization)
+        super().__init__(weights, g, quantization=quantization, fused=quantization == "int8")
         self.d, self.base_head = cfg, base_head
 
-    def proj(self, x: str, scope: str, name: str) -> str:
-        return draft_matmul(self, x, scope, "draft." + name, self.w[name],
-                            self.quantization == "int8")
+    def proj(self, x: str, scope: str, *names: str) -> str:
+        """x @ [W_1; W_2; ...]^T: one matmul over the named weights, packed."""
+        w = np.concatenate([self.w[n] for n in names], axis=0) if len(names) > 1 else self.w[names[0]]
+        key = "draft." + "+".join(names)
+        return draft_matmul(self, x, scope, key, w, self.quantization == "int8")
+
+    def attention(self, x: str, pos: str, mask: str, past: tuple, p: str, A: str) -> tuple:
+        """(attention output [1, T, NH*D], present key, present value)."""
+        names = [p + f"self_attn.{m}_proj.weight" for m in "qkv"]
+        if self.fused:   # packed [q | k | v] straight into GroupQueryAttention
+            return self.fused_attention(pos, mask)(self.proj(x, f"{A}/qkv_proj", *names), "", "", past, A)
+        g, d = self.g, self.d
+        NH, KVH, D = d.num_heads, d.num_kv_heads, d.head_dim
+        G = NH // KVH
+        R = "/draft/rotary"  # one scope, so a float16 build can keep it in float32
+        ang = g.op("Unsqueeze", [g.op("Cast", [pos], R, to=F32), g.const([-1])], R)
+        ang = g.op("Mul", [ang, g.const(rope_inv_freq(d.rope()), np.float32)], R)
+        ang = g.op("Concat", [ang, ang], R, axis=-1)
+        cos = g.op("Unsqueeze", [g.op("Cos", [ang], R), g.const([2])], R)
+        sin = g.op("Unsqueeze", [g.op("Sin", [ang], R), g.const([2])], R)
+        q = g.op("Reshape", [self.proj(x, f"{A}/q_proj", names[0]), g.const([0, 0, NH, D])], A)
+        k = g.op("Reshape", [self.proj(x, f"{A}/k_proj", names[1]), g.const([0, 0, KVH, D])], A)
+        v = g.op("Reshape", [self.proj(x, f"{A}/v_proj", names[2]), g.const([0, 0, KVH, D])], A)
+        q = self.rotate(q, cos, sin, f"{A}/q_rotary")
+        k = self.rotate(k, cos, sin, f"{A}/k_rotary")
+        k_all = g.op("Concat", [past[0], k], A, axis=1)
+        v_all = g.op("Concat", [past[1], v], A, axis=1)
+        q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D), np.float32)], A)
+        q = g.op("Transpose", [g.op("Reshape", [q, g.const([0, 0, KVH, G, D])], A)], A,
+                 perm=[0, 2, 3, 1, 4])                                          # [1, KVH, G, T, D]
+        kt = g.op("Unsqueeze", [g.op("Transpose", [k_all], A, perm=[0, 2, 3, 1]), g.const([2])], A)
+        probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, kt], A), mask], A)], A, axis=-1)
+        vt = g.op("Unsqueeze", [g.op("Transpose", [v_all], A, perm=[0, 2, 1, 3]), g.const([2])], A)
+        att = g.op("Transpose", [g.op("MatMul", [probs, vt], A)], A, perm=[0, 3, 1, 2, 4])
+        return g.op("Reshape", [att, g.const([0, 0, NH * D])], A), k, v
 
     def build(self) -> None:
         g, d = self.g, self.d
-        H, NH, KVH, D = d.hidden_size, d.num_heads, d.num_kv_heads, d.head_dim
-        G = NH // KVH
+        H, KVH, D = d.hidden_size, d.num_kv_heads, d.head_dim
         p = "midlayer." if d.layout == "eagle3" else "layers.0."
         emb = g.input("inputs_embeds", F32, [1, "seq", H])
         hid = g.input("hidden_in", F32, [1, "seq", H])
         pos = g.input("position_ids", I64, [1, "seq"])
         mask = g.input("attention_mask", F32, [1, 1, "seq", "total"])
         lidx = g.input("logits_index", I64, ["num_logits"])
-        pk = g.input("past_key", F32, [1, "past", KVH, D])
-        pv = g.input("past_value", F32, [1, "past", KVH, D])
+        kv_shape = [1, KVH, "max_seq", D] if self.fused else [1, "past", KVH, D]
+        pk = g.input("past_key", F32, kv_shape)
+        pv = g.input("past_value", F32, kv_shape)
         S = "/draft"
         if d.layout == "eagle3":
             e = self.rms_norm(emb, f"{S}/input_layernorm", p + "input_layernorm.weight")
@@ -81,37 +119,14 @@ class _Draft(_Decoder):
             x = g.op("Add", [self.proj(x, f"{S}/fc", "fc.weight"),
                              g.weight("draft.fc.bias", self.w["fc.bias"])], f"{S}/fc")
             residual = x
-        R = f"{S}/rotary"  # one scope, so a float16 build can keep it in float32
-        ang = g.op("Unsqueeze", [g.op("Cast", [pos], R, to=F32), g.const([-1])], R)
-        ang = g.op("Mul", [ang, g.const(rope_inv_freq(d.rope()), np.float32)], R)
-        ang = g.op("Concat", [ang, ang], R, axis=-1)
-        cos = g.op("Unsqueeze", [g.op("Cos", [ang], R), g.const([2])], R)
-        sin = g.op("Unsqueeze", [g.op("Sin", [ang], R), g.const([2])], R)
         A = f"{S}/attn"
-        q = g.op("Reshape", [self.proj(x, f"{A}/q_proj", p + "self_attn.q_proj.weight"),
-                             g.const([0, 0, NH, D])], A)
-        k = g.op("Reshape", [self.proj(x, f"{A}/k_proj", p + "self_attn.k_proj.weight"),
-                             g.const([0, 0, KVH, D])], A)
-        v = g.op("Reshape", [self.proj(x, f"{A}/v_proj", p + "self_attn.v_proj.weight"),
-                             g.const([0, 0, KVH, D])], A)
-        q = self.rotate(q, cos, sin, f"{A}/q_rotary")
-        k = self.rotate(k, cos, sin, f"{A}/k_rotary")
-        k_all = g.op("Concat", [pk, k], A, axis=1)
-        v_all = g.op("Concat", [pv, v], A, axis=1)
-        q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D), np.float32)], A)
-        q = g.op("Transpose", [g.op("Reshape", [q, g.const([0, 0, KVH, G, D])], A)], A,
-                 perm=[0, 2, 3, 1, 4])                                          # [1, KVH, G, T, D]
-        kt = g.op("Unsqueeze", [g.op("Transpose", [k_all], A, perm=[0, 2, 3, 1]), g.const([2])], A)
-        probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, kt], A), mask], A)], A, axis=-1)
-        vt = g.op("Unsqueeze", [g.op("Transpose", [v_all], A, perm=[0, 2, 1, 3]), g.const([2])], A)
-        att = g.op("Transpose", [g.op("MatMul", [probs, vt], A)], A, perm=[0, 3, 1, 2, 4])
-        att = g.op("Reshape", [att, g.const([0, 0, NH * D])], A)
-        a = g.op("Add", [residual, self.proj(att, f"{A}/o_proj", p + "self_attn.o_proj.weight")], S)
+        att, k, v = self.attention(x, pos, mask, (pk, pv), p, A)
         M = f"{S}/mlp"
-        h = self.rms_norm(a, f"{S}/post_attention_layernorm", p + "post_attention_layernorm.weight")
-        gate = self.proj(h, f"{M}/gate_proj", p + "mlp.gate_proj.weight")
+        a, h = self.add_norm(residual, self.proj(att, f"{A}/o_proj", p + "self_attn.o_proj.weight"),
+                             f"{S}/post_attention_layernorm", p + "post_attention_layernorm.weight")
+        gate_up = self.proj(h, f"{M}/gate_up_proj", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+        gate, up = g.op("Split", [gate_up, g.const([d.intermediate_size] * 2)], M, n_out=2, axis=-1)
         gate = g.op("Mul", [gate, g.op("Sigmoid", [gate], M)], M)
-        up = self.proj(h, f"{M}/up_proj", p + "mlp.up_proj.weight")
         out = g.op("Add", [a, self.proj(g.op("Mul", [gate, up], M), f"{M}/down_proj",
                                         p + "mlp.down_proj.weight")], S)
         picked = g.op("Gather", [out, lidx], f"{S}/lm_head", axis=1)            # [1, L, H]
@@ -125,8 +140,8 @@ class _Draft(_Decoder):
         logits = g.op("Squeeze", [logits, g.const([0])], f"{S}/lm_head")
         g.output(logits, "logits", F32, ["num_logits", head.shape[0]])
         g.output(out, "hidden_out", F32, [1, "seq", H])
-        g.output(k, "present_key", F32, [1, "seq", KVH, D])
-        g.output(v, "present_value", F32, [1, "seq", KVH, D])
+        g.output(k, "present_key", F32, kv_shape if self.fused else [1, "seq", KVH, D])
+        g.output(v, "present_value", F32, kv_shape if self.fused else [1, "seq", KVH, D])
 
 
 def export_draft(cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
