@@ -42,12 +42,17 @@ Pipeline (one command, see docs/EAGLE_TRAINING.md):
 torch and transformers are optional dependencies of the project: only this
 script needs them (plus ``gguf`` and ``accelerate`` to read a GGUF file).
 
-The shipped draft (drafts/smollm2-135m-eagle3, 403 s on one H100; its README has the figures)::
+The shipped draft (drafts/smollm2-135m-eagle3: three stages of about 490 s on
+one H100, the answers generated once; its README and train_log*.json have the
+figures)::
 
     python3 tools/train_eagle.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf \\
-        --out drafts/smollm2-135m-eagle3 --device cuda --sampled 4 --gen-batch 512 \\
-        --gen-seconds 200 --batch-tokens 16384 --epochs 80 --lr 6e-4 --warmup 100 \\
-        --train-seconds 290 --deadline 520
+        --prompts tools/data/eagle_prompts_extended.jsonl --out stage1 --device cuda \\
+        --sampled 10 --gen-batch 2048 --gen-seconds 230 --feat-dtype bfloat16 \\
+        --final-dtype bfloat16 --ttt-steps 4 --batch-tokens 32768 --epochs 100 \\
+        --lr 6e-4 --warmup 100 --train-seconds 300 --deadline 540 --cache answers.pt
+    # then --out stage2 --init stage1 --lr 4e-4 --train-seconds 440 --deadline 560,
+    # then --out final --init stage2 --lr 3e-4 --warmup 50 --train-seconds 420 --deadline 545
 
 Checking a draft (runtime loader and NumPy reference, plain-chain acceptance)::
 
