@@ -1,7 +1,7 @@
 """EAGLE sweep on the CPU: mean acceptance length and decode tokens/s, on vs off.
 
     python benchmarks/eagle_bench.py [--prompts 8] [--max-new-tokens 96] [--draft DIR]
-        [--quantization none|int4|int4-sym] [--grid 1,1,1/1,2,2/1,4,4]
+        [--quantization none|int4|int4-sym|int8] [--grid 1,1,1/1,2,2/1,4,4]
 
 Prompts: the held-out ("eval") prompts of tools/data/eagle_prompts.jsonl.
 Greedy decoding, so every setting produces the same tokens as EAGLE off
