@@ -3,7 +3,8 @@
 Runs TensorRT-RTX (``tensorrt-rtx-cu13-bindings``) on the CPU: no GPU is needed to parse
 and build; the engines target one compute capability (tensorrt_build's default, SM86).
 Built: the four decoder variants of a tiny Llama (plain, LoRA, EAGLE-3, EAGLE-3 + LoRA) in
-float32 and in INT4 (block-wise DequantizeLinear, Q4_1 offsets, INT8 LM head), a random
+float32, in INT4 (block-wise DequantizeLinear, Q4_1 offsets, INT8 LM head) and in INT8
+(block-wise INT8 everywhere), a random
 EAGLE-3 draft (draft.onnx + draft_fc.onnx), the tiny VLM's vision.onnx and the real default
 model's decoder in float32 and INT4; and a broken graph must fail with its file and node named.
 (The fused CPU graphs use ONNX Runtime contrib ops: TensorRT never builds those.)
@@ -50,13 +51,14 @@ def tiny_engine(tmp_path_factory, tokenizer_folder):
     return ensure_engine(model, str(d / "engine"), log=lambda m: None)
 
 
-@pytest.mark.parametrize("quantization", ["none", "int4"])
+@pytest.mark.parametrize("quantization", ["none", "int4", "int8"])
 def test_every_decoder_variant_builds(tiny_engine, tmp_path, quantization):
     manifest = ensure_family(tiny_engine, quantization, False, log=lambda m: None)
     names = [graph_name(lora, eagle3, quantization) for lora in (False, True) for eagle3 in (False, True)]
     assert set(names) <= set(manifest["graphs"])
-    if quantization == "int4":   # the tiny model is float: its weights were re-quantized
-        assert manifest["graphs"][names[0]]["weight_origins"] == {"rtn int4": 14, "rtn int8": 1}
+    if quantization != "none":   # the tiny model is float: its weights were re-quantized
+        want = {"rtn int4": 14, "rtn int8": 1} if quantization == "int4" else {"rtn int8": 15}
+        assert manifest["graphs"][names[0]]["weight_origins"] == want
     for name in names:
         g = manifest["graphs"][name]
         profiles = decoder_profiles(g, manifest["model"], MAX_SEQ_LEN, MAX_CHUNK, MAX_LORA_RANK)
