@@ -25,7 +25,6 @@ SkipSimplifiedLayerNormalization for the residual add + norm.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Dict
 
@@ -33,7 +32,6 @@ import numpy as np
 from onnx import TensorProto
 
 from ..models.eagle import DraftConfig
-from ..models.llama import rope_inv_freq
 from ..models.quant import quantize_symmetric
 from ..models.spec import ModelWeights
 from .decoder import _Decoder
@@ -71,30 +69,8 @@ class _Draft(_Decoder):
         names = [p + f"self_attn.{m}_proj.weight" for m in "qkv"]
         if self.fused:   # packed [q | k | v] straight into GroupQueryAttention
             return self.fused_attention(pos, mask)(self.proj(x, f"{A}/qkv_proj", *names), "", "", past, A)
-        g, d = self.g, self.d
-        NH, KVH, D = d.num_heads, d.num_kv_heads, d.head_dim
-        G = NH // KVH
-        R = "/draft/rotary"  # one scope, so a float16 build can keep it in float32
-        ang = g.op("Unsqueeze", [g.op("Cast", [pos], R, to=F32), g.const([-1])], R)
-        ang = g.op("Mul", [ang, g.const(rope_inv_freq(d.rope()), np.float32)], R)
-        ang = g.op("Concat", [ang, ang], R, axis=-1)
-        cos = g.op("Unsqueeze", [g.op("Cos", [ang], R), g.const([2])], R)
-        sin = g.op("Unsqueeze", [g.op("Sin", [ang], R), g.const([2])], R)
-        q = g.op("Reshape", [self.proj(x, f"{A}/q_proj", names[0]), g.const([0, 0, NH, D])], A)
-        k = g.op("Reshape", [self.proj(x, f"{A}/k_proj", names[1]), g.const([0, 0, KVH, D])], A)
-        v = g.op("Reshape", [self.proj(x, f"{A}/v_proj", names[2]), g.const([0, 0, KVH, D])], A)
-        q = self.rotate(q, cos, sin, f"{A}/q_rotary")
-        k = self.rotate(k, cos, sin, f"{A}/k_rotary")
-        k_all = g.op("Concat", [past[0], k], A, axis=1)
-        v_all = g.op("Concat", [past[1], v], A, axis=1)
-        q = g.op("Mul", [q, g.const(1.0 / math.sqrt(D), np.float32)], A)
-        q = g.op("Transpose", [g.op("Reshape", [q, g.const([0, 0, KVH, G, D])], A)], A,
-                 perm=[0, 2, 3, 1, 4])                                          # [1, KVH, G, T, D]
-        kt = g.op("Unsqueeze", [g.op("Transpose", [k_all], A, perm=[0, 2, 3, 1]), g.const([2])], A)
-        probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, kt], A), mask], A)], A, axis=-1)
-        vt = g.op("Unsqueeze", [g.op("Transpose", [v_all], A, perm=[0, 2, 1, 3]), g.const([2])], A)
-        att = g.op("Transpose", [g.op("MatMul", [probs, vt], A)], A, perm=[0, 3, 1, 2, 4])
-        return g.op("Reshape", [att, g.const([0, 0, NH * D])], A), k, v
+        q, k, v = (self.proj(x, f"{A}/{m}_proj", n) for m, n in zip("qkv", names))
+        return self.plain_attention(pos, mask)(q, k, v, past, A)
 
     def build(self) -> None:
         g, d = self.g, self.d
