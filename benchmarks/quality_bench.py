@@ -4,7 +4,8 @@
 
 Teacher-forces benchmarks/data/quality_sample.txt (about 900 tokens) through
 the float32 plain-op graph (the reference; its logits match the NumPy reference
-and transformers, see the tests) and through each variant, and prints one JSON
+and transformers, see the tests) and through each variant (fused graphs of a
+tied model also with the two-pass LM head that greedy requests run), and prints one JSON
 object: top-1 agreement, perplexity, mean KL and the largest logit difference
 per variant (edgellm_ros/evaluation.py), plus the variant's weight origins.
 """
@@ -26,17 +27,20 @@ from edgellm_ros.models.spec import ModelConfig
 from edgellm_ros.tokenizer import Tokenizer
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "quality_sample.txt")
-VARIANTS = [  # (quantization, fused ops, int4 compute)
-    ("none", True, "int8"),
-    ("int4", False, "int8"),
-    ("int4", True, "int8"),
-    ("int4", True, "float32"),
-    ("int4-sym", False, "int8"),
-    ("int4-sym", True, "int8"),
-    ("int4-sym", True, "float32"),
-    ("int8", False, "int8"),
-    ("int8", True, "int8"),
-    ("int8", True, "float32"),
+VARIANTS = [  # (quantization, fused ops, int4 compute, two-pass LM head)
+    ("none", True, "int8", False),
+    ("int4", False, "int8", False),
+    ("int4", True, "int8", False),
+    ("int4", True, "int8", True),
+    ("int4", True, "float32", False),
+    ("int4-sym", False, "int8", False),
+    ("int4-sym", True, "int8", False),
+    ("int4-sym", True, "int8", True),
+    ("int4-sym", True, "float32", False),
+    ("int8", False, "int8", False),
+    ("int8", True, "int8", False),
+    ("int8", True, "int8", True),
+    ("int8", True, "float32", False),
 ]
 
 
@@ -66,14 +70,19 @@ def main() -> None:
                           len(ids) + 8, 128, a.threads, int4_compute=compute)
 
     ref = decoder("decoder")
-    for quant, fused, compute in VARIANTS:
-        key = f"{quant}{'/fused' if fused else '/plain'}" + (f"/{compute}" if quant != "none" else "")
+    for quant, fused, compute, fast in VARIANTS:
+        key = f"{quant}{'/fused' if fused else '/plain'}" + (f"/{compute}" if quant != "none" else "") \
+            + ("/two-pass-head" if fast else "")
         if a.only and key not in a.only.split(","):
             continue
         manifest = ensure_family(folder, quant, fused, quiet)
         name = graph_name(False, False, quant, fused)
+        dec = decoder(name, compute)
+        if fast and not dec.has_fast_head:
+            continue
+        dec.set_fast_head(fast)
         t0 = time.perf_counter()
-        res = compare_decoders(ref, decoder(name, compute), ids).as_dict()
+        res = compare_decoders(ref, dec, ids).as_dict()
         res["seconds"] = round(time.perf_counter() - t0, 1)
         res["weight_origins"] = manifest["graphs"][name]["weight_origins"]
         out["variants"][key] = res

@@ -143,7 +143,8 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
                                 "rope_rows": rope_table_rows(weights.config) if fused else 0,
                                 "lora_modules": list(mods),
                                 "feature_layers": layers if eagle3 else [],
-                                **decoder_io_names(weights.config.num_layers, mods)}
+                                **decoder_io_names(weights.config.num_layers, mods,
+                                                   info["head_rows"])}
     finally:
         wf.close()
     return graphs

@@ -244,6 +244,9 @@ class Generator:
         elif adapter:
             raise InvalidRequest(f"adapter {adapter!r} requested but no LoRA adapters are loaded")
         ids, prefix = self.build_prompt(req)
+        # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly
+        if hasattr(self.decoder, "set_fast_head"):
+            self.decoder.set_fast_head(req.sampling.greedy)
         limit = self.decoder.max_seq_len
         if len(ids) >= limit:
             raise ContextFull(

@@ -164,7 +164,7 @@ def test_every_graph_family_matches_the_reference_on_its_own_weights(tiny_q4_1, 
     assert worst < 2e-3, f"max |logit difference| {worst}"
     assert ("GroupQueryAttention" in ops) == fused
     assert ("DequantizeLinear" in ops) == (quantization != "none")
-    offsets = any(n.startswith("model.block_sum.") for n in _initializers(path))
+    offsets = any(n.endswith(".offset") for n in _initializers(path))
     assert offsets == (quantization == "int4"), "offset correction only for Q4_1 blocks"
     if quantization != "none":   # int8: every projection in 8-bit blocks; int4*: 4-bit
         bits = {n[-1] for n in _initializers(path) if re.search(r"\.q[48]$", n) and "lm_head" not in n}
@@ -188,6 +188,73 @@ def test_plain_int4_graph_is_opset_21_without_contrib_ops(tiny_q4_1):
 
 # ---------------------------------------------------------------- the real model
 
+@pytest.fixture(scope="module")
+def tiny_tied(tiny_q4_1):
+    """tiny_q4_1 with its LM head tied to the (Q8_0-like) embedding table."""
+    weights, folder = tiny_q4_1
+    w = copy.copy(weights)
+    w.tensors = {n: t for n, t in weights.tensors.items() if n != "lm_head.weight"}
+    w.quantized = {n: q for n, q in weights.quantized.items() if n != "lm_head.weight"}
+    return w, folder
+
+
+@pytest.mark.parametrize("quantization", ["int4", "int4-sym", "int8"])
+def test_fused_graph_of_a_tied_model_has_three_lm_heads(tiny_tied, quantization):
+    """The fused graph of a tied model picks its head per request (export.decoder head_modes):
+    float32 mode = the table's exact logits (as the reference); int8 mode = MatMulNBits with
+    int8 activations (close); the two-pass head gives the table's exact logits for its
+    HEAD_CANDIDATES best tokens, so greedy's argmax is the reference's."""
+    from edgellm_ros.backends.onnxruntime import OrtDecoder
+    from edgellm_ros.export.decoder import HEAD_CANDIDATES, export_decoder
+    from edgellm_ros.export.graph import WeightFile
+    weights, folder = tiny_tied
+    name = f"tied_{quantization}"
+    wf = WeightFile(os.path.join(folder, name + ".data"))
+    path = export_decoder(weights, str(folder), wf, name=name, quantization=quantization, fused=True)
+    wf.close()
+    table = weights.tensors["embed_tokens.weight"]
+    ids = [3, 17, 42, 99, 5, 64, 7, 11, 23, 200, 150]
+    out = {}
+    for compute in ("float32", "int8"):
+        dec = OrtDecoder(path, weights.config, table, 64, 16, int4_compute=compute)
+        assert dec.has_fast_head and not dec.fast_head
+        for fast in (False, True):
+            dec.set_fast_head(fast)
+            out[compute, fast] = (dec.forward(0, ids, logits_rows="all").copy(),
+                                  dec.hidden[:len(ids)].copy())
+        dec.close()
+    logits, hidden = out["float32", False]
+    exact = hidden @ table.T                     # the head is the table: float32 logits
+    np.testing.assert_allclose(logits, exact, atol=1e-4, rtol=0)
+    int8_head, h8 = out["int8", False]
+    assert np.abs(int8_head - h8 @ table.T).max() < 0.05 * np.abs(h8 @ table.T).max()
+    for compute in ("float32", "int8"):
+        fast, h = out[compute, True]
+        ref = h @ table.T
+        np.testing.assert_array_equal(fast.argmax(-1), ref.argmax(-1))
+        exact_rows = (np.abs(fast - ref) < 1e-4).sum(-1)
+        assert exact_rows.min() >= HEAD_CANDIDATES, exact_rows
+        for row, r in zip(fast, ref):            # the reference's five best carry exact logits
+            best = np.argsort(-r)[:5]
+            np.testing.assert_allclose(row[best], r[best], atol=1e-4, rtol=0)
+
+
+def test_untied_fused_graph_keeps_the_single_8_bit_head(tiny_q4_1):
+    from edgellm_ros.backends.onnxruntime import OrtDecoder
+    from edgellm_ros.export.decoder import export_decoder
+    from edgellm_ros.export.graph import WeightFile
+    weights, folder = tiny_q4_1
+    assert "lm_head.weight" in weights.tensors
+    wf = WeightFile(os.path.join(folder, "untied.data"))
+    path = export_decoder(weights, str(folder), wf, name="untied", quantization="int4", fused=True)
+    wf.close()
+    dec = OrtDecoder(path, weights.config, weights.tensors["embed_tokens.weight"], 64, 16)
+    assert not dec.has_fast_head
+    dec.set_fast_head(True)
+    assert not dec.fast_head
+    dec.close()
+
+
 def _load(**kw):
     from edgellm_ros.config import EngineConfig
     from edgellm_ros.engine import Engine
@@ -201,6 +268,29 @@ def _greedy(dec, ids, n):
         out.append(int(row.argmax()))
         row = dec.forward(pos, out[-1:])[0]
     return out
+
+
+def test_greedy_requests_run_the_two_pass_head_and_keep_their_tokens(default_engine_dir):  # noqa: F811
+    """The default model's CPU graph: greedy requests switch the two-pass LM head on (and
+    decode the tokens the whole 8-bit head gives); sampling requests switch it off."""
+    from edgellm_ros.config import GenerationRequest, SamplingConfig
+    golden = load_json("reference_greedy.json")["cases"]
+    eng = _load(eagle_draft="")
+    try:
+        dec = eng.decoder
+        assert dec.fused and dec.has_fast_head and not dec.fast_head
+        tokens = {}
+        for fast in (False, True):
+            dec.set_fast_head(fast)
+            tokens[fast] = [_greedy(dec, case["prompt_ids"], 32) for case in golden]
+        assert tokens[True] == tokens[False]
+        eng.generate(GenerationRequest(prompt="Hi", max_new_tokens=2,
+                                       sampling=SamplingConfig(temperature=0.8, seed=1)))
+        assert not dec.fast_head
+        eng.generate(GenerationRequest(prompt="Hi", max_new_tokens=2))
+        assert dec.fast_head
+    finally:
+        eng.close()
 
 
 def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(default_engine_dir):  # noqa: F811

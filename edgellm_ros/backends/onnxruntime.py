@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BackendError, BackendUnavailable
+from ..export.decoder import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_ROWS_INPUT
 from ..kv_cache import KVCache
 from ..models.spec import ModelConfig
 from .step_inputs import causal_upper, check_step, fill_step
@@ -110,10 +111,24 @@ class _BoundStep:
                       ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
         self._kv_addr = [self.kv_names(i) + (k.ctypes.data, v.ctypes.data)
                          for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
+        # a fused graph with a tied head rescores its candidates from the embedding table
+        # the fused graph of a tied model chooses its LM head by two bound flags
+        # (export.decoder._Decoder.head_modes): the whole head until set_fast_head(True)
+        self._head_rows = None
+        self._head_fast = np.zeros((), np.bool_)
+        self._head_float = np.array(int4_compute == "float32", np.bool_)
+        if HEAD_ROWS_INPUT in {i.name for i in self.session.get_inputs()}:
+            self._head_rows = np.ascontiguousarray(embeddings, dtype=np.float32)  # no copy if it is
         self._bind_static(self._binding)
 
     def _bind_static(self, binding: Any) -> None:
-        """Bindings that never change: the whole KV buffers of a fused graph (past = present)."""
+        """Bindings that never change: the whole KV buffers of a fused graph (past = present)
+        and the embedding table as the LM head's rescoring rows."""
+        if self._head_rows is not None:
+            binding.bind_input(HEAD_ROWS_INPUT, "cpu", 0, np.float32, self._head_rows.shape,
+                               self._head_rows.ctypes.data)
+            for name, flag in ((HEAD_FAST_INPUT, self._head_fast), (HEAD_FLOAT_INPUT, self._head_float)):
+                binding.bind_input(name, "cpu", 0, np.bool_, (), flag.ctypes.data)
         if not self.fused:
             return
         shape = (1,) + self.kv.keys[0].shape
@@ -122,6 +137,22 @@ class _BoundStep:
                 binding.bind_input(name, "cpu", 0, np.float32, shape, addr)
             for name, addr in ((nk, ka), (nv, va)):
                 binding.bind_output(name, "cpu", 0, np.float32, shape, addr)
+
+    @property
+    def fast_head(self) -> bool:
+        """Whether the next steps run the two-pass LM head."""
+        return bool(self._head_fast)
+
+    @property
+    def has_fast_head(self) -> bool:
+        """Whether this graph has the two-pass LM head (export.decoder._Decoder.head_modes)."""
+        return self._head_rows is not None
+
+    def set_fast_head(self, fast: bool) -> None:
+        """The next steps' LM head: two-pass (exact logits for the HEAD_CANDIDATES best
+        tokens, 4-bit estimates for the rest: enough for greedy decoding) or whole
+        (every logit exact). Writes the bound flag: no rebinding. No-op without one."""
+        self._head_fast[()] = bool(fast) and self._head_rows is not None
 
     @staticmethod
     def kv_names(layer: int) -> Tuple[str, str, str, str]:

@@ -15,6 +15,9 @@ Inputs
 | past_value.{i}     | float32 | [1, P, KVH, D]     | cached values of layer i                         |
 | lora.{i}.{m}.a     | float32 | [in, r]            | LoRA A^T of module m of layer i (LoRA variant)   |
 | lora.{i}.{m}.b     | float32 | [r, out]           | scale * LoRA B^T; rank-1 zeros = no adapter      |
+| lm_head_rows       | float32 | [V, H]             | fused quantized graph of a tied model only: the  |
+| lm_head_fast       | bool    | []                 | embedding table, and the LM head's mode flags    |
+| lm_head_float      | bool    | []                 | (see _Decoder.head_modes)                        |
 
 Outputs
 | name               | dtype   | shape              | meaning                                          |
@@ -51,6 +54,20 @@ from ..lora import lora_input_names, module_shapes
 from .graph import GraphBuilder, WeightFile, pack_int
 
 
+#: The fused CPU graph's LM head (see _Decoder.lm_head): exact logits for this
+#: many best tokens of a 4-bit pass over the vocabulary (0: the whole 8-bit
+#: head every step), its blocks HEAD_APPROX_BLOCK wide.
+HEAD_CANDIDATES = 64
+HEAD_APPROX_BLOCK = 64
+#: The [V, H] float32 input the rescored rows are gathered from: the runtime
+#: binds the embedding table to it (tied heads only).
+HEAD_ROWS_INPUT = "lm_head_rows"
+#: Bool scalar inputs choosing the head (see _Decoder.head_modes): the two-pass head,
+#: else the whole head in float32 from the table, else the whole 8-bit head.
+HEAD_FAST_INPUT = "lm_head_fast"
+HEAD_FLOAT_INPUT = "lm_head_float"
+
+
 def rope_table_rows(config: Any) -> int:
     """Positions the fused graph's cos/sin tables cover (max_seq_len must stay below)."""
     return max(int(config.max_position_embeddings), 8192)
@@ -61,8 +78,14 @@ MASK_VALUE = -65504.0
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
-def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = ()) -> Dict[str, List[str]]:
-    """Input and output names of the decoder graph, in order."""
+def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = (),
+                     head_rows: bool = False) -> Dict[str, List[str]]:
+    """Input and output names of the decoder graph, in order.
+
+    head_rows: the fused CPU graph of a model with a tied LM head reads the
+    rows it rescores from the embedding table, bound as ``lm_head_rows``
+    (see _Decoder.lm_head).
+    """
     ins = ["inputs_embeds", "position_ids", "attention_mask", "logits_index"]
     outs = ["logits", "hidden_states"]
     for i in range(num_layers):
@@ -71,6 +94,8 @@ def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = ()) -> Dict[
     for i in range(num_layers):
         for m in lora_modules:
             ins += list(lora_input_names(i, m))
+    if head_rows:
+        ins += [HEAD_ROWS_INPUT, HEAD_FAST_INPUT, HEAD_FLOAT_INPUT]
     return {"inputs": ins, "outputs": outs}
 
 
@@ -87,6 +112,7 @@ class _Decoder:
         self.lora_inputs: List[str] = []
         self.quantization = quantization
         self.quant_origins: Dict[str, int] = {}
+        self.head_rows = False
 
     def matmul_weight(self, x: str, scope: str, key: str, names: Sequence[str]) -> str:
         """x @ [W_1; W_2; ...]^T for the weights ``names`` (each [out_i, in]), stored as one.
@@ -135,9 +161,10 @@ class _Decoder:
         if any(b.offset is not None for b in parts):
             off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
                                   for b in parts], axis=0)                     # [N, K/32]
-            # block sums of x as one MatMul with a 0/1 [K, K/32] matrix (one node, not two)
-            ones = np.repeat(np.eye(n_in // BLOCK, dtype=np.float32), BLOCK, axis=0)
-            sums = g.op("MatMul", [x, g.weight(f"model.block_sum.{n_in}", ones)], f"{scope}/offset")
+            # block sums of x: [1, T, K] -> [1, T, K/32, 32] -> sum over the block. (A MatMul
+            # with a 0/1 [K, K/32] matrix reads K*K/32 floats a step: 295 KB for down_proj.)
+            blocks = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
+            sums = g.op("ReduceSum", [blocks, g.const([-1])], f"{scope}/offset", keepdims=0)
             corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
                         f"{scope}/offset")
             y = g.op("Add", [y, corr], f"{scope}/offset")
@@ -282,6 +309,95 @@ class _Decoder:
                         rotary_interleaved=0)
         return attend
 
+    def lm_head(self, picked: str) -> str:
+        """Logits [L, V] of the hidden rows ``picked`` [L, H].
+
+        Float graphs: one MatMul. Quantized graphs: the head's 8-bit blocks
+        (the GGUF's Q8_0, or int8 re-quantized), except in the fused CPU graph
+        of a model whose head is its embedding table (tied, as the default
+        model's is): there the runtime picks the head per request through two
+        bool inputs (see head_modes).
+        """
+        g, s = self.g, "/model/lm_head"
+        tied = "lm_head.weight" not in self.w
+        head = "embed_tokens.weight" if tied else "lm_head.weight"
+        if self.quantization == "none":
+            return g.op("MatMul", [picked, g.weight("lm_head.weight", self.w[head].T)], s)
+        exact = self.block_quant(head, 8)
+        if not (self.fused and tied and HEAD_CANDIDATES and exact.q.shape[1] % HEAD_APPROX_BLOCK == 0):
+            return self.quantized_matmul(picked, s, "lm_head.weight", [exact])
+        return self.head_modes(picked, exact)
+
+    def head_modes(self, picked: str, exact: BlockQuant) -> str:
+        """The fused CPU graph's LM head for a tied model, three ways in one graph.
+
+        A decode step on a CPU is bound by the bytes it reads, and the LM head
+        is the largest weight (SmolLM2: 28 M of the 134 M weights a step reads).
+
+        - ``lm_head_fast`` true (greedy requests): two passes. A 4-bit pass
+          over the whole vocabulary (symmetric blocks of HEAD_APPROX_BLOCK of
+          the head's own values, about half the 8-bit blocks' bytes) picks
+          each row's HEAD_CANDIDATES best tokens; their logits are recomputed
+          in float32 from their rows of the embedding table (the
+          ``lm_head_rows`` input, bound to the runtime's own table: no second
+          copy) and written over the 4-bit estimates. For a GGUF those rows
+          are the Q8_0 blocks' values, so greedy reads the 8-bit head's logits
+          with float32 activations; the rest of the row keeps the estimates.
+        - else ``lm_head_float`` false: the whole 8-bit head (MatMulNBits, int8
+          activations), what the plain graph computes;
+        - else: the whole head in float32 from the table (the exact mode of
+          ``int4_compute: float32``).
+
+        The branches are ONNX ``If`` subgraphs, so their matmuls are written as
+        MatMulNBits directly (ONNX Runtime fuses DequantizeLinear + MatMul only
+        in the main graph).
+        """
+        g, s = self.g, "/model/lm_head"
+        V, H = exact.q.shape
+        table = g.input(HEAD_ROWS_INPUT, F32, [V, H])
+        fast_flag = g.input(HEAD_FAST_INPUT, TensorProto.BOOL, [])
+        float_flag = g.input(HEAD_FLOAT_INPUT, TensorProto.BOOL, [])
+        self.head_rows = True
+        with g.branch() as fast_nodes:
+            # pass 1: symmetric 4-bit blocks ([-7, 7]: the scale is max|w| / 7)
+            w = exact.dequantize().reshape(V, H // HEAD_APPROX_BLOCK, HEAD_APPROX_BLOCK)
+            scale = np.abs(w).max(axis=-1) / 7.0
+            q = np.clip(np.rint(w / np.where(scale == 0, 1.0, scale)[..., None]), -7, 7)
+            approx = self.matmul_nbits(picked, q.reshape(V, H).astype(np.int8), scale, 4,
+                                       HEAD_APPROX_BLOCK, f"{s}/approx", "model.lm_head.approx")
+            # pass 2: the candidates' logits from their rows of the table, in float32
+            _, idx = g.op("TopK", [approx, g.const([min(HEAD_CANDIDATES, V)])], f"{s}/candidates",
+                          n_out=2, axis=-1)                                       # [L, k]
+            rows = g.op("Gather", [table, idx], f"{s}/rescore", axis=0)          # [L, k, H]
+            x = g.op("Unsqueeze", [picked, g.const([1])], f"{s}/rescore")        # [L, 1, H]
+            y = g.op("MatMul", [x, g.op("Transpose", [rows], f"{s}/rescore", perm=[0, 2, 1])],
+                     f"{s}/rescore")                                              # [L, 1, k]
+            y = g.op("Squeeze", [y, g.const([1])], f"{s}/rescore")               # [L, k]
+            fast = g.op("ScatterElements", [approx, idx, y], f"{s}/rescore", axis=-1)
+        with g.branch() as q8_nodes:
+            full8 = self.matmul_nbits(picked, exact.q, exact.scale, 8, BLOCK, f"{s}/int8",
+                                      f"model.lm_head.{self.quantization}")
+        with g.branch() as f32_nodes:
+            full32 = g.op("Gemm", [picked, table], f"{s}/float32", transB=1)
+        with g.branch() as full_nodes:
+            full = g.if_op(float_flag, [(f32_nodes, full32), (q8_nodes, full8)], f"{s}/full",
+                           F32, ["num_logits", V])
+        return g.if_op(fast_flag, [(fast_nodes, fast), (full_nodes, full)], s, F32,
+                       ["num_logits", V])
+
+    def matmul_nbits(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, block: int,
+                     scope: str, key: str) -> str:
+        """x @ W^T as ONNX Runtime's MatMulNBits (int8 activations) for W [N, K] = q * scale
+        in blocks of ``block`` (q signed, scale [N, K/block]); for If branches."""
+        n, k = q.shape
+        u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, k // block, block)
+        if bits == 4:   # two per byte, the lower index in the low nibble
+            u = u[..., 0::2] | (u[..., 1::2] << 4)
+        qb = self.g.weight(f"{key}.mnb{bits}", np.ascontiguousarray(u))
+        sb = self.g.weight(f"{key}.mnb{bits}.scale", np.ascontiguousarray(scale, np.float32).reshape(-1))
+        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=k, N=n,
+                         bits=bits, block_size=block, accuracy_level=4)
+
     def build(self) -> None:
         g, c = self.g, self.c
         H, KVH, D = c.hidden_size, c.num_kv_heads, c.head_dim
@@ -324,14 +440,9 @@ class _Decoder:
 
         hidden = h                                                               # [1, T, H]
         picked = g.op("Gather", [hidden, lidx], "/model/lm_head", axis=1)       # [1, L, H]
-        head = "lm_head.weight" if "lm_head.weight" in self.w else "embed_tokens.weight"
-        if self.quantization != "none":   # the GGUF's Q8_0 blocks, or int8 re-quantized
-            logits = self.quantized_matmul(picked, "/model/lm_head", "lm_head.weight",
-                                           [self.block_quant(head, 8)])
-        else:
-            logits = g.op("MatMul", [picked, g.weight("lm_head.weight", self.w[head].T)],
-                          "/model/lm_head")
-        logits = g.op("Squeeze", [logits, g.const([0])], "/model/lm_head")      # [L, V]
+        # [L, H] before the head, so its last node writes the bound logits output itself
+        picked = g.op("Squeeze", [picked, g.const([0])], "/model/lm_head")      # [L, H]
+        logits = self.lm_head(picked)                                            # [L, V]
         g.output(logits, "logits", F32, ["num_logits", c.vocab_size])
         if self.feature_layers:   # EAGLE-3 features: residual stream after chosen layers
             feats = g.op("Concat", [layer_out[i] for i in self.feature_layers], "/model/features",
@@ -369,9 +480,10 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
     dec.build()
     if info is not None:
         info["weight_origins"] = dict(dec.quant_origins)
+        info["head_rows"] = dec.head_rows
     # LoRA inputs go after the KV inputs, as decoder_io_names lists them
-    order = {n: i for i, n in enumerate(decoder_io_names(weights.config.num_layers,
-                                                         lora_modules)["inputs"])}
+    order = {n: i for i, n in enumerate(decoder_io_names(weights.config.num_layers, lora_modules,
+                                                         dec.head_rows)["inputs"])}
     g.inputs.sort(key=lambda v: order[v.name])
     g.save(path, doc=__doc__ or "")
     return path

@@ -8,7 +8,8 @@ data file written as the graph is built (no second in-memory copy).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -87,6 +88,24 @@ class GraphBuilder:
         outs = ["" if i in unused else f"{name}_output_{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=name, **attrs))
         return outs[0] if n_out == 1 else outs
+
+    @contextmanager
+    def branch(self) -> Iterator[List[onnx.NodeProto]]:
+        """Collect the nodes added inside the ``with`` block as a subgraph's (for ``if_op``);
+        constants and weights still go to the main graph, which the branch reads."""
+        saved, self.nodes = self.nodes, []
+        try:
+            yield self.nodes
+        finally:
+            self.nodes = saved
+
+    def if_op(self, cond: str, branches: Sequence[Tuple[List[onnx.NodeProto], str]], scope: str,
+              elem: int, shape: Sequence[Any]) -> str:
+        """``If(cond)``: the (nodes, output) pair ``branches[0]`` when true, else ``branches[1]``."""
+        then_b, else_b = (helper.make_graph(nodes, f"{scope}/{kind}", [],
+                                            [helper.make_tensor_value_info(out, elem, list(shape))])
+                          for (nodes, out), kind in zip(branches, ("then", "else")))
+        return self.op("If", [cond], scope, then_branch=then_b, else_branch=else_b)
 
     # -- tensors ------------------------------------------------------------
     def const(self, value: Any, dtype: Any = np.int64) -> str:
