@@ -212,6 +212,17 @@ def test_fused_graph_of_a_tied_model_has_three_lm_heads(tiny_tied, quantization)
     wf = WeightFile(os.path.join(folder, name + ".data"))
     path = export_decoder(weights, str(folder), wf, name=name, quantization=quantization, fused=True)
     wf.close()
+    # MatMulNBits only one If deep: ONNX Runtime does not prepack weights for deeper
+    # subgraphs (an 8-bit head two levels deep ran ~100x slower)
+
+    def depths(graph, level=0):
+        for node in graph.node:
+            if node.op_type == "MatMulNBits":
+                yield level
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from depths(attr.g, level + 1)
+    assert set(depths(onnx.load(path, load_external_data=False).graph)) == {1}
     table = weights.tensors["embed_tokens.weight"]
     ids = [3, 17, 42, 99, 5, 64, 7, 11, 23, 200, 150]
     out = {}

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BackendError, BackendUnavailable
-from ..export.decoder import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_ROWS_INPUT
+from ..export.decoder import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT
 from ..kv_cache import KVCache
 from ..models.spec import ModelConfig
 from .step_inputs import causal_upper, check_step, fill_step
@@ -115,8 +115,10 @@ class _BoundStep:
         # the fused graph of a tied model chooses its LM head by two bound flags
         # (export.decoder._Decoder.head_modes): the whole head until set_fast_head(True)
         self._head_rows = None
-        self._head_fast = np.zeros((), np.bool_)
-        self._head_float = np.array(int4_compute == "float32", np.bool_)
+        self._head_float_compute = int4_compute == "float32"
+        self._head_flags = {HEAD_FAST_INPUT: np.zeros((), np.bool_),
+                            HEAD_INT8_INPUT: np.array(not self._head_float_compute, np.bool_),
+                            HEAD_FLOAT_INPUT: np.array(self._head_float_compute, np.bool_)}
         if HEAD_ROWS_INPUT in {i.name for i in self.session.get_inputs()}:
             self._head_rows = np.ascontiguousarray(embeddings, dtype=np.float32)  # no copy if it is
         self._bind_static(self._binding)
@@ -127,7 +129,7 @@ class _BoundStep:
         if self._head_rows is not None:
             binding.bind_input(HEAD_ROWS_INPUT, "cpu", 0, np.float32, self._head_rows.shape,
                                self._head_rows.ctypes.data)
-            for name, flag in ((HEAD_FAST_INPUT, self._head_fast), (HEAD_FLOAT_INPUT, self._head_float)):
+            for name, flag in self._head_flags.items():
                 binding.bind_input(name, "cpu", 0, np.bool_, (), flag.ctypes.data)
         if not self.fused:
             return
@@ -141,7 +143,7 @@ class _BoundStep:
     @property
     def fast_head(self) -> bool:
         """Whether the next steps run the two-pass LM head."""
-        return bool(self._head_fast)
+        return bool(self._head_flags[HEAD_FAST_INPUT])
 
     @property
     def has_fast_head(self) -> bool:
@@ -152,7 +154,11 @@ class _BoundStep:
         """The next steps' LM head: two-pass (exact logits for the HEAD_CANDIDATES best
         tokens, 4-bit estimates for the rest: enough for greedy decoding) or whole
         (every logit exact). Writes the bound flag: no rebinding. No-op without one."""
-        self._head_fast[()] = bool(fast) and self._head_rows is not None
+        fast = bool(fast) and self._head_rows is not None
+        f = self._head_flags
+        f[HEAD_FAST_INPUT][()] = fast
+        f[HEAD_INT8_INPUT][()] = not fast and not self._head_float_compute
+        f[HEAD_FLOAT_INPUT][()] = not fast and self._head_float_compute
 
     @staticmethod
     def kv_names(layer: int) -> Tuple[str, str, str, str]:

@@ -17,7 +17,8 @@ Inputs
 | lora.{i}.{m}.b     | float32 | [r, out]           | scale * LoRA B^T; rank-1 zeros = no adapter      |
 | lm_head_rows       | float32 | [V, H]             | fused quantized graph of a tied model only: the  |
 | lm_head_fast       | bool    | []                 | embedding table, and the LM head's mode flags    |
-| lm_head_float      | bool    | []                 | (see _Decoder.head_modes)                        |
+| lm_head_int8       | bool    | []                 | (one true; see _Decoder.head_modes)              |
+| lm_head_float      | bool    | []                 |                                                  |
 
 Outputs
 | name               | dtype   | shape              | meaning                                          |
@@ -62,9 +63,10 @@ HEAD_APPROX_BLOCK = 64
 #: The [V, H] float32 input the rescored rows are gathered from: the runtime
 #: binds the embedding table to it (tied heads only).
 HEAD_ROWS_INPUT = "lm_head_rows"
-#: Bool scalar inputs choosing the head (see _Decoder.head_modes): the two-pass head,
-#: else the whole head in float32 from the table, else the whole 8-bit head.
+#: Bool scalar inputs choosing the head (see _Decoder.head_modes), exactly one true:
+#: the two-pass head, the whole 8-bit head, the whole head in float32 from the table.
 HEAD_FAST_INPUT = "lm_head_fast"
+HEAD_INT8_INPUT = "lm_head_int8"
 HEAD_FLOAT_INPUT = "lm_head_float"
 
 
@@ -95,7 +97,7 @@ def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = (),
         for m in lora_modules:
             ins += list(lora_input_names(i, m))
     if head_rows:
-        ins += [HEAD_ROWS_INPUT, HEAD_FAST_INPUT, HEAD_FLOAT_INPUT]
+        ins += [HEAD_ROWS_INPUT, HEAD_FAST_INPUT, HEAD_INT8_INPUT, HEAD_FLOAT_INPUT]
     return {"inputs": ins, "outputs": outs}
 
 
@@ -343,12 +345,12 @@ class _Decoder:
           copy) and written over the 4-bit estimates. For a GGUF those rows
           are the Q8_0 blocks' values, so greedy reads the 8-bit head's logits
           with float32 activations; the rest of the row keeps the estimates.
-        - else ``lm_head_float`` false: the whole 8-bit head (MatMulNBits, int8
-          activations), what the plain graph computes;
-        - else: the whole head in float32 from the table (the exact mode of
-          ``int4_compute: float32``).
+        - ``lm_head_int8``: the whole 8-bit head (MatMulNBits, int8 activations),
+          what the plain graph computes;
+        - ``lm_head_float``: the whole head in float32 from the table (the
+          exact mode of ``int4_compute: float32``).
 
-        The branches are ONNX ``If`` subgraphs, so their matmuls are written as
+        Each is an ONNX ``If`` subgraph, so its matmuls are written as
         MatMulNBits directly (ONNX Runtime fuses DequantizeLinear + MatMul only
         in the main graph).
         """
@@ -356,6 +358,7 @@ class _Decoder:
         V, H = exact.q.shape
         table = g.input(HEAD_ROWS_INPUT, F32, [V, H])
         fast_flag = g.input(HEAD_FAST_INPUT, TensorProto.BOOL, [])
+        int8_flag = g.input(HEAD_INT8_INPUT, TensorProto.BOOL, [])
         float_flag = g.input(HEAD_FLOAT_INPUT, TensorProto.BOOL, [])
         self.head_rows = True
         with g.branch() as fast_nodes:
@@ -379,11 +382,19 @@ class _Decoder:
                                       f"model.lm_head.{self.quantization}")
         with g.branch() as f32_nodes:
             full32 = g.op("Gemm", [picked, table], f"{s}/float32", transB=1)
-        with g.branch() as full_nodes:
-            full = g.if_op(float_flag, [(f32_nodes, full32), (q8_nodes, full8)], f"{s}/full",
-                           F32, ["num_logits", V])
-        return g.if_op(fast_flag, [(fast_nodes, fast), (full_nodes, full)], s, F32,
-                       ["num_logits", V])
+        # three Ifs side by side, each giving [L, V] when its flag is set and [0, V] when not,
+        # then one Concat: ONNX Runtime prepacks MatMulNBits weights for a subgraph one level
+        # deep, not two (nested, the 8-bit head ran ~100x slower)
+        parts = []
+        for flag, (nodes, out), kind in ((fast_flag, (fast_nodes, fast), "two_pass"),
+                                         (int8_flag, (q8_nodes, full8), "int8"),
+                                         (float_flag, (f32_nodes, full32), "float32")):
+            with g.branch() as none_nodes:
+                empty = g.op("Identity", [g.const(np.zeros((0, V), np.float32), np.float32)],
+                             f"{s}/{kind}/off")
+            parts.append(g.if_op(flag, [(nodes, out), (none_nodes, empty)], f"{s}/{kind}", F32,
+                                 ["rows", V]))
+        return g.op("Concat", parts, s, axis=0)                                  # [L, V]
 
     def matmul_nbits(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, block: int,
                      scope: str, key: str) -> str:
