@@ -111,8 +111,8 @@ class _BoundStep:
                       ("_embeds", "_pos", "_mask", "_lidx", "_logits", "_hidden")}
         self._kv_addr = [self.kv_names(i) + (k.ctypes.data, v.ctypes.data)
                          for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
-        # a fused graph with a tied head rescores its candidates from the embedding table
-        # the fused graph of a tied model chooses its LM head by two bound flags
+        # the fused graph of a tied model reads the embedding table as lm_head_rows and
+        # chooses its LM head by three bound flags
         # (export.decoder._Decoder.head_modes): the whole head until set_fast_head(True)
         self._head_rows = None
         self._head_float_compute = int4_compute == "float32"

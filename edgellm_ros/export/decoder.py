@@ -85,8 +85,8 @@ def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = (),
     """Input and output names of the decoder graph, in order.
 
     head_rows: the fused CPU graph of a model with a tied LM head reads the
-    rows it rescores from the embedding table, bound as ``lm_head_rows``
-    (see _Decoder.lm_head).
+    rows it rescores from the embedding table, bound as ``lm_head_rows``, and
+    the three flags that choose its head (see _Decoder.head_modes).
     """
     ins = ["inputs_embeds", "position_ids", "attention_mask", "logits_index"]
     outs = ["logits", "hidden_states"]
@@ -317,7 +317,7 @@ class _Decoder:
         Float graphs: one MatMul. Quantized graphs: the head's 8-bit blocks
         (the GGUF's Q8_0, or int8 re-quantized), except in the fused CPU graph
         of a model whose head is its embedding table (tied, as the default
-        model's is): there the runtime picks the head per request through two
+        model's is): there the runtime picks the head per request through three
         bool inputs (see head_modes).
         """
         g, s = self.g, "/model/lm_head"
