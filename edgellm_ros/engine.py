@@ -184,8 +184,11 @@ class Engine:
         if eagle3 and list(manifest.get("feature_layers", [])) != list(draft[0].target_layer_ids):
             raise ModelLoadError(f"{folder}: exported features {manifest.get('feature_layers')} "
                                  f"do not match the draft's {list(draft[0].target_layer_ids)}")
-        # the CPU graph uses ONNX Runtime's fused kernels; TensorRT builds the plain-op one
-        fused = config.fused_ops and backend == "onnxruntime"
+        # the CPU graph uses ONNX Runtime's fused kernels; TensorRT builds the plain-op one. The
+        # fused int4 graph keeps Q4_1's offsets in 8-bit blocks: the exact mode (int4_compute
+        # float32) runs the plain graph, whose offsets are float32
+        fused = config.fused_ops and backend == "onnxruntime" and not (
+            config.quantization == "int4" and config.int4_compute == "float32")
         if config.quantization != "none" or fused:
             manifest = ensure_family(folder, config.quantization, fused, log)
         graph = graph_name(bool(adapters), eagle3, config.quantization, fused)

@@ -121,8 +121,10 @@ class _Decoder:
 
         quantization "int4" / "int4-sym": the weights go in as block-wise
         signed INT4 through DequantizeLinear (opset 21), see block_quant, plus
-        the per-block offset correction where the blocks have offsets (Q4_1);
-        "int8": block-wise signed INT8 (no offsets: every weight is re-expressed
+        the per-block offset correction where the blocks have offsets (Q4_1: a
+        matmul on the input's block sums, float32 and exact in the plain graph,
+        8-bit blocks through MatMulNBits in the fused CPU graph, see
+        offset_matmul_8bit); "int8": block-wise signed INT8 (no offsets: every weight is re-expressed
         in 8-bit blocks, which hold a Q4_1 block's 16 levels to within 1/254 of
         its largest magnitude).
         """
@@ -167,10 +169,26 @@ class _Decoder:
             # with a 0/1 [K, K/32] matrix reads K*K/32 floats a step: 295 KB for down_proj.)
             blocks = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
             sums = g.op("ReduceSum", [blocks, g.const([-1])], f"{scope}/offset", keepdims=0)
-            corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
-                        f"{scope}/offset")
+            if self.fused:
+                corr = self.offset_matmul_8bit(sums, off, f"{scope}/offset", f"model.{key}.offset")
+            else:
+                corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
+                            f"{scope}/offset")
             y = g.op("Add", [y, corr], f"{scope}/offset")
         return y
+
+    def offset_matmul_8bit(self, sums: str, off: np.ndarray, scope: str, key: str) -> str:
+        """sums @ off^T for the block offsets ``off`` [N, K/32] in symmetric 8-bit blocks of 32
+        offsets (zero-padded to whole blocks) through MatMulNBits: a quarter of float32's bytes.
+
+        Each offset lands within 1/254 of the largest of its group of 32; with int8 activations
+        this is not bit-exact, so the exact mode (int4_compute float32) runs the plain graph.
+        """
+        n, nb = off.shape
+        groups = np.pad(off, ((0, 0), (0, -nb % BLOCK))).reshape(n, -1, BLOCK)
+        scale = np.abs(groups).max(-1) / 127.0
+        q = np.rint(groups / np.where(scale == 0, 1.0, scale)[..., None]).astype(np.int8)
+        return self.matmul_nbits(sums, q.reshape(n, -1), scale, 8, BLOCK, scope, key, k=nb)
 
     def project(self, x: str, scope: str, names: Sequence[str], split: bool = True) -> List[str]:
         """x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots) for each projection in ``names``.
@@ -397,16 +415,18 @@ class _Decoder:
         return g.op("Concat", parts, s, axis=0)                                  # [L, V]
 
     def matmul_nbits(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, block: int,
-                     scope: str, key: str) -> str:
+                     scope: str, key: str, k: int = 0) -> str:
         """x @ W^T as ONNX Runtime's MatMulNBits (int8 activations) for W [N, K] = q * scale
-        in blocks of ``block`` (q signed, scale [N, K/block]); for If branches."""
+        in blocks of ``block`` (q signed, scale [N, K/block]); for If branches. k: the input's
+        width where it is less than q's (q zero-padded to whole blocks)."""
+        k_in = k
         n, k = q.shape
         u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, k // block, block)
         if bits == 4:   # two per byte, the lower index in the low nibble
             u = u[..., 0::2] | (u[..., 1::2] << 4)
         qb = self.g.weight(f"{key}.mnb{bits}", np.ascontiguousarray(u))
         sb = self.g.weight(f"{key}.mnb{bits}.scale", np.ascontiguousarray(scale, np.float32).reshape(-1))
-        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=k, N=n,
+        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=k_in or k, N=n,
                          bits=bits, block_size=block, accuracy_level=4)
 
     def build(self) -> None:
