@@ -184,11 +184,9 @@ class _Decoder:
         Each offset lands within 1/254 of the largest of its group of 32; with int8 activations
         this is not bit-exact, so the exact mode (int4_compute float32) runs the plain graph.
         """
-        n, nb = off.shape
-        groups = np.pad(off, ((0, 0), (0, -nb % BLOCK))).reshape(n, -1, BLOCK)
-        scale = np.abs(groups).max(-1) / 127.0
-        q = np.rint(groups / np.where(scale == 0, 1.0, scale)[..., None]).astype(np.int8)
-        return self.matmul_nbits(sums, q.reshape(n, -1), scale, 8, BLOCK, scope, key, k=nb)
+        nb = off.shape[1]
+        bq = quantize_symmetric(np.pad(off, ((0, 0), (0, -nb % BLOCK))), 8)
+        return self.matmul_nbits(sums, bq.q, bq.scale, 8, BLOCK, scope, key, k=nb)
 
     def project(self, x: str, scope: str, names: Sequence[str], split: bool = True) -> List[str]:
         """x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots) for each projection in ``names``.
@@ -417,16 +415,15 @@ class _Decoder:
     def matmul_nbits(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, block: int,
                      scope: str, key: str, k: int = 0) -> str:
         """x @ W^T as ONNX Runtime's MatMulNBits (int8 activations) for W [N, K] = q * scale
-        in blocks of ``block`` (q signed, scale [N, K/block]); for If branches. k: the input's
-        width where it is less than q's (q zero-padded to whole blocks)."""
-        k_in = k
-        n, k = q.shape
-        u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, k // block, block)
+        in blocks of ``block`` (q signed, scale [N, K/block]), written directly (If branches;
+        tiny-K matmuls). k: the input's width where it is less than q's (q zero-padded)."""
+        n, width = q.shape
+        u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, width // block, block)
         if bits == 4:   # two per byte, the lower index in the low nibble
             u = u[..., 0::2] | (u[..., 1::2] << 4)
         qb = self.g.weight(f"{key}.mnb{bits}", np.ascontiguousarray(u))
         sb = self.g.weight(f"{key}.mnb{bits}.scale", np.ascontiguousarray(scale, np.float32).reshape(-1))
-        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=k_in or k, N=n,
+        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=k or width, N=n,
                          bits=bits, block_size=block, accuracy_level=4)
 
     def build(self) -> None:
