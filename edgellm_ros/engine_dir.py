@@ -34,7 +34,8 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ModelLoadError
-from .export.decoder import decoder_io_names, export_decoder, rope_table_rows
+from .export.calibration import calibration_ids, input_mean_squares
+from .export.decoder import Requantizer, decoder_io_names, export_decoder, rope_table_rows
 from .export.graph import WeightFile
 from .models.eagle import default_target_layers
 from .models.spec import PROJECTIONS
@@ -44,6 +45,7 @@ from .models.spec import PROJECTIONS
 EXPORT_FORMAT = 8
 #: Source files whose content decides the exported graphs (relative to the package).
 EXPORTER_SOURCES = ("export/decoder.py", "export/draft.py", "export/graph.py", "export/vision.py", "models/quant.py",
+                    "export/calibration.py", "models/llama.py",
                     "loaders/gguf.py", "loaders/hf.py", "loaders/vlm.py", "engine_dir.py")
 
 
@@ -124,6 +126,14 @@ def load_tokenizer_for(weights: Any) -> Any:
 def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantization: str,
                   fused: bool) -> Dict[str, Any]:
     """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries."""
+    def calibrate() -> Dict[str, Any]:
+        try:
+            ids = calibration_ids(load_tokenizer_for(weights), weights.config.vocab_size)
+        except ModelLoadError:   # no tokenizer: plain round to nearest
+            return {}
+        return input_mean_squares(weights, ids) if len(ids) else {}
+
+    requant = Requantizer(calibrate)
     graphs = {}
     suffix = family_suffix(quantization, fused)
     data = f"weights{suffix}.data"
@@ -136,7 +146,7 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
                 info: Dict[str, Any] = {}
                 export_decoder(weights, out_dir, wf, name=name, lora_modules=mods,
                                feature_layers=layers if eagle3 else (),
-                               quantization=quantization, fused=fused, info=info)
+                               quantization=quantization, fused=fused, info=info, requant=requant)
                 graphs[name] = {"file": f"{name}.onnx", "weights_file": data,
                                 "dtype": "float32", "quantization": quantization, "fused": fused,
                                 "weight_origins": info["weight_origins"],

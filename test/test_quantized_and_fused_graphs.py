@@ -114,15 +114,18 @@ def tiny_q4_1(tmp_path_factory, default_engine_dir):  # noqa: F811
     return w, d
 
 
-def _graph_vs_reference(weights, folder, quantization, fused):
+def _graph_vs_reference(weights, folder, quantization, fused, channel_weights=None):
+    """channel_weights: export with activation-weighted INT4 scales (the reference re-quantizes alike)."""
     from edgellm_ros.backends.onnxruntime import OrtDecoder
-    from edgellm_ros.export.decoder import export_decoder
+    from edgellm_ros.export.decoder import Requantizer, export_decoder
     from edgellm_ros.export.graph import WeightFile
     from edgellm_ros.models.llama import LlamaReference
 
-    name = f"g_{quantization}_{int(fused)}"
+    name = f"g_{quantization}_{int(fused)}_{int(channel_weights is not None)}"
     wf = WeightFile(os.path.join(folder, name + ".data"))
-    path = export_decoder(weights, str(folder), wf, name=name, quantization=quantization, fused=fused)
+    requant = Requantizer(None if channel_weights is None else lambda: channel_weights)
+    path = export_decoder(weights, str(folder), wf, name=name, quantization=quantization, fused=fused,
+                          requant=requant)
     wf.close()
     ref_weights = weights
     if quantization in ("int4-sym", "int8"):   # the graph holds an offsets-free re-quantization
@@ -131,7 +134,8 @@ def _graph_vs_reference(weights, folder, quantization, fused):
         bits = 8 if quantization == "int8" else 4
         for n, bq in weights.quantized.items():
             if n.endswith("_proj.weight"):
-                ref_weights.tensors[n] = quantize_symmetric(weights.tensors[n], bits).dequantize()
+                cw = (channel_weights or {}).get(n) if bits == 4 else None
+                ref_weights.tensors[n] = quantize_symmetric(weights.tensors[n], bits, cw).dequantize()
     ref = LlamaReference(ref_weights)
     dec = OrtDecoder(path, weights.config, weights.tensors["embed_tokens.weight"], 64, 16,
                      int4_compute="float32")
@@ -158,12 +162,22 @@ def _initializers(path):
     return [t.name for t in onnx.load(path, load_external_data=False).graph.initializer]
 
 
-@pytest.mark.parametrize("quantization,fused", [("none", True), ("int4", False), ("int4", True),
-                                                ("int4-sym", False), ("int4-sym", True),
-                                                ("int8", False), ("int8", True)])
-def test_every_graph_family_matches_the_reference_on_its_own_weights(tiny_q4_1, quantization, fused):
+@pytest.mark.parametrize("quantization,fused,calibrated", [
+    ("none", True, False), ("int4", False, False), ("int4", True, False),
+    ("int4-sym", False, False), ("int4-sym", True, False), ("int4-sym", False, True), ("int4-sym", True, True),
+    ("int8", False, False), ("int8", True, False)])
+def test_every_graph_family_matches_the_reference_on_its_own_weights(tiny_q4_1, quantization, fused,
+                                                                     calibrated):
+    """calibrated: INT4 re-quantization with activation-weighted scales (export.calibration)."""
+    from edgellm_ros.export.calibration import input_mean_squares
     weights, folder = tiny_q4_1
-    worst, ops, path = _graph_vs_reference(weights, folder, quantization, fused)
+    cw = None
+    if calibrated:
+        cw = input_mean_squares(weights, np.arange(3, 200, 3))
+        moved = [n for n in weights.quantized if n.endswith("_proj.weight") and not np.array_equal(
+            quantize_symmetric(weights.tensors[n], 4, cw[n]).scale, quantize_symmetric(weights.tensors[n], 4).scale)]
+        assert moved, "the calibrated scales equal the plain ones: the case would test nothing"
+    worst, ops, path = _graph_vs_reference(weights, folder, quantization, fused, cw)
     assert worst < (0.1 if fused and quantization == "int4" else 2e-3), f"max |logit difference| {worst}"
     assert ("GroupQueryAttention" in ops) == fused
     assert ("DequantizeLinear" in ops) == (quantization != "none")
@@ -320,11 +334,12 @@ def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(def
 
 
 @pytest.mark.parametrize("quantization,min_top1,max_ppl_ratio",
-                         [("int4", 0.93, 1.02), ("int4-sym", 0.6, 1.35), ("int8", 0.93, 1.03)])
+                         [("int4", 0.93, 1.02), ("int4-sym", 0.74, 1.15), ("int8", 0.93, 1.03)])
 def test_stated_quality_on_the_shipped_sample(default_engine_dir, quantization, min_top1,  # noqa: F811
                                               max_ppl_ratio):
     """README states these figures (benchmarks/quality_bench.py): int4 keeps the GGUF's Q4_1
-    blocks (top-1 0.96, perplexity +0.3%); int4-sym re-quantizes them (top-1 0.72, +20%);
+    blocks (top-1 0.96, perplexity +0.3%); int4-sym re-quantizes them with activation-weighted
+    scales (top-1 0.77, +10% on these 384 tokens; round to nearest gave 0.72, +20% on the sample);
     int8 re-expresses them in 8-bit blocks (top-1 0.97, +0.8%)."""
     from edgellm_ros.evaluation import compare_decoders
     ref = _load(quantization="none", fused_ops=False, eagle_draft="")

@@ -57,7 +57,8 @@ def test_every_decoder_variant_builds(tiny_engine, tmp_path, quantization):
     names = [graph_name(lora, eagle3, quantization) for lora in (False, True) for eagle3 in (False, True)]
     assert set(names) <= set(manifest["graphs"])
     if quantization != "none":   # the tiny model is float: its weights were re-quantized
-        want = {"rtn int4": 14, "rtn int8": 1} if quantization == "int4" else {"rtn int8": 15}
+        want = {"rtn int4, activation-weighted scales": 14, "rtn int8": 1} if quantization == "int4" \
+            else {"rtn int8": 15}
         assert manifest["graphs"][names[0]]["weight_origins"] == want
     for name in names:
         g = manifest["graphs"][name]

@@ -101,11 +101,39 @@ def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = (),
     return {"inputs": ins, "outputs": outs}
 
 
+class Requantizer:
+    """Re-quantizes weights to symmetric blocks (quantize_symmetric), each (name, bits) once.
+
+    calibrate: returns {weight name: [in] mean square of its input per feature}
+    (export.calibration.input_mean_squares), called once, on the first INT4
+    re-quantization (a GGUF whose blocks are all kept never pays for it);
+    INT4 blocks of the weights it names take the activation-weighted scale.
+    One instance serves the four variants of a family.
+    """
+
+    def __init__(self, calibrate: Optional[Callable[[], Dict[str, np.ndarray]]] = None):
+        self.calibrate = calibrate
+        self.channel_weights: Optional[Dict[str, np.ndarray]] = None
+        self.done: Dict[Tuple[str, int], BlockQuant] = {}
+
+    def __call__(self, name: str, w: np.ndarray, bits: int) -> BlockQuant:
+        key = (name, bits)
+        if key not in self.done:
+            cw = None
+            if bits == 4 and self.calibrate is not None:
+                if self.channel_weights is None:
+                    self.channel_weights = self.calibrate()
+                cw = self.channel_weights.get(name)
+            self.done[key] = quantize_symmetric(w, bits, cw)
+        return self.done[key]
+
+
 class _Decoder:
     def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
                  feature_layers: Sequence[int] = (), quantization: str = "none",
-                 fused: bool = False):
+                 fused: bool = False, requant: Optional["Requantizer"] = None):
         self.w, self.c, self.g = weights.tensors, weights.config, g
+        self.requant = requant or Requantizer()
         self.fused = fused
         self.rope_rows = rope_table_rows(weights.config)
         self.blocks = weights.quantized
@@ -146,7 +174,7 @@ class _Decoder:
         """
         bq = self.blocks.get(name)
         if bq is None or bq.bits != bits or (bq.offset is not None and self.quantization == "int4-sym"):
-            bq = quantize_symmetric(self.w[name], bits)
+            bq = self.requant(name, self.w[name], bits)
         self.quant_origins[bq.origin] = self.quant_origins.get(bq.origin, 0) + 1
         return bq
 
@@ -486,7 +514,8 @@ class _Decoder:
 def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
                    name: str = "decoder", lora_modules: Sequence[str] = (),
                    feature_layers: Sequence[int] = (), quantization: str = "none",
-                   fused: bool = False, info: Optional[Dict[str, Any]] = None) -> str:
+                   fused: bool = False, info: Optional[Dict[str, Any]] = None,
+                   requant: Optional[Requantizer] = None) -> str:
     """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path.
 
     quantization: "none" (float32 weights, opset 17), "int4" (block-wise
@@ -498,13 +527,15 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
     "weight_origins": how many weights came from the file's own blocks and
     how many were re-quantized. fused: ONNX Runtime's GroupQueryAttention
     with head-major KV buffers (a CPU-only graph; see _Decoder.fused_attention).
+    requant: how weights without usable file blocks are re-quantized (and a
+    cache shared by the variants of one family); plain round to nearest if None.
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
     g = GraphBuilder(name, weights=weight_file, opset=17 if quantization == "none" else 21)
-    dec = _Decoder(weights, g, lora_modules, feature_layers, quantization, fused)
+    dec = _Decoder(weights, g, lora_modules, feature_layers, quantization, fused, requant)
     dec.build()
     if info is not None:
         info["weight_origins"] = dict(dec.quant_origins)

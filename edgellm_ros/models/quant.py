@@ -20,7 +20,8 @@ GGUF blocks map onto it exactly:
 
 so the quantized graph computes with the very numbers the GGUF holds. Other
 sources (float checkpoints, other GGUF types) are re-quantized by
-:func:`quantize_symmetric` (round to nearest, absmax scale per block).
+:func:`quantize_symmetric` (round to nearest, absmax scale per block, or for
+int4 the scale that fits the calibration inputs best).
 """
 
 from __future__ import annotations
@@ -97,11 +98,27 @@ def from_gguf(raw: np.ndarray, kind: str, shape: tuple, name: str) -> BlockQuant
                       f"gguf {kind}")
 
 
-def quantize_symmetric(w: np.ndarray, bits: int) -> BlockQuant:
+# Scale factors (x Q4_0's scale) the activation-weighted search tries per block: 1.0 (Q4_0's
+# rule, kept on ties), a coarse grid, then steps of 0.01 around the block's best coarse factor
+COARSE_FACTORS = np.round(np.arange(0.50, 1.305, 0.05), 2)
+FINE_STEPS = np.array([-0.04, -0.03, -0.02, -0.01, 0.01, 0.02, 0.03, 0.04])
+
+
+def quantize_symmetric(w: np.ndarray, bits: int, channel_weight: Optional[np.ndarray] = None) -> BlockQuant:
     """Round-to-nearest signed blocks of a float [out, in] weight.
 
     int4 uses Q4_0's rule (the value of largest magnitude maps to -8, so the
     full [-8, 7] range is used); int8 maps the largest magnitude to +-127.
+
+    channel_weight ([in], int4 only): the mean square of each input feature
+    over calibration text. Each block then takes, of the scales tried
+    (COARSE_FACTORS x Q4_0's, then FINE_STEPS around the best), the one with the least error weighted by it,
+    ``sum_j channel_weight[j] * (w_j - scale * q_j)^2``: the expected squared
+    error of the block's share of the output where the inputs are
+    uncorrelated. Inputs of a transformer projection are far from uniform
+    (a few features carry most of the energy), so this spends the 16 levels
+    where the output feels them. Never worse than Q4_0's rule by that
+    measure (its scale is tried first and kept on ties).
     """
     out, n_in = w.shape
     if n_in % BLOCK:
@@ -117,6 +134,40 @@ def quantize_symmetric(w: np.ndarray, bits: int) -> BlockQuant:
         lo, hi = -127, 127
     else:
         raise ValueError(f"bits must be 4 or 8, got {bits}")
+    origin = f"rtn int{bits}"
+    if channel_weight is not None and bits == 4:
+        scale = _weighted_scale_search(blk, scale, np.asarray(channel_weight, np.float32), lo, hi)
+        origin = "rtn int4, activation-weighted scales"
     safe = np.where(scale == 0, 1.0, scale)
     q = np.clip(np.rint(blk / safe[..., None]), lo, hi).astype(np.int8)
-    return BlockQuant(bits, q.reshape(out, n_in), scale.astype(np.float32), None, f"rtn int{bits}")
+    return BlockQuant(bits, q.reshape(out, n_in), scale.astype(np.float32), None, origin)
+
+
+def _weighted_scale_search(blk: np.ndarray, base: np.ndarray, channel_weight: np.ndarray,
+                           lo: int, hi: int) -> np.ndarray:
+    """Per block, the tried scale (see COARSE_FACTORS) with the least channel-weighted error."""
+    out, nb, _ = blk.shape
+    if channel_weight.shape != (nb * BLOCK,):
+        raise ValueError(f"channel_weight has shape {channel_weight.shape}, want ({nb * BLOCK},)")
+    cw = channel_weight.reshape(1, nb, BLOCK)
+    buf = np.empty_like(blk)
+
+    def error(s: np.ndarray) -> np.ndarray:
+        safe = np.where(s == 0, np.float32(1.0), s)[..., None]
+        e = np.divide(blk, safe, out=buf)
+        np.clip(np.rint(e, out=e), lo, hi, out=e)
+        e *= safe
+        e -= blk
+        e *= e
+        e *= cw
+        return e.sum(-1)
+
+    best_f, best_err = np.ones_like(base), error(base)
+    for candidates in (lambda: COARSE_FACTORS, lambda: [best_f + d for d in FINE_STEPS]):
+        for f in list(candidates()):
+            f = np.broadcast_to(np.float32(f), base.shape)
+            err = error(base * f)
+            better = err < best_err
+            best_f = np.where(better, f, best_f)
+            best_err = np.where(better, err, best_err)
+    return base * best_f
