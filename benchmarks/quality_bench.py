@@ -1,6 +1,7 @@
 """Quality of every decoder variant against the float32 graph, on the shipped text sample.
 
     python benchmarks/quality_bench.py [--model PATH] [--threads N] [--tokens N] [--only KEY,...]
+                                       [--peers llama.cpp,ort-genai-int4,ort-genai-fp32]
 
 Teacher-forces benchmarks/data/quality_sample.txt (about 900 tokens) through
 the float32 plain-op graph (the reference; its logits match the NumPy reference
@@ -8,6 +9,9 @@ and transformers, see the tests) and through each variant (fused graphs of a
 tied model also with the two-pass LM head that greedy requests run), and prints one JSON
 object: top-1 agreement, perplexity, mean KL and the largest logit difference
 per variant (edgellm_ros/evaluation.py), plus the variant's weight origins.
+--peers scores the peer runtimes of cpu_bench the same way (their logits at
+every position from benchmarks/peer_logits.py in the peers' venv, made by
+scripts/bench_peers_setup.sh), against the same float32 reference.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -26,6 +33,7 @@ from edgellm_ros.evaluation import compare_decoders
 from edgellm_ros.models.spec import ModelConfig
 from edgellm_ros.tokenizer import Tokenizer
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "quality_sample.txt")
 VARIANTS = [  # (quantization, fused ops, int4 compute, two-pass LM head)
     ("none", True, "int8", False),
@@ -44,12 +52,42 @@ VARIANTS = [  # (quantization, fused ops, int4 compute, two-pass LM head)
 ]
 
 
+class _PeerRows:
+    """A peer's precomputed logits behind the decoders' forward(n_past, ids, logits_rows)."""
+
+    def __init__(self, logits: np.ndarray):
+        self.logits = logits
+
+    def forward(self, n_past: int, ids, logits_rows: str = "all") -> np.ndarray:
+        return self.logits[n_past:n_past + len(ids)]
+
+
+def peer_logits(peer: str, model: str, ids, threads: int) -> np.ndarray:
+    """[len(ids), V] logits of a cpu_bench peer (llama.cpp, ort-genai-int4, ort-genai-fp32)."""
+    sys.path.insert(0, HERE)
+    from peer_models import ORT_GENAI_BUILDS, PEERS_PYTHON, ensure_peer_models
+    if not os.path.exists(PEERS_PYTHON):
+        raise SystemExit("the peers' venv is missing: bash scripts/bench_peers_setup.sh")
+    paths = ensure_peer_models(model, which=[peer] if peer in ORT_GENAI_BUILDS else [],
+                               log=lambda m: print(m, file=sys.stderr))
+    kind, path = ("llama.cpp", paths["gguf"]) if peer == "llama.cpp" else ("onnx", paths[peer])
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "ids.json"), "w", encoding="utf-8") as f:
+            json.dump([int(t) for t in ids], f)
+        out = os.path.join(tmp, "logits.npy")
+        subprocess.run([PEERS_PYTHON, os.path.join(HERE, "peer_logits.py"), kind, path,
+                        os.path.join(tmp, "ids.json"), out, "--threads", str(threads or 2)], check=True)
+        return np.load(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--tokens", type=int, default=0, help="score only the first N tokens (0 = all)")
     ap.add_argument("--only", default="", help="comma-separated variant keys to run, e.g. int8/fused/int8")
+    ap.add_argument("--peers", default="", help="comma-separated peers to score too: llama.cpp, "
+                    "ort-genai-int4, ort-genai-fp32")
     a = ap.parse_args()
     quiet = lambda m: None  # noqa: E731
     folder = ensure_engine(a.model, "", quiet)
@@ -87,6 +125,12 @@ def main() -> None:
         res["weight_origins"] = manifest["graphs"][name]["weight_origins"]
         out["variants"][key] = res
         print(f"{key}: {json.dumps(res)}", flush=True)
+    for peer in [p for p in a.peers.split(",") if p]:
+        t0 = time.perf_counter()
+        res = compare_decoders(ref, _PeerRows(peer_logits(peer, a.model, ids, a.threads)), ids).as_dict()
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        out["variants"][f"peer:{peer}"] = res
+        print(f"peer:{peer}: {json.dumps(res)}", flush=True)
     print(json.dumps(out, indent=1))
 
 
