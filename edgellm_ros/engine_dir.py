@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ModelLoadError
-from .export.calibration import calibration_ids, input_mean_squares
+from .export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
 from .export.decoder import Requantizer, decoder_io_names, export_decoder, rope_table_rows
 from .export.graph import WeightFile
 from .models.eagle import default_target_layers
@@ -126,12 +126,17 @@ def load_tokenizer_for(weights: Any) -> Any:
 def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantization: str,
                   fused: bool) -> Dict[str, Any]:
     """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries."""
+    calibration: Dict[str, Any] = {}
+
     def calibrate() -> Dict[str, Any]:
         try:
             ids = calibration_ids(load_tokenizer_for(weights), weights.config.vocab_size)
         except ModelLoadError:   # no tokenizer: plain round to nearest
             return {}
-        return input_mean_squares(weights, ids) if len(ids) else {}
+        if not len(ids):
+            return {}
+        calibration.update(text_sha256=CALIBRATION_SHA256, tokens=len(ids))
+        return input_mean_squares(weights, ids)
 
     requant = Requantizer(calibrate)
     graphs = {}
@@ -155,6 +160,8 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
                                 "feature_layers": layers if eagle3 else [],
                                 **decoder_io_names(weights.config.num_layers, mods,
                                                    info["head_rows"])}
+                if calibration:   # the activation-weighted INT4 scales came from this text
+                    graphs[name]["calibration"] = dict(calibration)
     finally:
         wf.close()
     return graphs

@@ -60,6 +60,8 @@ def test_every_decoder_variant_builds(tiny_engine, tmp_path, quantization):
         want = {"rtn int4, activation-weighted scales": 14, "rtn int8": 1} if quantization == "int4" \
             else {"rtn int8": 15}
         assert manifest["graphs"][names[0]]["weight_origins"] == want
+        calibrated = "calibration" in manifest["graphs"][names[0]]
+        assert calibrated == (quantization == "int4"), "int4 re-quantization records its calibration text"
     for name in names:
         g = manifest["graphs"][name]
         profiles = decoder_profiles(g, manifest["model"], MAX_SEQ_LEN, MAX_CHUNK, MAX_LORA_RANK)

@@ -14,6 +14,7 @@ for SmolLM2-135M on 2 cores, its LM head skipped; at export time only).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Dict
 
 import numpy as np
@@ -81,6 +82,10 @@ CALIBRATION_TEXT = "\n".join([
     'The equation 3x + 7 = 22 is solved by subtracting seven from both sides, which gives 3x = 15, and '
     'then dividing by three, so x = 5. Checking the answer: 3 times 5 is 15, plus 7 is 22.',
 ]) + "\n"
+
+
+#: Recorded in the manifest beside the weights it shaped.
+CALIBRATION_SHA256 = hashlib.sha256(CALIBRATION_TEXT.encode("utf-8")).hexdigest()[:16]
 
 
 class _Recorder(LlamaReference):
