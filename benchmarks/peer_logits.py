@@ -38,10 +38,9 @@ def onnx_logits(folder: str, ids, threads: int) -> np.ndarray:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     sess = ort.InferenceSession(os.path.join(folder, dec["filename"]), so, providers=["CPUExecutionProvider"])
-    kv = [i for i in sess.get_inputs() if i.name.startswith(names["past_key_names"].split("%")[0])]
-    shape = kv[0].shape   # [batch, KVH, past, D]
-    empty = np.zeros((1, shape[1], 0, dec["head_size"]), np.float32)
-    past = {i.name: empty for i in kv}
+    empty = np.zeros((1, dec["num_key_value_heads"], 0, dec["head_size"]), np.float32)   # [B, KVH, past, D]
+    past = {names[kind] % i: empty for i in range(dec["num_hidden_layers"])
+            for kind in ("past_key_names", "past_value_names")}
     outs, n = [], 0
     for start in range(0, len(ids), CHUNK):
         part = np.asarray(ids[start:start + CHUNK], np.int64)[None]

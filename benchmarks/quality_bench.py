@@ -34,7 +34,7 @@ from edgellm_ros.models.spec import ModelConfig
 from edgellm_ros.tokenizer import Tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "quality_sample.txt")
+SAMPLE = os.path.join(HERE, "data", "quality_sample.txt")
 VARIANTS = [  # (quantization, fused ops, int4 compute, two-pass LM head)
     ("none", True, "int8", False),
     ("int4", False, "int8", False),

@@ -131,7 +131,7 @@ class Requantizer:
 class _Decoder:
     def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
                  feature_layers: Sequence[int] = (), quantization: str = "none",
-                 fused: bool = False, requant: Optional["Requantizer"] = None):
+                 fused: bool = False, requant: Optional[Requantizer] = None):
         self.w, self.c, self.g = weights.tensors, weights.config, g
         self.requant = requant or Requantizer()
         self.fused = fused

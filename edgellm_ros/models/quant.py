@@ -163,11 +163,16 @@ def _weighted_scale_search(blk: np.ndarray, base: np.ndarray, channel_weight: np
         return e.sum(-1)
 
     best_f, best_err = np.ones_like(base), error(base)
-    for candidates in (lambda: COARSE_FACTORS, lambda: [best_f + d for d in FINE_STEPS]):
-        for f in list(candidates()):
+
+    def try_factors(factors) -> None:   # scalars, or per-block arrays
+        nonlocal best_f, best_err
+        for f in factors:
             f = np.broadcast_to(np.float32(f), base.shape)
             err = error(base * f)
             better = err < best_err
             best_f = np.where(better, f, best_f)
             best_err = np.where(better, err, best_err)
+
+    try_factors(COARSE_FACTORS)
+    try_factors([best_f + d for d in FINE_STEPS])
     return base * best_f
