@@ -106,7 +106,8 @@ class Ours:
                 raise Skipped("no EAGLE draft is loaded (eagle_draft='default' found none)")
             self.eagle_config = EagleConfig(enabled=True, drafting_top_k=spec.get("eagle_top_k", 1),
                                             drafting_step=spec.get("eagle_step", 4),
-                                            verify_tree_size=spec.get("eagle_tree", 4))
+                                            verify_tree_size=spec.get("eagle_tree", 4),
+                                            confidence_threshold=spec.get("eagle_threshold", 0.0))
             self.engine.set_eagle(self.eagle_config)
         self.checked: set = set()
 

@@ -265,7 +265,8 @@ def main() -> None:
                     "'/field=value' sets another EngineConfig field (e.g. int4/int4_compute=float32)")
     ap.add_argument("--peers", default=",".join(PEERS),
                     help=f"subset of {','.join(PEERS)} ('' = none)")
-    ap.add_argument("--eagle", default="1,4,4", help="EAGLE drafting_top_k,drafting_step,verify_tree_size")
+    ap.add_argument("--eagle", default="2,4,8,0.2", help="EAGLE drafting_top_k,drafting_step,verify_tree_size"
+                    "[,confidence_threshold] (default: the runtime's defaults; no threshold given = 0)")
     ap.add_argument("--eagle-goal", type=float, default=1.5, help="decode ratio goal of the +eagle variants")
     ap.add_argument("--model", default="", help="GGUF file ('' = the embedded default)")
     ap.add_argument("--ours-python", default=venv_python(".venv") if os.path.exists(venv_python(".venv"))
@@ -286,17 +287,22 @@ def main() -> None:
     for p in peers:
         if p not in PEERS:
             ap.error(f"unknown peer {p!r}; known: {', '.join(PEERS)}")
-    top_k, step, tree = (int(x) for x in a.eagle.split(","))
+    eagle = a.eagle.split(",")
+    if len(eagle) not in (3, 4):
+        ap.error("--eagle takes top_k,step,tree[,threshold]")
+    top_k, step, tree = (int(x) for x in eagle[:3])
+    threshold = float(eagle[3]) if len(eagle) == 4 else 0.0
     result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "machine": machine(), "settings": {
         "threads": a.threads, "rounds": a.rounds, "warmup_rounds": a.warmup, "new_tokens": a.new_tokens,
         "prefill_tokens": a.prefill_tokens, "greedy": True, "ignore_eos": True, "question": a.question,
-        "eagle": {"drafting_top_k": top_k, "drafting_step": step, "verify_tree_size": tree}}}
+        "eagle": {"drafting_top_k": top_k, "drafting_step": step, "verify_tree_size": tree,
+                  "confidence_threshold": threshold}}}
     skipped: Dict[str, str] = {}
     workers: List[Worker] = []
     for v in variants:
         workers.append(Worker(f"ours[{v}]", "ours", a.ours_python, {
             "variant": v, "threads": a.threads, "model": a.model,
-            "eagle_top_k": top_k, "eagle_step": step, "eagle_tree": tree}))
+            "eagle_top_k": top_k, "eagle_step": step, "eagle_tree": tree, "eagle_threshold": threshold}))
     if peers and not os.path.exists(a.peers_python):
         for p in peers:
             skipped[p] = f"{a.peers_python} is missing: run bash scripts/bench_peers_setup.sh"

@@ -1,13 +1,14 @@
 """EAGLE sweep on the CPU: mean acceptance length and decode tokens/s, on vs off.
 
     python benchmarks/eagle_bench.py [--prompts 8] [--max-new-tokens 96] [--draft DIR]
-        [--quantization none|int4|int4-sym|int8] [--grid 1,1,1/1,2,2/1,4,4]
+        [--quantization none|int4|int4-sym|int8] [--grid 1,1,1/2,4,8,0.2/...] [--rounds N]
 
 Prompts: the held-out ("eval") prompts of tools/data/eagle_prompts.jsonl.
 Greedy decoding, so every setting produces the same tokens as EAGLE off
-(checked here too). Prints one JSON object: the baseline and one row per
-(drafting_top_k, drafting_step, verify_tree_size), like TensorRT-Edge-LLM's
-sweep. Mean acceptance length = tokens committed per verify step, bonus
+(checked here too; with int8 compute the verify rows round differently, see
+the README). Prints one JSON object: the baseline and one row per
+(drafting_top_k, drafting_step, verify_tree_size[, confidence_threshold]; 0
+when not given), like TensorRT-Edge-LLM's sweep. Mean acceptance length = tokens committed per verify step, bonus
 token included.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 
 from edgellm_ros.config import EngineConfig, GenerationRequest
@@ -23,7 +25,8 @@ from edgellm_ros.engine import Engine
 from edgellm_ros.speculative import EagleConfig, SpecStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GRID = [(1, 4, 4), (2, 4, 8), (4, 4, 16), (4, 6, 24), (8, 5, 32), (8, 8, 64)]
+GRID = [(1, 4, 4, 0.0), (2, 4, 8, 0.0), (4, 4, 16, 0.0), (4, 6, 24, 0.0), (8, 5, 32, 0.0), (8, 8, 64, 0.0),
+        (2, 4, 8, 0.1), (2, 4, 8, 0.2), (2, 4, 8, 0.3), (4, 6, 24, 0.2)]
 
 
 def load_prompts(n: int):
@@ -31,6 +34,14 @@ def load_prompts(n: int):
     with open(path, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return [r["prompt"] for r in rows if r.get("split") == "eval"][:n]
+
+
+def parse_setting(text: str):
+    """'k,d,n' or 'k,d,n,t' -> (top_k, step, tree, threshold)."""
+    parts = text.split(",")
+    if len(parts) not in (3, 4):
+        raise SystemExit(f"--grid: {text!r} is not k,d,n[,t]")
+    return int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3]) if len(parts) == 4 else 0.0
 
 
 def run(eng: Engine, prompts, n_new: int):
@@ -57,24 +68,38 @@ def main() -> None:
     ap.add_argument("--quantization", default="none",
                     help="EngineConfig.quantization (default none: float32, where EAGLE is exact)")
     ap.add_argument("--grid", default="",
-                    help="(top_k, step, tree) settings as k,d,n/k,d,n/...; default: the sweep grid")
+                    help="(top_k, step, tree[, threshold]) settings as k,d,n[,t]/...; default: the sweep grid")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="passes over EAGLE off and every setting, the order rotated each pass; "
+                    "tokens/s are medians over the passes")
     a = ap.parse_args()
-    grid = [tuple(int(v) for v in g.split(",")) for g in a.grid.split("/")] if a.grid else GRID
+    grid = [parse_setting(g) for g in a.grid.split("/")] if a.grid else GRID
     eng = Engine.load(EngineConfig(eagle_draft=a.draft, max_seq_len=1024, num_threads=a.threads,
                                    quantization=a.quantization), log=lambda m: None)
     prompts = load_prompts(a.prompts)
     t0 = time.perf_counter()
-    base_out, base_tps, _ = run(eng, prompts, a.max_new_tokens)
+    settings = [None] + grid               # None: EAGLE off
+    tps: dict = {s: [] for s in settings}
+    outs, stats = {}, {}
+    for r in range(max(a.rounds, 1)):
+        shift = r % len(settings)
+        for setting in settings[shift:] + settings[:shift]:
+            eng.set_eagle(EagleConfig(True, *setting) if setting else EagleConfig(False))
+            out, speed, st = run(eng, prompts, a.max_new_tokens)
+            tps[setting].append(speed)
+            outs.setdefault(setting, out)
+            stats.setdefault(setting, st)
+    base_tps = statistics.median(tps[None])
     rows = []
-    for k, d, n in grid:
-        eng.set_eagle(EagleConfig(True, k, d, n))
-        out, tps, st = run(eng, prompts, a.max_new_tokens)
-        rows.append({"drafting_top_k": k, "drafting_step": d, "verify_tree_size": n,
-                     "decode_tokens_per_s": round(tps, 1), "speedup": round(tps / base_tps, 3),
-                     **st.as_dict(), "identical_to_plain_greedy": out == base_out})
+    for setting in grid:
+        k, d, n, t = setting
+        speed = statistics.median(tps[setting])
+        rows.append({"drafting_top_k": k, "drafting_step": d, "verify_tree_size": n, "confidence_threshold": t,
+                     "decode_tokens_per_s": round(speed, 1), "speedup": round(speed / base_tps, 3),
+                     **stats[setting].as_dict(), "identical_to_plain_greedy": outs[setting] == outs[None]})
     eng.close()
     print(json.dumps({"prompts": len(prompts), "max_new_tokens": a.max_new_tokens,
-                      "quantization": a.quantization,
+                      "quantization": a.quantization, "rounds": max(a.rounds, 1),
                       "baseline_decode_tokens_per_s": round(base_tps, 1), "sweep": rows,
                       "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
 

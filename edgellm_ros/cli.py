@@ -15,6 +15,7 @@ from typing import List, Optional
 
 from .config import INT4_COMPUTE, QUANTIZATIONS, EngineConfig, GenerationRequest, SamplingConfig
 from .errors import EdgeLLMError
+from .speculative import EagleConfig
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -64,8 +65,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         stop=tuple(a.stop or ()), raw=a.raw)
     engine = Engine.load(_engine_config(a), log=_log(a.verbose))
     if a.eagle:
-        from .speculative import EagleConfig
-        engine.set_eagle(EagleConfig(True, a.eagle_top_k, a.eagle_step, a.eagle_tree))
+        engine.set_eagle(EagleConfig(True, a.eagle_top_k, a.eagle_step, a.eagle_tree, a.eagle_threshold))
     try:
         res = engine.generate(req, on_token=lambda ev: (sys.stdout.write(ev.text), sys.stdout.flush()))
     finally:
@@ -109,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--raw", action="store_true", help="no chat template")
     g.add_argument("--eagle", action="store_true", help="EAGLE speculative decoding")
-    g.add_argument("--eagle-top-k", type=int, default=4)
-    g.add_argument("--eagle-step", type=int, default=4)
-    g.add_argument("--eagle-tree", type=int, default=16)
+    g.add_argument("--eagle-top-k", type=int, default=EagleConfig.drafting_top_k)
+    g.add_argument("--eagle-step", type=int, default=EagleConfig.drafting_step)
+    g.add_argument("--eagle-tree", type=int, default=EagleConfig.verify_tree_size)
+    g.add_argument("--eagle-threshold", type=float, default=EagleConfig.confidence_threshold,
+                   help="draft nodes below this path probability are not verified (0 = all)")
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
     e = sub.add_parser("export", help="write (or reuse) the engine folder")

@@ -9,7 +9,12 @@ One round, with P tokens committed in the base KV cache and the root token x
    (their children scored by cumulative log-probability), up to
    ``drafting_step`` levels. The best ``verify_tree_size`` candidates of all
    levels form the tree (a child never outscores its parent, so ancestors
-   come along).
+   come along). With ``confidence_threshold`` t > 0, a candidate whose path
+   probability under the draft (the exp of its score) is below t is neither
+   expanded nor verified: drafting stops at the level where no candidate is
+   left, and a round with none left is a one-row step (the root alone).
+   Each extra verify row costs a CPU about a sixth of a one-row step, so
+   rows the draft itself doubts cost more than they bring.
 2. Verify: the base runs [x, nodes...] in one forward at positions P + depth
    with the tree attention mask, logits for every row.
 3. Accept: walk from x while a child carries the token the base picks.
@@ -31,7 +36,8 @@ token was ever accepted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -75,6 +81,10 @@ class EagleConfig:
     # Nodes verified per step (the root excluded). The defaults are the
     # fastest balanced setting of benchmarks/eagle_bench.py on a 2-core CPU.
     verify_tree_size: int = 8
+    # Draft candidates whose path probability under the draft is below this
+    # are neither expanded nor verified (0 = the fixed-size tree). 0.2 was the
+    # fastest on the quantized CPU graphs (benchmarks/eagle_bench.py).
+    confidence_threshold: float = 0.2
 
     def check(self, limits: EagleLimits) -> "EagleConfig":
         for name, hi in (("drafting_top_k", limits.max_top_k), ("drafting_step", limits.max_step),
@@ -82,7 +92,15 @@ class EagleConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or not 1 <= v <= hi:
                 raise ConfigError(f"eagle.{name} must be in [1, {hi}] (fixed at configure), got {v!r}")
+        t = self.confidence_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ConfigError(f"eagle.confidence_threshold must be in [0, 1], got {t!r}")
         return self
+
+    @property
+    def min_score(self) -> float:
+        """The least cumulative draft log-probability a candidate may have."""
+        return math.log(self.confidence_threshold) if self.confidence_threshold > 0 else -math.inf
 
 
 @dataclass
@@ -208,10 +226,11 @@ class Drafter:
 
     def build_tree(self, root_logits: np.ndarray, root_hidden: np.ndarray, ec: EagleConfig) -> Tree:
         """EAGLE-2 dynamic tree over the draft KV rows [0, done)."""
-        k, steps, n_verify = ec.drafting_top_k, ec.drafting_step, ec.verify_tree_size
+        k, steps, n_verify, floor = ec.drafting_top_k, ec.drafting_step, ec.verify_tree_size, ec.min_score
         P = self.done
         lp = log_softmax(root_logits.astype(np.float64))
         top = np.argpartition(-lp, k - 1)[:k] if k < lp.shape[0] else np.arange(lp.shape[0])
+        top = top[lp[top] >= floor]
         tok: List[int] = list(self.to_base(top))
         score: List[float] = list(lp[top])
         parent: List[int] = [-1] * len(top)
@@ -221,7 +240,9 @@ class Drafter:
         level = list(range(len(top)))
         parent_hidden = {c: root_hidden for c in level}
         for d in range(2, steps + 1):
-            order = sorted(level, key=lambda c: -score[c])[:k]
+            order = [c for c in sorted(level, key=lambda c: -score[c])[:k] if score[c] >= floor]
+            if not order:
+                break
             e0 = len(row)
             t = len(order)
             st = self.step
@@ -250,7 +271,8 @@ class Drafter:
                     depth.append(d)
                     parent_hidden[len(tok) - 1] = hid[c]
                     level.append(len(tok) - 1)
-        chosen = sorted(range(len(tok)), key=lambda c: (-score[c], depth[c], c))[:n_verify]
+        chosen = sorted((c for c in range(len(tok)) if score[c] >= floor),
+                        key=lambda c: (-score[c], depth[c], c))[:n_verify]
         keep = set(chosen)
         chosen = [c for c in chosen if parent[c] == -1 or parent[c] in keep]
         chosen.sort(key=lambda c: (depth[c], -score[c]))
@@ -283,8 +305,7 @@ def speculative_tokens(decoder: Any, drafter: Drafter, ec: EagleConfig, root: in
                               np.zeros(0, np.int64), np.zeros(0)), row[None])[1]
             return
         tree = drafter.build_tree(draft_logits, draft_hidden,
-                                  EagleConfig(True, ec.drafting_top_k, ec.drafting_step,
-                                              min(ec.verify_tree_size, room)))
+                                  replace(ec, verify_tree_size=min(ec.verify_tree_size, room)))
         n = len(tree.tokens)
         logits = decoder.forward(P, [root] + tree.tokens.tolist(), positions=P + np.concatenate(
             [[0], tree.depths]), mask=tree.verify_mask(P), logits_rows="all")

@@ -51,12 +51,24 @@ GRID = [(k, d, n) for k, d, n in itertools.product((1, 2, 4), (1, 3, 5), (1, 16)
 def test_random_drafts_load_and_greedy_output_is_exact_over_a_grid(random_draft_engine, plain_answers):
     eng = random_draft_engine
     for i, (k, d, n) in enumerate(GRID):
-        eng.set_eagle(EagleConfig(True, k, d, n))
+        # no confidence threshold: a random draft doubts every token, and the trees are the point
+        eng.set_eagle(EagleConfig(True, k, d, n, confidence_threshold=0.0))
         prompt = PROMPTS[i % len(PROMPTS)]
         res = eng.generate(GenerationRequest(prompt=prompt, max_new_tokens=32))
         assert res.token_ids == plain_answers[prompt], (k, d, n)
         assert res.eagle is not None and res.eagle.drafts > 0
         assert res.eagle.drafted_tokens <= res.eagle.drafts * n
+
+
+def test_a_round_whose_draft_passes_no_threshold_is_a_one_row_step(random_draft_engine, plain_answers):
+    eng = random_draft_engine
+    eng.set_eagle(EagleConfig(True, 4, 5, 16, confidence_threshold=1.0))
+    for prompt in PROMPTS[:2]:
+        res = eng.generate(GenerationRequest(prompt=prompt, max_new_tokens=32))
+        assert res.token_ids == plain_answers[prompt]
+        st = res.eagle
+        assert st.drafts == res.generated_tokens - 1 and st.drafted_tokens == st.accepted_tokens == 0
+        assert st.mean_acceptance_length == 1.0
 
 
 def test_eagle_settings_are_validated_against_the_configured_tree(random_draft_engine):
@@ -67,6 +79,9 @@ def test_eagle_settings_are_validated_against_the_configured_tree(random_draft_e
         eng.set_eagle(EagleConfig(True, 4, 4, 0))
     with pytest.raises(ConfigError, match="drafting_step"):
         eng.set_eagle(EagleConfig(True, 4, 99, 16))
+    for bad in (-0.1, 1.5, float("nan"), "0.2", True):
+        with pytest.raises(ConfigError, match="confidence_threshold must be in \\[0, 1\\]"):
+            eng.set_eagle(EagleConfig(True, 4, 4, 16, bad))
 
 
 def test_eagle_off_takes_effect_at_the_next_request(random_draft_engine):

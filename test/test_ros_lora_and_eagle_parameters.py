@@ -76,8 +76,10 @@ def test_eagle_parameters_apply_between_requests_and_are_checked(ros_graph):
     try:
         plain = c.ask(Q, max_new_tokens=24, top_k=1)
         assert plain.draft_steps == 0
+        # a random draft doubts everything: no threshold, so that its trees are verified
         results = c.set_parameters(eagle__enabled=True, eagle__drafting_top_k=2,
-                                   eagle__drafting_step=3, eagle__verify_tree_size=6)
+                                   eagle__drafting_step=3, eagle__verify_tree_size=6,
+                                   eagle__confidence_threshold=0.0)
         assert all(r.successful for r in results), [r.reason for r in results]
         spec = c.ask(Q, max_new_tokens=24, top_k=1)
         assert spec.success and spec.text == plain.text   # greedy: exact
@@ -85,6 +87,8 @@ def test_eagle_parameters_apply_between_requests_and_are_checked(ros_graph):
         assert spec.mean_acceptance_length >= 1.0
         (r,) = c.set_parameters(eagle__verify_tree_size=65)
         assert not r.successful and "verify_tree_size must be in [1, 64]" in r.reason
+        (r,) = c.set_parameters(eagle__confidence_threshold=-0.5)
+        assert not r.successful and "confidence_threshold" in r.reason
         (r,) = c.set_parameters(eagle__max_tree=128)
         assert not r.successful and "configure-time" in r.reason
         status = _latest_status(ros_graph)

@@ -111,5 +111,8 @@ def test_lora_and_eagle_parameters_are_validated_with_the_reason():
         settings_from_parameters({"eagle.drafting_top_k": 9})
     s = settings_from_parameters({"eagle.max_top_k": 16, "eagle.drafting_top_k": 9,
                                   "eagle.enabled": True, "lora": "radiology"})
-    assert s.eagle == EagleConfig(True, 9, 4, 8) and s.lora == "radiology"
+    assert s.eagle == EagleConfig(True, 9, 4, 8, 0.2) and s.lora == "radiology"
+    assert settings_from_parameters({"eagle.confidence_threshold": 0.35}).eagle.confidence_threshold == 0.35
+    with pytest.raises(ConfigError, match="eagle.confidence_threshold must be in \\[0, 1\\], got 1.5"):
+        settings_from_parameters({"eagle.confidence_threshold": 1.5})
     assert settings_from_parameters({"model": "/m.gguf"}).engine.lora_adapters == ()

@@ -391,6 +391,7 @@ class EdgeLLMNode(LifecycleNode):
                       "drafting_top_k": engine.eagle.drafting_top_k,
                       "drafting_step": engine.eagle.drafting_step,
                       "verify_tree_size": engine.eagle.verify_tree_size,
+                      "confidence_threshold": engine.eagle.confidence_threshold,
                       **engine.eagle_totals.as_dict()},
         }
         pub.publish(String(data=json.dumps(status)))

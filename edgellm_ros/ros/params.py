@@ -133,6 +133,9 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "levels of the draft tree (<= eagle.max_step)", range=(1, 32)),
     ParamSpec("eagle.verify_tree_size", _EAGLE.verify_tree_size,
               "draft nodes verified per base forward (<= eagle.max_tree)", range=(1, 512)),
+    ParamSpec("eagle.confidence_threshold", _EAGLE.confidence_threshold,
+              "draft nodes whose path probability under the draft is below this are neither "
+              "expanded nor verified (0 = the whole tree)", range=(0.0, 1.0)),
     ParamSpec("split_images", False,
               "vision models: split large frames into tiles as the model's processor does "
               "(more detail, ~15x the encoder work); false = one resized tile per image",
@@ -222,7 +225,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         split_images=v["split_images"])
     limits = EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"])
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
-                        v["eagle.verify_tree_size"]).check(limits)
+                        v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"])).check(limits)
     if not (math.isfinite(v["max_image_age"]) and v["max_image_age"] > 0):
         raise ConfigError(f"max_image_age must be > 0 seconds, got {v['max_image_age']}")
     seed = v["sampling.seed"]
