@@ -15,7 +15,6 @@ from typing import List, Optional
 
 from .config import INT4_COMPUTE, QUANTIZATIONS, EngineConfig, GenerationRequest, SamplingConfig
 from .errors import EdgeLLMError
-from .speculative import EagleConfig
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +64,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
         stop=tuple(a.stop or ()), raw=a.raw)
     engine = Engine.load(_engine_config(a), log=_log(a.verbose))
     if a.eagle:
-        engine.set_eagle(EagleConfig(True, a.eagle_top_k, a.eagle_step, a.eagle_tree, a.eagle_threshold))
+        from .speculative import EagleConfig   # numpy and onnx: not at CLI start-up
+        given = {"drafting_top_k": a.eagle_top_k, "drafting_step": a.eagle_step,
+                 "verify_tree_size": a.eagle_tree, "confidence_threshold": a.eagle_threshold}
+        engine.set_eagle(EagleConfig(True, **{k: v for k, v in given.items() if v is not None}))
     try:
         res = engine.generate(req, on_token=lambda ev: (sys.stdout.write(ev.text), sys.stdout.flush()))
     finally:
@@ -109,10 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--raw", action="store_true", help="no chat template")
     g.add_argument("--eagle", action="store_true", help="EAGLE speculative decoding")
-    g.add_argument("--eagle-top-k", type=int, default=EagleConfig.drafting_top_k)
-    g.add_argument("--eagle-step", type=int, default=EagleConfig.drafting_step)
-    g.add_argument("--eagle-tree", type=int, default=EagleConfig.verify_tree_size)
-    g.add_argument("--eagle-threshold", type=float, default=EagleConfig.confidence_threshold,
+    # unset: the runtime's EagleConfig defaults (2, 4, 8, 0.2)
+    g.add_argument("--eagle-top-k", type=int)
+    g.add_argument("--eagle-step", type=int)
+    g.add_argument("--eagle-tree", type=int)
+    g.add_argument("--eagle-threshold", type=float,
                    help="draft nodes below this path probability are not verified (0 = all)")
     _engine_args(g)
     g.set_defaults(func=cmd_generate)
