@@ -185,6 +185,10 @@ class _Decoder:
         n_in = q.shape[1]
         elem = TensorProto.INT4 if parts[0].bits == 4 else TensorProto.INT8
         key = f"{key}.{self.quantization}"   # one weights file may hold both int4 modes
+        if self.fused and any(b.offset is not None for b in parts):
+            off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
+                                  for b in parts], axis=0)                     # [N, K/32]
+            return self.offset_augmented_matmul(x, q, scale, off, scope, f"model.{key}")
         qt = g.weight(f"model.{key}.q{parts[0].bits}", pack_int(q.T, parts[0].bits),
                       elem_type=elem, dims=[n_in, q.shape[0]])
         st = g.weight(f"model.{key}.scale", np.ascontiguousarray(scale.T))
@@ -197,24 +201,54 @@ class _Decoder:
             # with a 0/1 [K, K/32] matrix reads K*K/32 floats a step: 295 KB for down_proj.)
             blocks = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
             sums = g.op("ReduceSum", [blocks, g.const([-1])], f"{scope}/offset", keepdims=0)
-            if self.fused:
-                corr = self.offset_matmul_8bit(sums, off, f"{scope}/offset", f"model.{key}.offset")
-            else:
-                corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
-                            f"{scope}/offset")
+            corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
+                        f"{scope}/offset")
             y = g.op("Add", [y, corr], f"{scope}/offset")
         return y
 
-    def offset_matmul_8bit(self, sums: str, off: np.ndarray, scope: str, key: str) -> str:
-        """sums @ off^T for the block offsets ``off`` [N, K/32] in symmetric 8-bit blocks of 32
-        offsets (zero-padded to whole blocks) through MatMulNBits: a quarter of float32's bytes.
+    def offset_augmented_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, off: np.ndarray,
+                                scope: str, key: str) -> str:
+        """x @ (q * scale + offsets)^T for Q4_1-style blocks in one 4-bit MatMulNBits (fused graph).
 
-        Each offset lands within 1/254 of the largest of its group of 32; with int8 activations
-        this is not bit-exact, so the exact mode (int4_compute float32) runs the plain graph.
+        A block's offset adds ``offset[n, b] * S_b`` to output n, S_b being the
+        sum of the input over block b. So the input is widened to [x, S, S]
+        (S zero-padded to whole blocks of 32) and the weight to [q, hi, lo]:
+        per group of 32 offsets of one output, the offset is ``16 * hi + lo``
+        steps of sigma = the group's largest magnitude / 119 (hi, lo in
+        [-8, 7]: 8-bit precision from two 4-bit rows), hi's blocks scaled by
+        16 sigma and lo's by sigma. S itself comes from a 4-bit MatMulNBits
+        with 0/1 weights (exact in INT4). Two kernels and a Concat instead of
+        the plain graph's Reshape, ReduceSum, offset MatMul and Add; the extra
+        rows add 2 * 32 / K of the weight's bytes (11% for K = 576). With int8
+        activations this is not bit-exact (the exact mode runs the plain graph).
         """
-        nb = off.shape[1]
-        bq = quantize_symmetric(np.pad(off, ((0, 0), (0, -nb % BLOCK))), 8)
-        return self.matmul_nbits(sums, bq.q, bq.scale, 8, BLOCK, scope, key, k=nb)
+        n, k = q.shape
+        nb = k // BLOCK
+        kp = -(-nb // BLOCK) * BLOCK                                   # S padded to whole blocks
+        ones = np.zeros((kp, k), np.int8)
+        for b in range(nb):
+            ones[b, b * BLOCK:(b + 1) * BLOCK] = 1
+        sums = self.dq_matmul(x, ones, np.ones((kp, nb), np.float32), f"{scope}/offset", f"{key}.offset.blocksum")
+        wide = self.g.op("Concat", [x, sums, sums], f"{scope}/offset", axis=-1)   # [.., K + 2 kp]
+        groups = np.pad(off, ((0, 0), (0, kp - nb))).reshape(n, kp // BLOCK, BLOCK)
+        sigma = np.abs(groups).max(-1) / 119.0
+        sigma[sigma == 0] = 1.0
+        steps = np.rint(groups / sigma[..., None]).astype(np.int16)    # [-119, 119]
+        hi = np.floor_divide(steps + 8, 16)
+        lo = steps - 16 * hi
+        wq = np.concatenate([q, hi.reshape(n, kp), lo.reshape(n, kp)], axis=1).astype(np.int8)
+        ws = np.concatenate([scale, 16.0 * sigma, sigma], axis=1)
+        return self.dq_matmul(wide, wq, ws, scope, f"{key}.offset.augmented")
+
+    def dq_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, scope: str, key: str) -> str:
+        """x @ (q * scale)^T for INT4 blocks (q [N, K], scale [N, K/32]) as block-wise
+        DequantizeLinear + MatMul, which ONNX Runtime fuses into MatMulNBits with the
+        session's accuracy level (int4_compute)."""
+        g = self.g
+        qt = g.weight(f"{key}.q4", pack_int(q.T, 4), elem_type=TensorProto.INT4, dims=[q.shape[1], q.shape[0]])
+        st = g.weight(f"{key}.scale", np.ascontiguousarray(scale.T, np.float32))
+        w = g.op("DequantizeLinear", [qt, st], scope, axis=0, block_size=BLOCK)  # [K, N]
+        return g.op("MatMul", [x, w], scope)
 
     def project(self, x: str, scope: str, names: Sequence[str], split: bool = True) -> List[str]:
         """x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots) for each projection in ``names``.
