@@ -13,6 +13,12 @@ with random weights, and times it for each row count. Kernels:
   what the ``int4`` / ``int4-sym`` graphs run; LM head 8-bit blocks (Q8_0).
 - ``int4-zp``: the same with a 4-bit zero point per block (Q4_1 with its
   offsets rounded to whole steps would run this).
+- ``int4-q4_1``: what the fused ``int4`` graph runs for a Q4_1 projection
+  (export.decoder._Decoder.offset_augmented_matmul): the block sums S from a
+  0/1 INT4 MatMulNBits, a Concat to [x, S, S], one INT4 MatMulNBits over
+  K + 2 * 32 * ceil(K / 1024) inputs (the offsets as hi/lo 4-bit rows).
+- ``int4-fzp``: Q4_1 in one MatMulNBits with float zero points (scale d,
+  zero point -m / d), which ONNX Runtime runs on its unpacked path.
 - ``int8``: MatMulNBits with 8-bit blocks everywhere.
 - ``int8-channel``: DynamicQuantizeMatMul, int8 weights per output channel
   and the activations quantized per tensor (one scale for all T rows).
@@ -35,7 +41,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 
-KERNELS = ("int4", "int4-zp", "int8", "int8-channel", "float32")
+KERNELS = ("int4", "int4-zp", "int4-q4_1", "int4-fzp", "int8", "int8-channel", "float32")
 
 
 def _matmul(kind: str, x: str, name: str, k: int, n: int, rng: np.random.Generator,
@@ -51,6 +57,17 @@ def _matmul(kind: str, x: str, name: str, k: int, n: int, rng: np.random.Generat
                   numpy_helper.from_array((rng.random(n) * 2e-3).astype(np.float32), f"{name}.s")]
         nodes.append(helper.make_node("DynamicQuantizeMatMul", [x, f"{name}.q", f"{name}.s"], [y],
                                       domain="com.microsoft"))
+    elif kind == "int4-q4_1":
+        nb = k // 32
+        kp = -(-nb // 32) * 32
+        ones = np.zeros((kp, nb, 16), np.uint8) + 0x88                   # INT4 zero (q - 8 = 0) ...
+        ones[np.arange(nb), np.arange(nb)] = 0x99                        # ... and one on block b of row b
+        inits += [numpy_helper.from_array(ones, f"{name}.ones"),
+                  numpy_helper.from_array(np.ones(kp * nb, np.float32), f"{name}.ones_s")]
+        nodes.append(helper.make_node("MatMulNBits", [x, f"{name}.ones", f"{name}.ones_s"], [f"{name}.sums"],
+                                      domain="com.microsoft", K=k, N=kp, bits=4, block_size=32, accuracy_level=4))
+        nodes.append(helper.make_node("Concat", [x, f"{name}.sums", f"{name}.sums"], [f"{name}.wide"], axis=-1))
+        return _matmul("int4", f"{name}.wide", name, k + 2 * kp, n, rng, inits, nodes)
     else:
         bits, blocks = (8 if kind == "int8" else 4), k // 32
         inits += [numpy_helper.from_array(rng.integers(0, 256, (n, blocks, 32 * bits // 8)).astype(np.uint8),
@@ -60,6 +77,9 @@ def _matmul(kind: str, x: str, name: str, k: int, n: int, rng: np.random.Generat
         if kind == "int4-zp":
             inits.append(numpy_helper.from_array(
                 rng.integers(0, 256, n * ((blocks + 1) // 2)).astype(np.uint8), f"{name}.z"))
+            ins.append(f"{name}.z")
+        elif kind == "int4-fzp":
+            inits.append(numpy_helper.from_array((rng.random(n * blocks) * 15).astype(np.float32), f"{name}.z"))
             ins.append(f"{name}.z")
         nodes.append(helper.make_node("MatMulNBits", ins, [y], domain="com.microsoft", K=k, N=n,
                                       bits=bits, block_size=32, accuracy_level=4))
@@ -71,7 +91,7 @@ def build(kind: str, threads: int, layers: int = 30, hidden: int = 576, kv: int 
     rng = np.random.default_rng(0)
     inits: List = []
     nodes: List = []
-    head_kind = "int8" if kind.startswith("int4") else kind
+    head_kind = "int8" if kind.startswith("int4") else kind   # the LM head: Q8_0
     const = {"zero": [0], "h": [hidden], "m": [mlp], "last": [-1]}
     inits += [numpy_helper.from_array(np.array(v, np.int64), f"c.{k}") for k, v in const.items()]
     x = "x"
