@@ -151,7 +151,7 @@ def _graph_vs_reference(weights, folder, quantization, fused, channel_weights=No
     n = pos
     for i, (k, v) in enumerate(past):
         keys = dec.kv.keys[i][:, :n].transpose(1, 0, 2) if fused else dec.kv.keys[i][:n]
-        # the fused int4 graph's Q4_1 offsets are 8-bit blocks with int8 activations
+        # the fused int4 graph's Q4_1 offsets are 4-bit hi/lo rows (8-bit precision)
         assert np.abs(keys - k).max() < (0.02 if fused and quantization == "int4" else 1e-3)
     ops = {node.op_type for node in onnx.load(path, load_external_data=False).graph.node}
     dec.close()
@@ -383,7 +383,7 @@ def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(def
     golden = load_json("reference_greedy.json")["cases"]
     eng = _load(quantization="int4", int4_compute="float32", eagle_draft="")
     try:
-        # the exact mode runs the plain graph (float32 offsets; the fused one's are 8-bit)
+        # the exact mode runs the plain graph (float32 offsets; the fused one's are rounded to 8 bits)
         assert not eng.decoder.fused and eng.config.quantization == "int4"
         for case in golden:
             assert _greedy(eng.decoder, case["prompt_ids"], 32) == case["greedy_ids_ignoring_eos"]
@@ -421,7 +421,7 @@ def test_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw)
     """EAGLE on the fused graph (GroupQueryAttention with the tree as attention_bias,
     head-major compaction; quantized: the two-pass LM head in the verify steps) gives
     plain greedy's tokens; so does it on the plain int4 graph, which int4 + float32
-    compute runs (the fused int4 graph's offsets are 8-bit). With int4_compute "int8" it
+    compute runs (the fused int4 graph's offsets are rounded to 8 bits). With int4_compute "int8" it
     need not: ONNX Runtime's MatMulNBits rounds activations differently for one row
     and for many (see the next test), so verify and decode steps see different logits."""
     from edgellm_ros.config import GenerationRequest

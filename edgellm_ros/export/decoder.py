@@ -150,11 +150,12 @@ class _Decoder:
         quantization "int4" / "int4-sym": the weights go in as block-wise
         signed INT4 through DequantizeLinear (opset 21), see block_quant, plus
         the per-block offset correction where the blocks have offsets (Q4_1: a
-        matmul on the input's block sums, float32 and exact in the plain graph,
-        8-bit blocks through MatMulNBits in the fused CPU graph, see
-        offset_matmul_8bit); "int8": block-wise signed INT8 (no offsets: every weight is re-expressed
-        in 8-bit blocks, which hold a Q4_1 block's 16 levels to within 1/254 of
-        its largest magnitude).
+        float32 matmul on the input's block sums, exact, in the plain graph; in
+        the fused CPU graph the offsets join the weight as extra 4-bit rows over
+        the widened input, see offset_augmented_matmul); "int8": block-wise
+        signed INT8 (no offsets: every weight is re-expressed in 8-bit blocks,
+        which hold a Q4_1 block's 16 levels to within 1/254 of its largest
+        magnitude).
         """
         g = self.g
         if self.quantization == "none":
