@@ -184,28 +184,20 @@ class _Decoder:
         q = np.concatenate([b.q for b in parts], axis=0)                       # [N, K]
         scale = np.concatenate([b.scale for b in parts], axis=0)               # [N, K/32]
         n_in = q.shape[1]
-        elem = TensorProto.INT4 if parts[0].bits == 4 else TensorProto.INT8
-        key = f"{key}.{self.quantization}"   # one weights file may hold both int4 modes
-        if self.fused and any(b.offset is not None for b in parts):
-            off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
-                                  for b in parts], axis=0)                     # [N, K/32]
-            return self.offset_augmented_matmul(x, q, scale, off, scope, f"model.{key}")
-        qt = g.weight(f"model.{key}.q{parts[0].bits}", pack_int(q.T, parts[0].bits),
-                      elem_type=elem, dims=[n_in, q.shape[0]])
-        st = g.weight(f"model.{key}.scale", np.ascontiguousarray(scale.T))
-        w = g.op("DequantizeLinear", [qt, st], scope, axis=0, block_size=BLOCK)  # [K, N]
-        y = g.op("MatMul", [x, w], scope)
-        if any(b.offset is not None for b in parts):
-            off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
-                                  for b in parts], axis=0)                     # [N, K/32]
-            # block sums of x: [1, T, K] -> [1, T, K/32, 32] -> sum over the block. (A MatMul
-            # with a 0/1 [K, K/32] matrix reads K*K/32 floats a step: 295 KB for down_proj.)
-            blocks = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
-            sums = g.op("ReduceSum", [blocks, g.const([-1])], f"{scope}/offset", keepdims=0)
-            corr = g.op("MatMul", [sums, g.weight(f"model.{key}.offset", np.ascontiguousarray(off.T))],
-                        f"{scope}/offset")
-            y = g.op("Add", [y, corr], f"{scope}/offset")
-        return y
+        key = f"model.{key}.{self.quantization}"   # one weights file may hold both int4 modes
+        if all(b.offset is None for b in parts):
+            return self.dq_matmul(x, q, scale, parts[0].bits, scope, key)
+        off = np.concatenate([b.offset if b.offset is not None else np.zeros_like(b.scale)
+                              for b in parts], axis=0)                         # [N, K/32]
+        if self.fused:
+            return self.offset_augmented_matmul(x, q, scale, off, scope, key)
+        y = self.dq_matmul(x, q, scale, parts[0].bits, scope, key)
+        # block sums of x: [1, T, K] -> [1, T, K/32, 32] -> sum over the block. (A MatMul
+        # with a 0/1 [K, K/32] matrix reads K*K/32 floats a step: 295 KB for down_proj.)
+        blocks = g.op("Reshape", [x, g.const([0, 0, n_in // BLOCK, BLOCK])], f"{scope}/offset")
+        sums = g.op("ReduceSum", [blocks, g.const([-1])], f"{scope}/offset", keepdims=0)
+        corr = g.op("MatMul", [sums, g.weight(f"{key}.offset", np.ascontiguousarray(off.T))], f"{scope}/offset")
+        return g.op("Add", [y, corr], f"{scope}/offset")
 
     def offset_augmented_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, off: np.ndarray,
                                 scope: str, key: str) -> str:
@@ -226,10 +218,9 @@ class _Decoder:
         n, k = q.shape
         nb = k // BLOCK
         kp = -(-nb // BLOCK) * BLOCK                                   # S padded to whole blocks
-        ones = np.zeros((kp, k), np.int8)
-        for b in range(nb):
-            ones[b, b * BLOCK:(b + 1) * BLOCK] = 1
-        sums = self.dq_matmul(x, ones, np.ones((kp, nb), np.float32), f"{scope}/offset", f"{key}.offset.blocksum")
+        ones = np.repeat(np.eye(kp, nb, dtype=np.int8), BLOCK, axis=1)   # row b: 1 on block b
+        sums = self.dq_matmul(x, ones, np.ones((kp, nb), np.float32), 4, f"{scope}/offset",
+                              f"{key}.offset.blocksum")
         wide = self.g.op("Concat", [x, sums, sums], f"{scope}/offset", axis=-1)   # [.., K + 2 kp]
         groups = np.pad(off, ((0, 0), (0, kp - nb))).reshape(n, kp // BLOCK, BLOCK)
         sigma = np.abs(groups).max(-1) / 119.0
@@ -239,14 +230,15 @@ class _Decoder:
         lo = steps - 16 * hi
         wq = np.concatenate([q, hi.reshape(n, kp), lo.reshape(n, kp)], axis=1).astype(np.int8)
         ws = np.concatenate([scale, 16.0 * sigma, sigma], axis=1)
-        return self.dq_matmul(wide, wq, ws, scope, f"{key}.offset.augmented")
+        return self.dq_matmul(wide, wq, ws, 4, scope, f"{key}.offset.augmented")
 
-    def dq_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, scope: str, key: str) -> str:
-        """x @ (q * scale)^T for INT4 blocks (q [N, K], scale [N, K/32]) as block-wise
-        DequantizeLinear + MatMul, which ONNX Runtime fuses into MatMulNBits with the
-        session's accuracy level (int4_compute)."""
+    def dq_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, scope: str, key: str) -> str:
+        """x @ (q * scale)^T for signed INT4 / INT8 blocks (q [N, K], scale [N, K/32]) as
+        block-wise DequantizeLinear + MatMul (opset 21; ONNX Runtime fuses the pair into
+        MatMulNBits with the session's accuracy level, int4_compute)."""
         g = self.g
-        qt = g.weight(f"{key}.q4", pack_int(q.T, 4), elem_type=TensorProto.INT4, dims=[q.shape[1], q.shape[0]])
+        elem = TensorProto.INT4 if bits == 4 else TensorProto.INT8
+        qt = g.weight(f"{key}.q{bits}", pack_int(q.T, bits), elem_type=elem, dims=[q.shape[1], q.shape[0]])
         st = g.weight(f"{key}.scale", np.ascontiguousarray(scale.T, np.float32))
         w = g.op("DequantizeLinear", [qt, st], scope, axis=0, block_size=BLOCK)  # [K, N]
         return g.op("MatMul", [x, w], scope)
@@ -476,17 +468,17 @@ class _Decoder:
         return g.op("Concat", parts, s, axis=0)                                  # [L, V]
 
     def matmul_nbits(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, block: int,
-                     scope: str, key: str, k: int = 0) -> str:
+                     scope: str, key: str) -> str:
         """x @ W^T as ONNX Runtime's MatMulNBits (int8 activations) for W [N, K] = q * scale
-        in blocks of ``block`` (q signed, scale [N, K/block]), written directly (If branches;
-        tiny-K matmuls). k: the input's width where it is less than q's (q zero-padded)."""
+        in blocks of ``block`` (q signed, scale [N, K/block]), written directly (If branches,
+        which ONNX Runtime's DequantizeLinear + MatMul fusion does not reach)."""
         n, width = q.shape
         u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, width // block, block)
         if bits == 4:   # two per byte, the lower index in the low nibble
             u = u[..., 0::2] | (u[..., 1::2] << 4)
         qb = self.g.weight(f"{key}.mnb{bits}", np.ascontiguousarray(u))
         sb = self.g.weight(f"{key}.mnb{bits}.scale", np.ascontiguousarray(scale, np.float32).reshape(-1))
-        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=k or width, N=n,
+        return self.g.op("MatMulNBits", [x, qb, sb], scope, domain="com.microsoft", K=width, N=n,
                          bits=bits, block_size=block, accuracy_level=4)
 
     def build(self) -> None:
