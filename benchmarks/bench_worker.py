@@ -72,9 +72,9 @@ class Ours:
 
     def __init__(self, spec: Dict[str, Any]) -> None:
         sys.path.insert(0, ROOT)
-        from edgellm_ros.config import EngineConfig
-        from edgellm_ros.engine import Engine
-        from edgellm_ros.speculative import EagleConfig
+        from edgellm_ros.runtime.config import EngineConfig
+        from edgellm_ros.runtime.engine import Engine
+        from edgellm_ros.runtime.speculative import EagleConfig
 
         head, *settings = spec["variant"].split("/")
         quant, _, extra = head.partition("+")
@@ -129,7 +129,7 @@ class Ours:
         return {"chat": {"text": chat, "ids": tok.encode(chat)}, "prefill": {"text": prefill, "ids": ids}}
 
     def _request(self, text: str, ids: List[int], n: int):
-        from edgellm_ros.config import GenerationRequest
+        from edgellm_ros.runtime.config import GenerationRequest
         req = GenerationRequest(prompt=text, raw=True, ignore_eos=True, max_new_tokens=n)
         if text not in self.checked:  # what the engine will feed its graph (outside the timing)
             got = self.engine.generator.build_prompt(req)[0]

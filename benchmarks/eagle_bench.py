@@ -20,9 +20,9 @@ import os
 import statistics
 import time
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
-from edgellm_ros.engine import Engine
-from edgellm_ros.speculative import EagleConfig, SpecStats
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.engine import Engine
+from edgellm_ros.runtime.speculative import EagleConfig, SpecStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID = [(1, 4, 4, 0.0), (2, 4, 8, 0.0), (4, 4, 16, 0.0), (4, 6, 24, 0.0), (8, 5, 32, 0.0), (8, 8, 64, 0.0),

@@ -20,8 +20,8 @@ import os
 import statistics
 import time
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
-from edgellm_ros.engine import Engine
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.engine import Engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADAPTER = "radiology:" + os.path.join(ROOT, "adapters", "radiology")

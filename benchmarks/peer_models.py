@@ -84,7 +84,7 @@ def make_hf_folder(model: str, out: str) -> None:
     from safetensors.numpy import save_file
 
     from edgellm_ros.loaders import load_model
-    from edgellm_ros.tokenizer import Tokenizer
+    from edgellm_ros.runtime.tokenizer import Tokenizer
 
     w = load_model(model)
     kind, md = w.tokenizer_source

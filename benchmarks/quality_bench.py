@@ -28,10 +28,11 @@ import time
 import numpy as np
 
 from edgellm_ros.backends.onnxruntime import OrtDecoder
-from edgellm_ros.engine_dir import ensure_engine, ensure_family, graph_name, read_manifest
+from edgellm_ros.runtime.engine_dir import ensure_engine, ensure_family, graph_name
+from edgellm_ros.contract import read_manifest
 from edgellm_ros.evaluation import compare_decoders
 from edgellm_ros.models.spec import ModelConfig
-from edgellm_ros.tokenizer import Tokenizer
+from edgellm_ros.runtime.tokenizer import Tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(HERE, "data", "quality_sample.txt")

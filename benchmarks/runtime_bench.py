@@ -25,8 +25,8 @@ import resource
 import statistics
 import time
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
-from edgellm_ros.engine import Engine
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.engine import Engine
 
 SYSTEM = ("You are the on-board assistant of a mobile robot in a warehouse. You answer "
           "operators' questions about the robot's surroundings, its task and its state. "

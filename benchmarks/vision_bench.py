@@ -22,11 +22,11 @@ import time
 
 from safetensors.numpy import save_file
 
-from edgellm_ros.config import EngineConfig
-from edgellm_ros.engine import Engine
+from edgellm_ros.runtime.config import EngineConfig
+from edgellm_ros.runtime.engine import Engine
 from edgellm_ros.export.vision import export_vision
 from edgellm_ros.loaders.vlm import load_vision
-from edgellm_ros.testing import tiny_vlm as tv
+from edgellm_ros.synthetic import tiny_vlm as tv
 
 VISION_256M = {**tv.TINY_VLM_VISION, "hidden_size": 768, "intermediate_size": 3072,
                "num_hidden_layers": 12, "num_attention_heads": 12, "image_size": 512,
@@ -63,7 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     from edgellm_ros.export.graph import WeightFile
     from edgellm_ros.loaders.vlm import save_vision_json
-    from edgellm_ros.vision import VisionPipeline
+    from edgellm_ros.runtime.vision import VisionPipeline
 
     eng = Engine.load(EngineConfig(eagle_draft="", max_seq_len=2048), log=lambda m: None)
     frame = tv.synthetic_image(7, 480, 640)

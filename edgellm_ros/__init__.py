@@ -1,7 +1,7 @@
 """edgellm_ros: a small LLM/VLM runtime behind a ROS 2 lifecycle node.
 
 Importing the package loads nothing heavy: the runtime lives in submodules
-(``edgellm_ros.engine``, ...), the ROS layer in ``edgellm_ros.ros``, and the
+(``edgellm_ros.runtime.engine``, ...), the ROS layer in ``edgellm_ros.ros``, and the
 rosidl-generated interfaces in ``edgellm_ros.msg`` / ``edgellm_ros.srv``.
 """
 

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import List, Optional
 
-from .config import INT4_COMPUTE, QUANTIZATIONS, EngineConfig, GenerationRequest, SamplingConfig
+from .runtime.config import INT4_COMPUTE, QUANTIZATIONS, EngineConfig, GenerationRequest, SamplingConfig
 from .errors import EdgeLLMError
 
 
@@ -55,7 +55,7 @@ def _log(verbose: bool):
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .engine import Engine
+    from .runtime.engine import Engine
 
     req = GenerationRequest(
         prompt=a.prompt, system_prompt=a.system, max_new_tokens=a.max_new_tokens,
@@ -64,7 +64,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         stop=tuple(a.stop or ()), raw=a.raw)
     engine = Engine.load(_engine_config(a), log=_log(a.verbose))
     if a.eagle:
-        from .speculative import EagleConfig   # numpy and onnx: not at CLI start-up
+        from .runtime.speculative import EagleConfig   # numpy and onnx: not at CLI start-up
         given = {"drafting_top_k": a.eagle_top_k, "drafting_step": a.eagle_step,
                  "verify_tree_size": a.eagle_tree, "confidence_threshold": a.eagle_threshold}
         engine.set_eagle(EagleConfig(True, **{k: v for k, v in given.items() if v is not None}))
@@ -84,7 +84,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .engine_dir import ensure_engine
+    from .runtime.engine_dir import ensure_engine
 
     print(ensure_engine(a.model, a.engine_dir, log=_log(True)))
     return 0

@@ -58,9 +58,9 @@ class _Report:
 
 
 def _kernel_checks(rep: _Report, device: Any) -> None:
-    from .backends.cuda_kv import DeviceKVCache
-    from .backends.cuda_rt import DeviceBuffer, GraphCache, PinnedBuffer, Stream
-    from .kv_cache import KVCache
+    from .backends.tensorrt.cuda_kv import DeviceKVCache
+    from .backends.tensorrt.cuda_rt import DeviceBuffer, GraphCache, PinnedBuffer, Stream
+    from .backends.kv_cache import KVCache
 
     stream = Stream()
     rng = np.random.default_rng(0)
@@ -145,12 +145,13 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
             rep.run(n, lambda: "", needs)
         return
     from .backends.onnxruntime import OrtDecoder
-    from .backends.tensorrt import TrtDecoder
-    from .backends.tensorrt_engines import ensure_decoder_plan
-    from .engine_dir import ensure_engine, read_manifest
-    from .lora import module_shapes
+    from .backends.tensorrt.decoder import TrtDecoder
+    from .backends.tensorrt.engines import ensure_decoder_plan
+    from .runtime.engine_dir import ensure_engine
+    from .contract import read_manifest
+    from .contract import module_shapes
     from .models.spec import ModelConfig
-    from .tokenizer import Tokenizer
+    from .runtime.tokenizer import Tokenizer
 
     folder = ensure_engine(model, engine_dir, log)
     manifest = read_manifest(folder) or {}
@@ -263,7 +264,7 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
                              max_seq_len: int, chunk: int, log: Callable[[str], None]) -> None:
     """The EAGLE draft's and the vision encoder's engines against ONNX Runtime, same inputs."""
     from .backends.onnxruntime import OrtDraft, make_session
-    from .export.decoder import MASK_VALUE
+    from .contract import MASK_VALUE
     from .loaders.vlm import read_vision_json
 
     rng = np.random.default_rng(2)
@@ -271,14 +272,14 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
     ids = rng.integers(3, mcfg.vocab_size, 24).tolist()
 
     def draft() -> Any:
-        from .backends.tensorrt_draft import load_trt_draft
-        from .engine import export_draft_graphs, manifest_head
+        from .backends.tensorrt.draft import load_trt_draft
+        from .runtime.engine import export_draft_graphs, manifest_head
         from .models.eagle import load_draft
-        from .resources import resolve_draft
+        from .runtime.resources import resolve_draft
 
         path, what = resolve_draft("default", model), "the shipped EAGLE-3 draft"
         if not path:
-            from .testing.tiny_models import write_random_draft
+            from .synthetic.tiny_models import write_random_draft
             path, what = os.path.join(own, "random_draft"), "a random EAGLE-3 draft"
             if not os.path.isfile(os.path.join(path, "config.json")):
                 write_random_draft(path, mcfg, "eagle3", seed=0)
@@ -317,12 +318,12 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
                 f"top-4 on every row, max |logit diff| {m['max_abs_diff']:.3g}"), m
 
     def vision() -> Any:
-        from .backends.tensorrt_function import load_trt_vision
-        from .engine_dir import ensure_engine
+        from .backends.tensorrt.function import load_trt_vision
+        from .runtime.engine_dir import ensure_engine
 
         vfolder, what = folder, "the model's vision encoder"
         if read_vision_json(folder) is None:
-            from .testing.tiny_vlm import write_tiny_vlm_once
+            from .synthetic.tiny_vlm import write_tiny_vlm_once
             vlm = write_tiny_vlm_once(own, folder)
             vfolder, what = ensure_engine(vlm, os.path.join(own, "tiny_vlm_engine"), log), "a tiny SmolVLM encoder"
         vcfg = (read_vision_json(vfolder) or (None,))[0]
@@ -347,9 +348,9 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
 def run_selftest(model: str = "", engine_dir: str = "", max_seq_len: int = 256,
                  out: Callable[[str], None] = print, log: Callable[[str], None] = lambda m: None) -> int:
     """Run every check; print the lines and the JSON; return the exit code."""
-    from .backends.cuda_kernels import compile_kernels
-    from .backends.cuda_rt import Device, bindings_version, gpu_count, import_cuda
-    from .backends.tensorrt_build import import_tensorrt
+    from .backends.tensorrt.cuda_kernels import compile_kernels
+    from .backends.tensorrt.cuda_rt import Device, bindings_version, gpu_count, import_cuda
+    from .backends.tensorrt.build import import_tensorrt
 
     rep = _Report(out)
     cuda_ok = rep.run("cuda_python", lambda: f"cuda-python {bindings_version()}" if import_cuda() else "")

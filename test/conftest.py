@@ -76,3 +76,48 @@ def ros_graph(request):
         node.destroy_node()
         client_node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+# --- the real default model and the seeded tiny VLM, loaded once per session ---
+
+@pytest.fixture(scope="session")
+def default_weights():
+    from edgellm_ros.loaders import load_model
+    return load_model("")
+
+
+@pytest.fixture(scope="session")
+def reference_model(default_weights):
+    from edgellm_ros.models.llama import LlamaReference
+    return LlamaReference(default_weights)
+
+
+@pytest.fixture(scope="session")
+def default_engine_dir():
+    """The engine folder of the default model, in the user cache (shared with ROS tests)."""
+    from edgellm_ros.runtime.engine_dir import ensure_engine
+    return ensure_engine("", "", log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory, default_engine_dir):
+    """The seeded tiny VLM folder (edgellm_ros.synthetic.tiny_vlm), written once per session."""
+    from edgellm_ros.synthetic.tiny_vlm import write_tiny_vlm_once
+    return write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_loaded(tiny_vlm):
+    """load_vlm(tiny_vlm): (decoder weights, vision weights, processor config)."""
+    from edgellm_ros.loaders.vlm import load_vlm
+    return load_vlm(tiny_vlm)
+
+
+@pytest.fixture(scope="session")
+def engine(default_engine_dir):
+    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.engine import Engine
+    eng = Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=256, quantization="none"),
+                      log=lambda m: None)
+    yield eng
+    eng.close()

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from edgellm_ros.engine_dir import MANIFEST, ensure_engine, read_manifest
+from edgellm_ros.runtime.engine_dir import ensure_engine
+from edgellm_ros.contract import MANIFEST, read_manifest
 from edgellm_ros.errors import ModelLoadError
-from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_tiny_model
-from runtime_fixtures import default_engine_dir  # noqa: F401
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env=env)
 
 
-def test_generate_streams_the_answer_and_prints_stats(default_engine_dir):  # noqa: F811
+def test_generate_streams_the_answer_and_prints_stats(default_engine_dir):
     # float32 INT4 compute: the GGUF's exact numbers, so the float path's answer (with int8
     # activations the first token is a near tie here: "The" 25.33 vs "L" 25.24 in float32)
     r = _cli("generate", "What is the capital of France?", "--max-new-tokens", "16",
@@ -42,7 +42,7 @@ def test_generate_reports_bad_input_without_a_traceback():
     assert r.returncode == 2 and "/no/such/file.gguf" in r.stderr
 
 
-def test_export_writes_once_and_reuses_while_the_hash_matches(tmp_path, default_engine_dir):  # noqa: F811
+def test_export_writes_once_and_reuses_while_the_hash_matches(tmp_path, default_engine_dir):
     model = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
     out = str(tmp_path / "engine")
     logs = []
@@ -72,11 +72,11 @@ def test_a_foreign_non_empty_engine_dir_is_not_overwritten(tmp_path):
 
 
 @pytest.mark.parametrize("quantization,fused", [("none", False), ("int4", True)])
-def test_a_corrupt_engine_graph_is_a_clear_load_error(tmp_path, default_engine_dir,  # noqa: F811
+def test_a_corrupt_engine_graph_is_a_clear_load_error(tmp_path, default_engine_dir,
                                                       quantization, fused):
-    from edgellm_ros.config import EngineConfig
-    from edgellm_ros.engine import Engine
-    from edgellm_ros.engine_dir import ensure_family, graph_name
+    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.engine import Engine
+    from edgellm_ros.runtime.engine_dir import ensure_family, graph_name
     model = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
     out = str(tmp_path / "engine")
     ensure_engine(model, out, log=lambda m: None)
@@ -89,10 +89,10 @@ def test_a_corrupt_engine_graph_is_a_clear_load_error(tmp_path, default_engine_d
                                  fused_ops=fused), log=lambda m: None)
 
 
-def test_a_change_of_the_exporting_code_makes_the_folder_stale(tmp_path, default_engine_dir,  # noqa: F811
+def test_a_change_of_the_exporting_code_makes_the_folder_stale(tmp_path, default_engine_dir,
                                                                monkeypatch):
     """A graph edit without an EXPORT_FORMAT bump must not meet an old folder (it once did)."""
-    from edgellm_ros import engine_dir
+    from edgellm_ros.runtime import engine_dir
     model = write_tiny_model(str(tmp_path / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
     out = str(tmp_path / "engine")
     ensure_engine(model, out, log=lambda m: None)

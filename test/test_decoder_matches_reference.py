@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 
-from runtime_fixtures import default_engine_dir, default_weights, reference_model  # noqa: F401
 
 # "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
 # with SmolLM2's default system turn omitted (ids from the GGUF vocabulary).
@@ -22,7 +21,7 @@ PLAIN_ONNX_OPS = {
 
 
 @pytest.fixture(scope="module")
-def decoder(default_engine_dir, default_weights):  # noqa: F811
+def decoder(default_engine_dir, default_weights):
     from edgellm_ros.backends.onnxruntime import OrtDecoder
     dec = OrtDecoder(os.path.join(default_engine_dir, "decoder.onnx"), default_weights.config,
                      default_weights.tensors["embed_tokens.weight"], max_seq_len=128, max_chunk=32)
@@ -30,7 +29,7 @@ def decoder(default_engine_dir, default_weights):  # noqa: F811
     dec.close()
 
 
-def test_onnx_logits_match_reference_over_prefill_and_20_decode_steps(decoder, reference_model):  # noqa: F811
+def test_onnx_logits_match_reference_over_prefill_and_20_decode_steps(decoder, reference_model):
     ref = reference_model
     logits, _, past = ref.forward(ref.embed(PROMPT), np.arange(len(PROMPT)), [])
     got = decoder.forward(0, PROMPT)
@@ -53,7 +52,7 @@ def test_onnx_logits_match_reference_over_prefill_and_20_decode_steps(decoder, r
     assert ref_tokens == ort_tokens
 
 
-def test_present_keys_and_values_are_written_into_the_cache_rows(decoder, reference_model):  # noqa: F811
+def test_present_keys_and_values_are_written_into_the_cache_rows(decoder, reference_model):
     ref = reference_model
     decoder.kv.keys[3][:40] = 7.0  # poison: the step must overwrite exactly rows [P, P+T)
     decoder.forward(0, PROMPT[:10])
@@ -66,14 +65,14 @@ def test_present_keys_and_values_are_written_into_the_cache_rows(decoder, refere
     assert np.all(decoder.kv.keys[3][n:40] == 7.0), "rows past P+T were touched"
 
 
-def test_hidden_states_output_is_the_final_norm_output(decoder, reference_model):  # noqa: F811
+def test_hidden_states_output_is_the_final_norm_output(decoder, reference_model):
     ref = reference_model
     decoder.forward(0, PROMPT)
     _, hidden, _ = ref.forward(ref.embed(PROMPT), np.arange(len(PROMPT)), [])
     assert np.abs(decoder.hidden[:len(PROMPT)] - hidden).max() < 1e-3
 
 
-def test_logits_index_selects_rows(decoder, reference_model):  # noqa: F811
+def test_logits_index_selects_rows(decoder, reference_model):
     ref = reference_model
     logits, _, _ = ref.forward(ref.embed(PROMPT), np.arange(len(PROMPT)), [])
     got = decoder.forward(0, PROMPT, logits_rows=[2, 7, 15])
@@ -81,7 +80,7 @@ def test_logits_index_selects_rows(decoder, reference_model):  # noqa: F811
     assert np.abs(got - logits[[2, 7, 15]]).max() < 2e-3
 
 
-def test_decoder_graph_uses_plain_onnx_ops_at_opset_17(default_engine_dir, default_weights):  # noqa: F811
+def test_decoder_graph_uses_plain_onnx_ops_at_opset_17(default_engine_dir, default_weights):
     path = os.path.join(default_engine_dir, "decoder.onnx")
     model = onnx.load(path, load_external_data=False)
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]

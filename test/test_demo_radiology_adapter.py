@@ -14,8 +14,7 @@ import os
 
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
-from runtime_fixtures import default_engine_dir  # noqa: F401
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ADAPTER = os.path.join(REPO, "adapters", "radiology")
@@ -28,8 +27,8 @@ def _request() -> GenerationRequest:
 
 
 @pytest.fixture(scope="module")
-def radiology_engine(default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def radiology_engine(default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(lora_adapters=(f"radiology:{ADAPTER}",), lora="radiology"),
                       log=lambda m: None)
     yield eng
@@ -37,8 +36,8 @@ def radiology_engine(default_engine_dir):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def base_answer(default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def base_answer(default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(), log=lambda m: None)
     try:
         return eng.generate(_request()).text

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
-from edgellm_ros.speculative import EagleConfig, SpecStats
-from runtime_fixtures import default_engine_dir  # noqa: F401
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.speculative import EagleConfig, SpecStats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,8 +22,8 @@ def eval_prompts():
 
 
 def test_shipped_draft_is_loaded_by_default_and_accepts_well_above_one(
-        default_engine_dir, eval_prompts):  # noqa: F811
-    from edgellm_ros.engine import Engine
+        default_engine_dir, eval_prompts):
+    from edgellm_ros.runtime.engine import Engine
     # float weights: EAGLE's output is bit-exact there (see test_quantized_and_fused_graphs.py)
     eng = Engine.load(EngineConfig(max_seq_len=512, quantization="none"), log=lambda m: None)
     try:
@@ -46,13 +45,13 @@ def test_shipped_draft_is_loaded_by_default_and_accepts_well_above_one(
 
 
 def test_confidence_threshold_verifies_only_what_the_draft_trusts_and_stays_exact(
-        default_engine_dir, eval_prompts, monkeypatch):  # noqa: F811
+        default_engine_dir, eval_prompts, monkeypatch):
     """Nodes under the threshold are neither verified nor expanded; the greedy text is
     unchanged; the nodes left are accepted more often than the whole tree's."""
     import math
 
-    from edgellm_ros.engine import Engine
-    from edgellm_ros.speculative import Drafter
+    from edgellm_ros.runtime.engine import Engine
+    from edgellm_ros.runtime.speculative import Drafter
     trees = []
     build = Drafter.build_tree
 

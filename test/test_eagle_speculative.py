@@ -7,11 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest, SamplingConfig
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest, SamplingConfig
 from edgellm_ros.errors import ConfigError
-from edgellm_ros.speculative import EagleConfig, Tree, accept_sampling
-from edgellm_ros.testing.tiny_models import write_random_draft
-from runtime_fixtures import default_engine_dir, default_weights  # noqa: F401
+from edgellm_ros.runtime.speculative import EagleConfig, Tree, accept_sampling
+from edgellm_ros.synthetic.tiny_models import write_random_draft
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about a robot.",
            "List three uses of a lidar.", "How do I boil an egg?",
@@ -19,7 +18,7 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about a robot.",
 
 
 def _engine(draft_dir, **kw):
-    from edgellm_ros.engine import Engine
+    from edgellm_ros.runtime.engine import Engine
     # float weights (fused CPU graph): bit-exact verify vs decode steps (int8 INT4 compute is
     # not, test_quantized_and_fused_graphs.py says why)
     return Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, eagle_draft=str(draft_dir),
@@ -27,7 +26,7 @@ def _engine(draft_dir, **kw):
 
 
 @pytest.fixture(scope="module", params=["eagle3", "eagle1"])
-def random_draft_engine(request, tmp_path_factory, default_weights, default_engine_dir):  # noqa: F811
+def random_draft_engine(request, tmp_path_factory, default_weights, default_engine_dir):
     folder = write_random_draft(str(tmp_path_factory.mktemp(request.param)), default_weights.config,
                                 request.param, seed=3, draft_vocab=2048)
     eng = _engine(folder)
@@ -36,8 +35,8 @@ def random_draft_engine(request, tmp_path_factory, default_weights, default_engi
 
 
 @pytest.fixture(scope="module")
-def plain_answers(default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def plain_answers(default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, eagle_draft="",
                                    quantization="none"), log=lambda m: None)
     out = {p: eng.generate(GenerationRequest(prompt=p, max_new_tokens=32)).token_ids for p in PROMPTS}

@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest, SamplingConfig
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest, SamplingConfig
 from edgellm_ros.errors import ContextFull
-from edgellm_ros.generation import (FINISH_CANCELLED, FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP,
-                                    FINISH_STOP_STRING)
-from runtime_fixtures import default_engine_dir, engine, load_json  # noqa: F401
+from edgellm_ros.runtime.generation import (FINISH_CANCELLED, FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP,
+                                            FINISH_STOP_STRING)
+from golden import load_json
 
 GOLDEN = load_json("reference_greedy.json")
 
@@ -23,7 +23,7 @@ def _messages_to_request(messages, n):
 
 
 @pytest.mark.parametrize("case", range(len(GOLDEN["cases"])))
-def test_greedy_answer_equals_transformers(engine, case):  # noqa: F811
+def test_greedy_answer_equals_transformers(engine, case):
     ref = GOLDEN["cases"][case]
     req = _messages_to_request(ref["messages"], 32)
     ids, _ = engine.generator.build_prompt(req)
@@ -34,7 +34,7 @@ def test_greedy_answer_equals_transformers(engine, case):  # noqa: F811
 
 
 @pytest.mark.parametrize("case", range(len(GOLDEN["cases"])))
-def test_first_32_greedy_tokens_past_eos_equal_transformers(engine, case):  # noqa: F811
+def test_first_32_greedy_tokens_past_eos_equal_transformers(engine, case):
     """32 argmax steps that do not stop at EOS, as transformers' plain loop made them."""
     ref = GOLDEN["cases"][case]
     dec = engine.decoder
@@ -47,7 +47,7 @@ def test_first_32_greedy_tokens_past_eos_equal_transformers(engine, case):  # no
     assert out == ref["greedy_ids_ignoring_eos"]
 
 
-def test_streamed_deltas_concatenate_to_the_answer(engine):  # noqa: F811
+def test_streamed_deltas_concatenate_to_the_answer(engine):
     events = []
     res = engine.generate(GenerationRequest(prompt="Name three colors.", max_new_tokens=40),
                           on_token=events.append)
@@ -58,21 +58,21 @@ def test_streamed_deltas_concatenate_to_the_answer(engine):  # noqa: F811
     assert res.time_to_first_token > 0 and res.tokens_per_second > 0
 
 
-def test_eos_ends_with_finish_reason_stop(engine):  # noqa: F811
+def test_eos_ends_with_finish_reason_stop(engine):
     res = engine.generate(GenerationRequest(prompt="Say just the word yes.", max_new_tokens=64))
     assert res.finish_reason == FINISH_STOP
     assert res.token_ids[-1] in engine.tokenizer.stop_ids
     assert "<|im_end|>" not in res.text
 
 
-def test_max_new_tokens_ends_with_finish_reason_length(engine):  # noqa: F811
+def test_max_new_tokens_ends_with_finish_reason_length(engine):
     res = engine.generate(GenerationRequest(prompt="Write a long story about a robot.",
                                             max_new_tokens=7))
     assert res.finish_reason == FINISH_LENGTH
     assert res.generated_tokens == 7
 
 
-def test_stop_string_cuts_the_answer_and_the_stream(engine):  # noqa: F811
+def test_stop_string_cuts_the_answer_and_the_stream(engine):
     base = engine.generate(GenerationRequest(prompt="Write a long story about a robot.",
                                              max_new_tokens=60))
     words = base.text.split()
@@ -86,8 +86,8 @@ def test_stop_string_cuts_the_answer_and_the_stream(engine):  # noqa: F811
     assert "".join(e.text for e in events) == res.text
 
 
-def test_full_context_ends_with_finish_reason_context_full(default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def test_full_context_ends_with_finish_reason_context_full(default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(max_seq_len=48, prefill_chunk=16), log=lambda m: None)
     try:
         res = eng.generate(GenerationRequest(prompt="Write a long story about a robot.",
@@ -102,7 +102,7 @@ def test_full_context_ends_with_finish_reason_context_full(default_engine_dir): 
         eng.close()
 
 
-def test_cancel_from_another_thread_stops_generation(engine):  # noqa: F811
+def test_cancel_from_another_thread_stops_generation(engine):
     cancel, started = threading.Event(), threading.Event()
 
     def canceller():
@@ -119,7 +119,7 @@ def test_cancel_from_another_thread_stops_generation(engine):  # noqa: F811
     assert 4 <= res.generated_tokens < 400
 
 
-def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):  # noqa: F811
+def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):
     def run(seed):
         return engine.generate(GenerationRequest(
             prompt="Invent a name for a robot.", max_new_tokens=16,
@@ -129,7 +129,7 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):  # noqa: F8
     assert any(run(s) != a for s in (2, 3, 4))
 
 
-def test_prompt_cache_restore_gives_bit_identical_logits(engine):  # noqa: F811
+def test_prompt_cache_restore_gives_bit_identical_logits(engine):
     gen = engine.generator
     req = GenerationRequest(prompt="What is a lidar?", system_prompt="You are a robot. Be brief.")
     ids, prefix = gen.build_prompt(req)
@@ -148,7 +148,7 @@ def test_prompt_cache_restore_gives_bit_identical_logits(engine):  # noqa: F811
     assert np.array_equal(cold, warm) and np.array_equal(plain, warm)
 
 
-def test_prompt_cache_gives_identical_answers_and_is_used(engine):  # noqa: F811
+def test_prompt_cache_gives_identical_answers_and_is_used(engine):
     req = GenerationRequest(prompt="What is a lidar?", system_prompt="You are a robot. Be brief.",
                             max_new_tokens=24)
     engine.prompt_cache.clear()
@@ -164,7 +164,7 @@ def test_prompt_cache_gives_identical_answers_and_is_used(engine):  # noqa: F811
     assert first.token_ids == second.token_ids == uncached.token_ids
 
 
-def test_system_prompt_changes_the_answer(engine):  # noqa: F811
+def test_system_prompt_changes_the_answer(engine):
     a = engine.generate(GenerationRequest(prompt="Who are you?", max_new_tokens=16))
     b = engine.generate(GenerationRequest(prompt="Who are you?", max_new_tokens=16,
                                           system_prompt="You are Robby, a warehouse robot."))

@@ -15,15 +15,15 @@ import pytest
 
 from edgellm_ros.loaders import load_model
 from edgellm_ros.models.llama import LlamaReference
-from edgellm_ros.testing.tiny_models import TINY_LLAMA, TINY_LLAMA3, TINY_QWEN2, write_tiny_model
-from runtime_fixtures import default_engine_dir, load_json  # noqa: F401
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, TINY_LLAMA3, TINY_QWEN2, write_tiny_model
+from golden import load_json
 
 REF = load_json("reference_tiny_hf.json")
 CONFIGS = {"llama": TINY_LLAMA, "qwen2": TINY_QWEN2, "llama3": TINY_LLAMA3}
 
 
 @pytest.fixture(params=sorted(CONFIGS))
-def tiny(request, tmp_path, default_engine_dir):  # noqa: F811
+def tiny(request, tmp_path, default_engine_dir):
     folder = write_tiny_model(str(tmp_path / request.param), CONFIGS[request.param], seed=0,
                               tokenizer_from=default_engine_dir)
     return request.param, folder
@@ -43,7 +43,7 @@ def test_reference_forward_matches_transformers(tiny):
 
 def test_exported_graph_matches_transformers(tiny, tmp_path):
     from edgellm_ros.backends.onnxruntime import OrtDecoder
-    from edgellm_ros.engine_dir import ensure_engine
+    from edgellm_ros.runtime.engine_dir import ensure_engine
     name, folder = tiny
     eng_dir = ensure_engine(folder, str(tmp_path / "engine"), log=lambda m: None)
     w = load_model(folder)

@@ -9,20 +9,19 @@ import numpy as np
 import onnx
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
-from edgellm_ros.speculative import EagleConfig
-from runtime_fixtures import default_engine_dir  # noqa: F401
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.speculative import EagleConfig
 
 PROMPT = "List the checks a robot runs before it leaves the charging dock."
 
 
 def _load(**kw):
-    from edgellm_ros.engine import Engine
+    from edgellm_ros.runtime.engine import Engine
     return Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, **kw), log=lambda m: None)
 
 
 def test_draft_precision_follows_the_backend_and_the_decoder():
-    from edgellm_ros.engine import draft_quantization
+    from edgellm_ros.runtime.engine import draft_quantization
     assert draft_quantization(EngineConfig(quantization="int4"), "onnxruntime") == "int8"
     assert draft_quantization(EngineConfig(quantization="int4-sym"), "onnxruntime") == "int8"
     assert draft_quantization(EngineConfig(quantization="none"), "onnxruntime") == "none"
@@ -36,7 +35,7 @@ def test_unknown_draft_quantization_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def float_engine(default_engine_dir):  # noqa: F811
+def float_engine(default_engine_dir):
     eng = _load(quantization="none")
     yield eng
     eng.close()
@@ -48,7 +47,7 @@ def test_int8_draft_graph_is_a_quarter_of_the_bytes_and_tracks_the_float_draft(
     the draft's next-token choice agrees on nearly every row, its hidden output
     within a few percent."""
     from edgellm_ros.backends.onnxruntime import OrtDraft, make_session
-    from edgellm_ros.engine import export_draft_graphs, manifest_head
+    from edgellm_ros.runtime.engine import export_draft_graphs, manifest_head
     eng = float_engine
     dr = eng.drafter
     cfg = dr.cfg
@@ -88,7 +87,7 @@ def test_int8_draft_graph_is_a_quarter_of_the_bytes_and_tracks_the_float_draft(
     assert agree >= 0.9, agree
 
 
-def test_quantized_engine_loads_the_int8_draft_and_eagle_stays_exact(default_engine_dir):  # noqa: F811
+def test_quantized_engine_loads_the_int8_draft_and_eagle_stays_exact(default_engine_dir):
     """int4 weights with float32 compute are exact (test_quantized_and_fused_graphs.py),
     so EAGLE with the INT8 draft must give plain greedy's tokens, and accept drafts."""
     eng = _load(quantization="int4", int4_compute="float32")
@@ -106,7 +105,7 @@ def test_quantized_engine_loads_the_int8_draft_and_eagle_stays_exact(default_eng
 
 
 def _draft_dir() -> str:
-    from edgellm_ros.resources import resolve_draft
+    from edgellm_ros.runtime.resources import resolve_draft
     return resolve_draft("default", "")
 
 

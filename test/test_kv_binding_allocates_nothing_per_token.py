@@ -8,16 +8,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from runtime_fixtures import default_engine_dir, default_weights  # noqa: F401
-
 
 @pytest.mark.parametrize("quantization,fused", [("none", False), ("int4", True)])
-def test_decode_steps_reuse_the_same_buffers_and_allocate_no_arrays(default_engine_dir, default_weights,  # noqa: F811
+def test_decode_steps_reuse_the_same_buffers_and_allocate_no_arrays(default_engine_dir, default_weights,
                                                                     quantization, fused):
     """The plain float graph (past/present rebound per step) and the default CPU graph
     (INT4, fused: the whole head-major buffers bound once)."""
     from edgellm_ros.backends.onnxruntime import OrtDecoder
-    from edgellm_ros.engine_dir import ensure_family, graph_name
+    from edgellm_ros.runtime.engine_dir import ensure_family, graph_name
     c = default_weights.config
     ensure_family(default_engine_dir, quantization, fused, log=lambda m: None)
     dec = OrtDecoder(os.path.join(default_engine_dir, graph_name(False, False, quantization, fused) + ".onnx"),

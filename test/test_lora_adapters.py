@@ -8,20 +8,19 @@ import os
 import numpy as np
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
 from edgellm_ros.errors import ModelLoadError, UnknownAdapter
-from edgellm_ros.lora import LoraRegistry, load_adapter, merged_weights
+from edgellm_ros.runtime.lora import LoraRegistry, load_adapter, merged_weights
 from edgellm_ros.models.llama import LlamaReference
 from edgellm_ros.models.spec import ModelWeights
-from edgellm_ros.testing.tiny_models import write_random_adapter
-from runtime_fixtures import default_engine_dir, default_weights, reference_model  # noqa: F401
+from edgellm_ros.synthetic.tiny_models import write_random_adapter
 
 PROMPT = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
 LAYERS, MODULES = (0, 7, 29), ("q_proj", "v_proj", "down_proj", "gate_proj")
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory, default_weights):  # noqa: F811
+def adapters(tmp_path_factory, default_weights):
     root = tmp_path_factory.mktemp("adapters")
     c = default_weights.config
     write_random_adapter(str(root / "subset"), c, LAYERS, MODULES, r=4, alpha=16, seed=1, scale=0.15)
@@ -38,7 +37,7 @@ def _decoder(folder, weights, lora):
                       weights.config, weights.tensors["embed_tokens.weight"], 64, 32, lora_slots=slots)
 
 
-def test_lora_graph_equals_reference_with_merged_weights(adapters, default_engine_dir, default_weights):  # noqa: F811
+def test_lora_graph_equals_reference_with_merged_weights(adapters, default_engine_dir, default_weights):
     ad = load_adapter("subset", str(adapters / "subset"), default_weights.config, max_rank=8)
     assert set(ad.weights) == {(i, m) for i in LAYERS for m in MODULES}
     merged = LlamaReference(ModelWeights(default_weights.config,
@@ -57,7 +56,7 @@ def test_lora_graph_equals_reference_with_merged_weights(adapters, default_engin
     dec.close()
 
 
-def test_empty_adapter_equals_the_base_model_exactly(adapters, default_engine_dir, default_weights):  # noqa: F811
+def test_empty_adapter_equals_the_base_model_exactly(adapters, default_engine_dir, default_weights):
     ad = load_adapter("subset", str(adapters / "subset"), default_weights.config, max_rank=8)
     lora_dec = _decoder(default_engine_dir, default_weights, lora=True)
     lora_dec.add_adapter("subset", ad.weights)
@@ -73,8 +72,8 @@ def test_empty_adapter_equals_the_base_model_exactly(adapters, default_engine_di
 
 
 @pytest.fixture(scope="module")
-def lora_engine(adapters, default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def lora_engine(adapters, default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(max_seq_len=256, prefill_chunk=64, lora_adapters=(
         f"subset:{adapters / 'subset'}", "other:other"), lora_base_dir=str(adapters)),
         log=lambda m: None)
@@ -85,8 +84,8 @@ def lora_engine(adapters, default_engine_dir):  # noqa: F811
 REQ = dict(prompt="Describe a robot in one sentence.", max_new_tokens=12)
 
 
-def test_switching_gives_the_answers_of_a_fresh_engine(lora_engine, adapters, default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def test_switching_gives_the_answers_of_a_fresh_engine(lora_engine, adapters, default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     seen = {}
     for name in ("subset", "", "other", "subset", "", "other"):
         lora_engine.set_adapter(name)
@@ -135,7 +134,7 @@ def test_prompt_cache_keys_include_the_adapter(lora_engine):
     assert again.cached_tokens > 0 and again.token_ids == sub.token_ids
 
 
-def test_bad_adapters_fail_with_the_reason(tmp_path, default_weights):  # noqa: F811
+def test_bad_adapters_fail_with_the_reason(tmp_path, default_weights):
     c = default_weights.config
     big = write_random_adapter(str(tmp_path / "big"), c, (0,), ("q_proj",), r=16)
     with pytest.raises(ModelLoadError, match="r=16 is outside \\[1, max_lora_rank=8\\]"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgellm_ros.kv_cache import KVCache
-from edgellm_ros.prompt_cache import PromptCache, prefix_key
+from edgellm_ros.backends.kv_cache import KVCache
+from edgellm_ros.runtime.prompt_cache import PromptCache, prefix_key
 
 
 def _snap(kv: KVCache, rows: int):

@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgellm_ros.models.quant import BlockQuant, from_gguf, quantize_symmetric
-from runtime_fixtures import default_engine_dir, default_weights, load_json  # noqa: F401
+from golden import load_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "benchmarks", "data", "quality_sample.txt")
@@ -53,7 +53,7 @@ def test_truncated_blocks_are_a_corrupt_model_error():
         from_gguf(np.zeros((2, 10), np.uint8), "Q4_1", (2, 64), "blk.0.ffn_up.weight")
 
 
-def test_default_models_blocks_dequantize_to_its_float_tensors(default_weights):  # noqa: F811
+def test_default_models_blocks_dequantize_to_its_float_tensors(default_weights):
     w = default_weights
     assert w.quantized["embed_tokens.weight"].origin == "gguf Q8_0"
     for name in ("layers.0.self_attn.q_proj.weight", "layers.7.self_attn.k_proj.weight",
@@ -95,10 +95,10 @@ def _q4_1_like(w: np.ndarray, rng) -> BlockQuant:
 
 
 @pytest.fixture(scope="module")
-def tiny_q4_1(tmp_path_factory, default_engine_dir):  # noqa: F811
+def tiny_q4_1(tmp_path_factory, default_engine_dir):
     """The tiny test Llama with Q4_1-like blocks on every projection and Q8_0-like embeddings."""
     from edgellm_ros.loaders import load_model
-    from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_tiny_model
+    from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_tiny_model
     d = tmp_path_factory.mktemp("tinyq")
     w = copy.deepcopy(load_model(write_tiny_model(str(d / "m"), TINY_LLAMA,
                                                   tokenizer_from=default_engine_dir)))
@@ -321,8 +321,8 @@ def test_untied_fused_graph_keeps_the_single_8_bit_head(tiny_q4_1):
 
 
 def _load(**kw):
-    from edgellm_ros.config import EngineConfig
-    from edgellm_ros.engine import Engine
+    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.engine import Engine
     return Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=128, **kw), log=lambda m: None)
 
 
@@ -335,7 +335,7 @@ def _greedy(dec, ids, n):
     return out
 
 
-def test_greedy_requests_run_the_two_pass_head_and_keep_their_tokens(default_engine_dir):  # noqa: F811
+def test_greedy_requests_run_the_two_pass_head_and_keep_their_tokens(default_engine_dir):
     """The default model's CPU graph: greedy requests switch the two-pass LM head on (and
     pick the token the whole 8-bit head picks); sampling requests switch it off.
 
@@ -344,7 +344,7 @@ def test_greedy_requests_run_the_two_pass_head_and_keep_their_tokens(default_eng
     within 0.25 (the two-pass head rescores its candidates in float32, the 8-bit head
     computes with int8 activations), so their argmax is the same wherever the whole
     head's best leads its second by more than that; a near-tie may go either way."""
-    from edgellm_ros.config import GenerationRequest, SamplingConfig
+    from edgellm_ros.runtime.config import GenerationRequest, SamplingConfig
     golden = load_json("reference_greedy.json")["cases"]
     eng = _load(eagle_draft="")
     tol = 0.25
@@ -379,7 +379,7 @@ def test_greedy_requests_run_the_two_pass_head_and_keep_their_tokens(default_eng
         eng.close()
 
 
-def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(default_engine_dir):  # noqa: F811
+def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(default_engine_dir):
     golden = load_json("reference_greedy.json")["cases"]
     eng = _load(quantization="int4", int4_compute="float32", eagle_draft="")
     try:
@@ -393,7 +393,7 @@ def test_exact_int4_with_float32_compute_gives_the_float_paths_greedy_tokens(def
 
 @pytest.mark.parametrize("quantization,min_top1,max_ppl_ratio",
                          [("int4", 0.93, 1.02), ("int4-sym", 0.74, 1.15), ("int8", 0.93, 1.03)])
-def test_stated_quality_on_the_shipped_sample(default_engine_dir, quantization, min_top1,  # noqa: F811
+def test_stated_quality_on_the_shipped_sample(default_engine_dir, quantization, min_top1,
                                               max_ppl_ratio):
     """README states these figures (benchmarks/quality_bench.py): int4 keeps the GGUF's Q4_1
     blocks (top-1 0.96, perplexity +0.3%); int4-sym re-quantizes them with activation-weighted
@@ -417,15 +417,15 @@ def test_stated_quality_on_the_shipped_sample(default_engine_dir, quantization, 
 @pytest.mark.parametrize("kw", [dict(quantization="none"),
                                 dict(quantization="int4-sym", int4_compute="float32"),
                                 dict(quantization="int4", int4_compute="float32")])
-def test_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw):  # noqa: F811
+def test_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw):
     """EAGLE on the fused graph (GroupQueryAttention with the tree as attention_bias,
     head-major compaction; quantized: the two-pass LM head in the verify steps) gives
     plain greedy's tokens; so does it on the plain int4 graph, which int4 + float32
     compute runs (the fused int4 graph's offsets are rounded to 8 bits). With int4_compute "int8" it
     need not: ONNX Runtime's MatMulNBits rounds activations differently for one row
     and for many (see the next test), so verify and decode steps see different logits."""
-    from edgellm_ros.config import GenerationRequest
-    from edgellm_ros.speculative import EagleConfig
+    from edgellm_ros.runtime.config import GenerationRequest
+    from edgellm_ros.runtime.speculative import EagleConfig
     eng = _load(**kw)
     try:
         fused = kw["quantization"] != "int4"   # int4 + float32 compute: the plain graph
@@ -445,7 +445,7 @@ def test_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw)
         eng.close()
 
 
-def test_int8_compute_rounds_one_row_and_many_rows_differently(default_engine_dir):  # noqa: F811
+def test_int8_compute_rounds_one_row_and_many_rows_differently(default_engine_dir):
     """Why EAGLE is bit-exact only with float32 compute: the same tokens as one chunk
     and as single steps agree to 1e-3 in float32 compute, not in int8 compute."""
     ids = PROMPT + [504, 3575, 282, 4649, 314]

@@ -2,10 +2,10 @@
 
 import pytest
 
-from edgellm_ros.config import SamplingConfig
+from edgellm_ros.runtime.config import SamplingConfig
 from edgellm_ros.errors import (BackendError, ConfigError, ContextFull, EdgeLLMError,
                                 InvalidRequest, ModelLoadError)
-from edgellm_ros.generation import GenerationResult
+from edgellm_ros.runtime.generation import GenerationResult
 from edgellm_ros.ros.ask import (ERROR_CODE_NAMES, NotActive, QueueFull, error_code_name,
                                  fill_error, fill_result, generation_request)
 from edgellm_ros.ros.params import RequestDefaults

@@ -11,8 +11,8 @@ _PARENT = tempfile.mkdtemp(prefix="edgellm_vlm_")
 
 
 def _vlm_folder() -> str:
-    from edgellm_ros.engine_dir import ensure_engine
-    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    from edgellm_ros.runtime.engine_dir import ensure_engine
+    from edgellm_ros.synthetic.tiny_vlm import write_tiny_vlm_once
     return write_tiny_vlm_once(_PARENT, ensure_engine("", "", log=lambda m: None))
 
 
@@ -23,7 +23,7 @@ NODE_PARAMETERS = {"model": _vlm_folder(), "engine_dir": os.path.join(_PARENT, "
 def _image_msg(seed: int, encoding: str = "rgb8", stamp=None):
     from sensor_msgs.msg import Image
 
-    from edgellm_ros.testing.tiny_vlm import synthetic_image
+    from edgellm_ros.synthetic.tiny_vlm import synthetic_image
     img = synthetic_image(seed, 48, 64)
     msg = Image(height=48, width=64, encoding=encoding, step=64 * 3, data=img.tobytes())
     if stamp is not None:

@@ -14,7 +14,7 @@ _DRAFT = os.path.join(tempfile.mkdtemp(prefix="edgellm_draft_"), "eagle3")
 
 def _write_draft() -> str:
     from edgellm_ros.models.spec import ModelConfig
-    from edgellm_ros.testing.tiny_models import write_random_draft
+    from edgellm_ros.synthetic.tiny_models import write_random_draft
     cfg = ModelConfig("llama", 30, 576, 1536, 9, 3, 64, 49152, 100000.0, 1e-5)
     return write_random_draft(_DRAFT, cfg, "eagle3", seed=5, draft_vocab=1024)
 

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from edgellm_ros.config import GenerationRequest
+from edgellm_ros.runtime.config import GenerationRequest
 from edgellm_ros.errors import ContextFull
-from edgellm_ros.generation import GenerationResult, TokenEvent
+from edgellm_ros.runtime.generation import GenerationResult, TokenEvent
 from edgellm_ros.ros.ask import NotActive, QueueFull
 from edgellm_ros.ros.worker import GenerationWorker, Job
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellm_ros.config import GenerationRequest, SamplingConfig
+from edgellm_ros.runtime.config import GenerationRequest, SamplingConfig
 from edgellm_ros.errors import InvalidRequest
-from edgellm_ros.sampling import make_sampler, softmax, top_k, top_p
+from edgellm_ros.runtime.sampling import make_sampler, softmax, top_k, top_p
 
 LOGITS = np.log(np.array([0.5, 0.2, 0.15, 0.1, 0.05]))
 

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from edgellm_ros.backends import cuda_rt
-from edgellm_ros.backends.cuda_kernels import KERNEL_NAMES, compile_kernels
-from edgellm_ros.engine import select_backend
+from edgellm_ros.backends.tensorrt import cuda_rt
+from edgellm_ros.backends.tensorrt.cuda_kernels import KERNEL_NAMES, compile_kernels
+from edgellm_ros.runtime.engine import select_backend
 from edgellm_ros.errors import BackendError, BackendUnavailable
 
 
@@ -36,8 +36,8 @@ def test_explicit_tensorrt_is_refused_with_the_reasons():
 
 
 def test_engine_load_with_tensorrt_fails_before_loading_anything(tmp_path):
-    from edgellm_ros.config import EngineConfig
-    from edgellm_ros.engine import Engine
+    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.engine import Engine
     with pytest.raises(BackendUnavailable, match="tensorrt"):
         Engine.load(EngineConfig(backend="tensorrt", model=str(tmp_path / "none.gguf")), log=lambda m: None)
 

@@ -1,7 +1,7 @@
 """Every exported graph builds into a TensorRT engine, through the code the robot uses.
 
 Runs TensorRT-RTX (``tensorrt-rtx-cu13-bindings``) on the CPU: no GPU is needed to parse
-and build; the engines target one compute capability (tensorrt_build's default, SM86).
+and build; the engines target one compute capability (backends/tensorrt/build.py's default, SM86).
 Built: the four decoder variants of a tiny Llama (plain, LoRA, EAGLE-3, EAGLE-3 + LoRA) in
 float32, in INT4 (block-wise DequantizeLinear, Q4_1 offsets, INT8 LM head) and in INT8
 (block-wise INT8 everywhere), a random
@@ -19,11 +19,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from edgellm_ros.backends.tensorrt_build import (build_engine, decoder_profiles, draft_fc_profiles,
+from edgellm_ros.backends.tensorrt.build import (build_engine, decoder_profiles, draft_fc_profiles,
                                                  draft_profiles, import_tensorrt, vision_profiles)
-from edgellm_ros.engine_dir import ensure_engine, ensure_family, graph_name, read_manifest
+from edgellm_ros.runtime.engine_dir import ensure_engine, ensure_family, graph_name
+from edgellm_ros.contract import read_manifest
 from edgellm_ros.errors import ModelLoadError
-from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_random_draft, write_tiny_model
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_random_draft, write_tiny_model
 
 MAX_SEQ_LEN = 256
 MAX_CHUNK = 1 + 32       # covers 1 + the largest EAGLE tree and the prefill chunk
@@ -99,7 +100,7 @@ def test_eagle3_draft_builds(tiny_engine, tmp_path):
 
 def test_vision_encoder_builds(tmp_path_factory, tokenizer_folder, tmp_path):
     from edgellm_ros.loaders.vlm import read_vision_json
-    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    from edgellm_ros.synthetic.tiny_vlm import write_tiny_vlm_once
 
     vlm = write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), tokenizer_folder)
     engine = ensure_engine(vlm, str(tmp_path / "engine"), log=lambda m: None)
@@ -155,7 +156,7 @@ def test_import_reports_why():
 
 def test_fp32_islands_are_found(tiny_engine):
     """The layers kept float32 in an fp16/bf16 build (full TensorRT) are found by name."""
-    from edgellm_ros.backends.tensorrt_build import keep_fp32_layers
+    from edgellm_ros.backends.tensorrt.build import keep_fp32_layers
 
     network = trt.Builder(trt.Logger(trt.Logger.ERROR)).create_network(0)
     parser = trt.OnnxParser(network, trt.Logger(trt.Logger.ERROR))

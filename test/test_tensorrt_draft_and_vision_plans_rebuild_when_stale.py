@@ -11,17 +11,17 @@ import os
 
 import pytest
 
-from edgellm_ros.backends.tensorrt_build import import_tensorrt
-from edgellm_ros.backends.tensorrt_engines import ensure_draft_plans, ensure_vision_plan, read_entries
-from edgellm_ros.engine_dir import ensure_engine, read_manifest
-from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_random_draft, write_tiny_model
-from runtime_fixtures import default_engine_dir  # noqa: F401
+from edgellm_ros.backends.tensorrt.build import import_tensorrt
+from edgellm_ros.backends.tensorrt.engines import ensure_draft_plans, ensure_vision_plan, read_entries
+from edgellm_ros.runtime.engine_dir import ensure_engine
+from edgellm_ros.contract import read_manifest
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_random_draft, write_tiny_model
 
 trt = import_tensorrt()
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_engine_dir):  # noqa: F811
+def tiny(tmp_path_factory, default_engine_dir):
     from edgellm_ros.models.spec import ModelConfig
     d = tmp_path_factory.mktemp("draft_plans")
     model = write_tiny_model(str(d / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
@@ -30,7 +30,7 @@ def tiny(tmp_path_factory, default_engine_dir):  # noqa: F811
 
 
 def _export(tiny, layout, seed):
-    from edgellm_ros.engine import export_draft_graphs, manifest_head
+    from edgellm_ros.runtime.engine import export_draft_graphs, manifest_head
     from edgellm_ros.models.eagle import load_draft
     folder, mcfg, root = tiny
     ckpt = write_random_draft(str(root / f"{layout}-{seed}"), mcfg, layout, seed=seed, draft_vocab=64)
@@ -91,9 +91,9 @@ def test_another_draft_gets_its_own_plans_and_eagle1_has_no_fc(tiny):
     assert not any("building" in m for m in logs)
 
 
-def test_vision_plan_is_built_once_and_rebuilt_for_more_tiles(tmp_path_factory, default_engine_dir):  # noqa: F811
+def test_vision_plan_is_built_once_and_rebuilt_for_more_tiles(tmp_path_factory, default_engine_dir):
     from edgellm_ros.loaders.vlm import read_vision_json
-    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    from edgellm_ros.synthetic.tiny_vlm import write_tiny_vlm_once
     vlm = write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
     folder = ensure_engine(vlm, str(tmp_path_factory.mktemp("vision_plans") / "engine"), log=lambda m: None)
     vcfg = read_vision_json(folder)[0]

@@ -10,17 +10,16 @@ import os
 
 import pytest
 
-from edgellm_ros.backends.tensorrt_build import import_tensorrt
-from edgellm_ros.backends.tensorrt_engines import ensure_decoder_plan, read_entries, stale_reasons
-from edgellm_ros.engine_dir import ensure_engine
-from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_tiny_model
-from runtime_fixtures import default_engine_dir  # noqa: F401
+from edgellm_ros.backends.tensorrt.build import import_tensorrt
+from edgellm_ros.backends.tensorrt.engines import ensure_decoder_plan, read_entries, stale_reasons
+from edgellm_ros.runtime.engine_dir import ensure_engine
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_tiny_model
 
 trt = import_tensorrt()
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, default_engine_dir):  # noqa: F811
+def tiny_folder(tmp_path_factory, default_engine_dir):
     d = tmp_path_factory.mktemp("plans")
     model = write_tiny_model(str(d / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
     return ensure_engine(model, str(d / "engine"), log=lambda m: None)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 import pytest
 
 from edgellm_ros.errors import InvalidRequest, ModelLoadError, UnsupportedModelError
-from edgellm_ros.tokenizer import Tokenizer
+from edgellm_ros.runtime.tokenizer import Tokenizer
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

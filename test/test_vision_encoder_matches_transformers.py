@@ -21,10 +21,10 @@ from edgellm_ros.export.graph import WeightFile
 from edgellm_ros.export.vision import export_vision, vision_io_names
 from edgellm_ros.loaders.vlm import save_vision_json, vision_config_from_hf
 from edgellm_ros.models.siglip import SiglipReference, VisionWeights, patchify, pixel_shuffle
-from edgellm_ros.testing.tiny_vlm import (TEST_IMAGES, TINY_VLM, synthetic_image, unpack_u8,
-                                          vision_tensors)
-from edgellm_ros.vision import VisionPipeline
-from runtime_fixtures import default_engine_dir, load_json, tiny_vlm, tiny_vlm_loaded  # noqa: F401
+from edgellm_ros.synthetic.tiny_vlm import (TEST_IMAGES, TINY_VLM, synthetic_image, unpack_u8,
+                                            vision_tensors)
+from edgellm_ros.runtime.vision import VisionPipeline
+from golden import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 #: ops the graph may use: plain ONNX, opset 17 (what TensorRT 10.3 parses)
@@ -33,7 +33,7 @@ PLAIN_OPS = {"Add", "Conv", "Identity", "LayerNormalization", "MatMul", "Mul", "
 
 
 @pytest.fixture(scope="module")
-def engine_like(tiny_vlm, tiny_vlm_loaded, tmp_path_factory):  # noqa: F811
+def engine_like(tiny_vlm, tiny_vlm_loaded, tmp_path_factory):
     """A folder with vision.onnx (weights in an external file, as in an engine) and vision.json."""
     _, vision, proc = tiny_vlm_loaded
     d = str(tmp_path_factory.mktemp("vision_engine"))
@@ -52,13 +52,13 @@ def transformers_pixels(case: str, pipeline: VisionPipeline) -> np.ndarray:
     return pipeline.normalise(u8)
 
 
-def test_fixture_writes_the_checkpoint_the_reference_used(tiny_vlm):  # noqa: F811
+def test_fixture_writes_the_checkpoint_the_reference_used(tiny_vlm):
     for name, digest in REF["sha256"].items():
         with open(os.path.join(tiny_vlm, name), "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest, name
 
 
-def test_encoder_output_matches_transformers(tiny_vlm, tiny_vlm_loaded):  # noqa: F811
+def test_encoder_output_matches_transformers(tiny_vlm, tiny_vlm_loaded):
     ref = SiglipReference(tiny_vlm_loaded[1])
     px = transformers_pixels("image_a", VisionPipeline.from_folder(tiny_vlm))
     got = ref.encode(px[:1])[0]                                          # [L, E]
@@ -66,7 +66,7 @@ def test_encoder_output_matches_transformers(tiny_vlm, tiny_vlm_loaded):  # noqa
 
 
 @pytest.mark.parametrize("case", ["image_a", "image_b"])
-def test_connector_features_match_transformers(tiny_vlm, tiny_vlm_loaded, case):  # noqa: F811
+def test_connector_features_match_transformers(tiny_vlm, tiny_vlm_loaded, case):
     ref = SiglipReference(tiny_vlm_loaded[1])
     c = REF["cases"][case]
     px = transformers_pixels(case, VisionPipeline.from_folder(tiny_vlm))
@@ -88,7 +88,7 @@ def test_patchify_and_pixel_shuffle_keep_transformers_order():
     assert s[0, 1].tolist() == np.concatenate(block).tolist()
 
 
-def test_onnx_graph_matches_numpy_reference(tiny_vlm_loaded, engine_like):  # noqa: F811
+def test_onnx_graph_matches_numpy_reference(tiny_vlm_loaded, engine_like):
     pipe = VisionPipeline.from_folder(engine_like)
     assert pipe.backend == "onnxruntime"
     px = np.random.default_rng(0).uniform(-2.0, 2.0, (5, 3, 64, 64)).astype(np.float32)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellm_ros.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
 from edgellm_ros.errors import ContextFull, InvalidRequest
-from edgellm_ros.testing.tiny_vlm import synthetic_image, write_tiny_vlm_once
-from runtime_fixtures import default_engine_dir, engine  # noqa: F401
+from edgellm_ros.synthetic.tiny_vlm import synthetic_image, write_tiny_vlm_once
 
 
 @pytest.fixture(scope="module")
-def vlm_engine(tmp_path_factory, default_engine_dir):  # noqa: F811
-    from edgellm_ros.engine import Engine
+def vlm_engine(tmp_path_factory, default_engine_dir):
+    from edgellm_ros.runtime.engine import Engine
     folder = write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
     eng = Engine.load(EngineConfig(model=folder, engine_dir=str(tmp_path_factory.mktemp("vlm_engine")),
                                    max_seq_len=256, prefill_chunk=32, split_images=True),
@@ -61,7 +60,7 @@ def test_images_that_do_not_fit_are_refused(vlm_engine):
         vlm_engine.generate(GenerationRequest(prompt="Many.", images=big))
 
 
-def test_a_text_only_model_refuses_images(engine):  # noqa: F811
+def test_a_text_only_model_refuses_images(engine):
     with pytest.raises(InvalidRequest, match="no vision encoder"):
         engine.generate(GenerationRequest(prompt="see?", images=(synthetic_image(0, 8, 8),)))
 
@@ -72,7 +71,7 @@ def test_a_malformed_image_array_is_refused():
 
 
 def test_split_images_false_encodes_one_tile_per_image(vlm_engine, tmp_path):
-    from edgellm_ros.engine import Engine
+    from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(model=vlm_engine.config.model, engine_dir=vlm_engine.folder,
                                    max_seq_len=256, prefill_chunk=32, split_images=False),
                       log=lambda m: None)

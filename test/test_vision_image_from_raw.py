@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from edgellm_ros.errors import InvalidRequest
-from edgellm_ros.testing.tiny_vlm import synthetic_image
-from edgellm_ros.vision import SUPPORTED_ENCODINGS, image_from_compressed, image_from_raw
+from edgellm_ros.synthetic.tiny_vlm import synthetic_image
+from edgellm_ros.runtime.vision import SUPPORTED_ENCODINGS, image_from_compressed, image_from_raw
 
 RGB = synthetic_image(5, 24, 32)                                          # [H, W, 3]
 H, W = RGB.shape[:2]

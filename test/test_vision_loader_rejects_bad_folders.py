@@ -14,13 +14,12 @@ from edgellm_ros.errors import ModelLoadError, UnsupportedModelError
 from edgellm_ros.loaders import load_model
 from edgellm_ros.loaders.vlm import (is_vlm_folder, load_vision, load_vlm, read_vision_json,
                                      save_vision_json)
-from edgellm_ros.testing.tiny_vlm import IMAGE_TOKEN_ID, TINY_VLM, VOCAB_SIZE
-from edgellm_ros.vision import VisionPipeline
-from runtime_fixtures import default_engine_dir, tiny_vlm  # noqa: F401
+from edgellm_ros.synthetic.tiny_vlm import IMAGE_TOKEN_ID, TINY_VLM, VOCAB_SIZE
+from edgellm_ros.runtime.vision import VisionPipeline
 
 
 @pytest.fixture
-def copy(tiny_vlm, tmp_path):  # noqa: F811
+def copy(tiny_vlm, tmp_path):
     """A private copy of the tiny VLM folder to break."""
     d = str(tmp_path / "vlm")
     shutil.copytree(tiny_vlm, d)
@@ -39,7 +38,7 @@ def edit_json(path, **changes):
         json.dump(d, f)
 
 
-def test_tiny_vlm_loads_in_our_names(tiny_vlm):  # noqa: F811
+def test_tiny_vlm_loads_in_our_names(tiny_vlm):
     text, vision, proc = load_vlm(tiny_vlm)
     c = text.config
     assert (c.num_layers, c.hidden_size, c.vocab_size, c.num_kv_heads, c.head_dim) == \
@@ -61,7 +60,7 @@ def test_tiny_vlm_loads_in_our_names(tiny_vlm):  # noqa: F811
     assert proc_only == proc and set(vision_only.tensors) == set(vision.tensors)
 
 
-def test_vision_json_round_trips(tiny_vlm, tmp_path):  # noqa: F811
+def test_vision_json_round_trips(tiny_vlm, tmp_path):
     _, vision, proc = load_vlm(tiny_vlm)
     assert read_vision_json(str(tmp_path)) is None
     save_vision_json(str(tmp_path), vision.config, proc)
@@ -70,7 +69,7 @@ def test_vision_json_round_trips(tiny_vlm, tmp_path):  # noqa: F811
         VisionPipeline.from_folder(str(tmp_path))
 
 
-def test_load_model_of_a_vlm_folder_gives_its_text_model(tiny_vlm):  # noqa: F811
+def test_load_model_of_a_vlm_folder_gives_its_text_model(tiny_vlm):
     text = load_model(tiny_vlm)
     assert text.tensors["embed_tokens.weight"].shape[0] == text.config.vocab_size
     assert text.config.num_layers == load_vlm(tiny_vlm)[0].config.num_layers
@@ -135,7 +134,7 @@ def test_missing_tensor_and_missing_image_token_are_named(copy):
         load_vlm(copy)
 
 
-def test_tokenizer_without_image_tokens_is_named(copy, default_engine_dir):  # noqa: F811
+def test_tokenizer_without_image_tokens_is_named(copy, default_engine_dir):
     shutil.copy(os.path.join(default_engine_dir, "tokenizer.json"),
                 os.path.join(copy, "tokenizer.json"))
     with pytest.raises(ModelLoadError, match="lacks the image token '<image>'"):

@@ -19,17 +19,17 @@ from edgellm_ros.export.graph import WeightFile
 from edgellm_ros.export.vision import export_vision
 from edgellm_ros.loaders.vlm import save_vision_json
 from edgellm_ros.models.llama import LlamaReference
-from edgellm_ros.testing.tiny_vlm import synthetic_image, unpack_u8
-from edgellm_ros.tokenizer import Tokenizer
-from edgellm_ros.vision import VisionPipeline
-from runtime_fixtures import default_engine_dir, load_json, tiny_vlm, tiny_vlm_loaded  # noqa: F401
+from edgellm_ros.synthetic.tiny_vlm import synthetic_image, unpack_u8
+from edgellm_ros.runtime.tokenizer import Tokenizer
+from edgellm_ros.runtime.vision import VisionPipeline
+from golden import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 CASES = ("image_a", "image_b", "two_images")
 
 
 @pytest.fixture(scope="module")
-def engine_like(tiny_vlm_loaded, tmp_path_factory):  # noqa: F811
+def engine_like(tiny_vlm_loaded, tmp_path_factory):
     """decoder.onnx + vision.onnx in one weights file, vision.json: what an engine folder holds."""
     weights, vision, proc = tiny_vlm_loaded
     d = str(tmp_path_factory.mktemp("vlm_engine"))
@@ -60,7 +60,7 @@ def check_last_logits(row: np.ndarray, want: dict) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_numpy_forward_with_merged_images_matches_transformers(tiny_vlm, tiny_vlm_loaded, case):  # noqa: F811
+def test_numpy_forward_with_merged_images_matches_transformers(tiny_vlm, tiny_vlm_loaded, case):
     weights, _, _ = tiny_vlm_loaded
     pipe = VisionPipeline.from_folder(tiny_vlm)
     assert pipe.backend == "numpy"
@@ -91,7 +91,7 @@ def prefill(dec, pipe: VisionPipeline, ids, image_embeds: np.ndarray, chunk: int
 
 
 @pytest.fixture(scope="module")
-def ort(tiny_vlm_loaded, engine_like):  # noqa: F811
+def ort(tiny_vlm_loaded, engine_like):
     from edgellm_ros.backends.onnxruntime import OrtDecoder
     weights = tiny_vlm_loaded[0]
     dec = OrtDecoder(os.path.join(engine_like, "decoder.onnx"), weights.config,
@@ -109,7 +109,7 @@ def test_exported_graphs_with_chunked_merge_match_transformers(ort, case):
     check_last_logits(row, c["logits_last"])
 
 
-def test_same_image_same_logits_different_image_different_logits(tiny_vlm, ort):  # noqa: F811
+def test_same_image_same_logits_different_image_different_logits(tiny_vlm, ort):
     dec, pipe = ort
     tok = Tokenizer.from_hf_folder(tiny_vlm)
     prompt = tok.apply_chat_template(
@@ -123,7 +123,7 @@ def test_same_image_same_logits_different_image_different_logits(tiny_vlm, ort):
     assert np.abs(runs[0][1] - runs[2][1]).max() > 0.1
 
 
-def test_prompt_too_long_for_max_seq_len_is_refused_before_encoding(tiny_vlm):  # noqa: F811
+def test_prompt_too_long_for_max_seq_len_is_refused_before_encoding(tiny_vlm):
     from edgellm_ros.errors import ContextFull
     pipe = VisionPipeline.from_folder(tiny_vlm)
     tok = Tokenizer.from_hf_folder(tiny_vlm)
@@ -133,7 +133,7 @@ def test_prompt_too_long_for_max_seq_len_is_refused_before_encoding(tiny_vlm):  
         pipe.prepare("<image>hi", [synthetic_image(11, 50, 120)], tok, max_tokens=40)
 
 
-def test_merge_rejects_count_mismatch(tiny_vlm):  # noqa: F811
+def test_merge_rejects_count_mismatch(tiny_vlm):
     pipe = VisionPipeline.from_folder(tiny_vlm)
     tid = pipe.image_token_id
     embeds = np.zeros((5, 64), np.float32)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from edgellm_ros.errors import InvalidRequest
-from edgellm_ros.testing.tiny_vlm import (TEST_IMAGES, synthetic_image, unpack_u8,
-                                          write_tiny_vlm_once)
-from edgellm_ros.tokenizer import Tokenizer
-from edgellm_ros.vision import (ImageLayout, VisionPipeline, resize_to_longest_edge,
-                                resize_to_tiles)
-from runtime_fixtures import default_engine_dir, load_json  # noqa: F401
+from edgellm_ros.synthetic.tiny_vlm import (TEST_IMAGES, synthetic_image, unpack_u8,
+                                            write_tiny_vlm_once)
+from edgellm_ros.runtime.tokenizer import Tokenizer
+from edgellm_ros.runtime.vision import (ImageLayout, VisionPipeline, resize_to_longest_edge,
+                                        resize_to_tiles)
+from golden import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 # Measured on the reference images: mean 0.5-2.3 grey levels, max 11-26 (at the box's edges).
@@ -25,7 +25,7 @@ MEAN_LEVELS, MAX_LEVELS = 3.0, 32
 
 
 @pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory, default_engine_dir):  # noqa: F811
+def tiny_vlm(tmp_path_factory, default_engine_dir):
     return write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), default_engine_dir)
 
 

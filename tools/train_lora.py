@@ -3,7 +3,7 @@
 
 This is the project's own LoRA trainer (no ``peft`` package): it makes the
 demo adapter ``adapters/radiology`` (see its README.md) and any adapter of the
-same kind. The result is exactly what ``edgellm_ros/lora.py`` loads:
+same kind. The result is exactly what ``edgellm_ros/runtime/lora.py`` loads:
 
 * ``adapter_config.json``: peft_type LORA, r, lora_alpha, target_modules,
   use_rslora false, bias none, base_model_name_or_path;

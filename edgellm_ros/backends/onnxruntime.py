@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BackendError, BackendUnavailable
-from ..export.decoder import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT
-from ..kv_cache import KVCache
+from ..contract import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT
+from .kv_cache import KVCache
 from ..models.spec import ModelConfig
 from .step_inputs import causal_upper, check_step, fill_step
 
@@ -277,7 +277,7 @@ class OrtDecoder(_BoundStep):
         Every LoRA input is bound here, by address; switching adapters then
         only selects which binding the next steps run with.
         """
-        from ..lora import lora_input_names, module_shapes
+        from ..contract import lora_input_names, module_shapes
         shapes = module_shapes(self.config)
         binding, keep, f32 = self.session.io_binding(), [], np.float32
         for layer, module in self.lora_slots:

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import BackendError, ContextFull
-from ..export.decoder import MASK_VALUE
+from ..contract import MASK_VALUE
 
 
 def check_step(t: int, p: int, max_chunk: int, max_seq_len: int) -> None:

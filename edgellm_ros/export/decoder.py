@@ -47,11 +47,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from onnx import TensorProto
 
-from ..config import QUANTIZATIONS
+from ..runtime.config import QUANTIZATIONS
 from ..models.llama import rope_inv_freq
 from ..models.quant import BLOCK, BlockQuant, quantize_symmetric
 from ..models.spec import ModelWeights
-from ..lora import lora_input_names, module_shapes
+from ..contract import (HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT, decoder_io_names,
+                        lora_input_names, module_shapes)
 from .graph import GraphBuilder, WeightFile, pack_int
 
 
@@ -60,14 +61,6 @@ from .graph import GraphBuilder, WeightFile, pack_int
 #: head every step), its blocks HEAD_APPROX_BLOCK wide.
 HEAD_CANDIDATES = 64
 HEAD_APPROX_BLOCK = 64
-#: The [V, H] float32 input the rescored rows are gathered from: the runtime
-#: binds the embedding table to it (tied heads only).
-HEAD_ROWS_INPUT = "lm_head_rows"
-#: Bool scalar inputs choosing the head (see _Decoder.head_modes), exactly one true:
-#: the two-pass head, the whole 8-bit head, the whole head in float32 from the table.
-HEAD_FAST_INPUT = "lm_head_fast"
-HEAD_INT8_INPUT = "lm_head_int8"
-HEAD_FLOAT_INPUT = "lm_head_float"
 
 
 def rope_table_rows(config: Any) -> int:
@@ -75,30 +68,7 @@ def rope_table_rows(config: Any) -> int:
     return max(int(config.max_position_embeddings), 8192)
 
 
-#: Additive mask value for dropped positions (finite in float16 too).
-MASK_VALUE = -65504.0
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
-
-
-def decoder_io_names(num_layers: int, lora_modules: Sequence[str] = (),
-                     head_rows: bool = False) -> Dict[str, List[str]]:
-    """Input and output names of the decoder graph, in order.
-
-    head_rows: the fused CPU graph of a model with a tied LM head reads the
-    rows it rescores from the embedding table, bound as ``lm_head_rows``, and
-    the three flags that choose its head (see _Decoder.head_modes).
-    """
-    ins = ["inputs_embeds", "position_ids", "attention_mask", "logits_index"]
-    outs = ["logits", "hidden_states"]
-    for i in range(num_layers):
-        ins += [f"past_key.{i}", f"past_value.{i}"]
-        outs += [f"present_key.{i}", f"present_value.{i}"]
-    for i in range(num_layers):
-        for m in lora_modules:
-            ins += list(lora_input_names(i, m))
-    if head_rows:
-        ins += [HEAD_ROWS_INPUT, HEAD_FAST_INPUT, HEAD_INT8_INPUT, HEAD_FLOAT_INPUT]
-    return {"inputs": ins, "outputs": outs}
 
 
 class Requantizer:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import GenerationRequest, SamplingConfig
+from ..runtime.config import GenerationRequest, SamplingConfig
 from ..errors import EdgeLLMError, InvalidRequest
-from ..generation import GenerationResult
+from ..runtime.generation import GenerationResult
 from .params import RequestDefaults
 
 

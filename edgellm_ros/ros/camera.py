@@ -42,7 +42,7 @@ class LatestFrame:
 
     def image(self, now: Time, max_age: float) -> Any:
         """The latest frame as RGB uint8; ImageUnavailable when none or older than max_age."""
-        from ..vision import image_from_compressed, image_from_raw
+        from ..runtime.vision import image_from_compressed, image_from_raw
         with self._lock:
             latest = self._latest
         if latest is None:

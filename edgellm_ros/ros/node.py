@@ -44,7 +44,7 @@ from std_msgs.msg import String
 from rclpy.task import Future
 
 from ..errors import EdgeLLMError, InvalidRequest
-from ..generation import GenerationResult, TokenEvent
+from ..runtime.generation import GenerationResult, TokenEvent
 from ..msg import Token
 from ..srv import Ask
 from .ask import (ImageUnavailable, NotActive, error_message, fill_error, fill_result,
@@ -213,7 +213,7 @@ class EdgeLLMNode(LifecycleNode):
             log.info(f"configuring: model={settings.engine.model or '(embedded default)'} "
                      f"backend={settings.engine.backend} "
                      f"max_seq_len={settings.engine.max_seq_len}")
-            from ..engine import Engine  # heavy imports only when configuring
+            from ..runtime.engine import Engine  # heavy imports only when configuring
             engine = Engine.load(settings.engine, log=log.info)
             try:
                 engine.set_eagle(settings.eagle)
@@ -353,7 +353,7 @@ class EdgeLLMNode(LifecycleNode):
     def _images_for(self, request: Ask.Request) -> Tuple[Any, ...]:
         """The inline image (else the latest camera frame if young enough) and the
         request's further inline images, as RGB uint8 arrays."""
-        from ..vision import image_from_raw
+        from ..runtime.vision import image_from_raw
         if self._engine.vision is None:
             raise ImageUnavailable("use_image is set, but this node's model has no vision "
                                    "encoder (text-only); configure a vision model")

@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional
 
-from ..config import GenerationRequest
-from ..generation import GenerationResult, TokenEvent
+from ..runtime.config import GenerationRequest
+from ..runtime.generation import GenerationResult, TokenEvent
 from .ask import NotActive, QueueFull
 
 #: on_done(result, error): exactly one of the two is None.

@@ -7,11 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellm_ros.backends.cuda_rt import (DeviceBuffer, Event, GraphCache, PinnedBuffer, bindings_version,
-                                          pointer_table)
+from edgellm_ros.backends.tensorrt.cuda_rt import (DeviceBuffer, Event, GraphCache, PinnedBuffer, bindings_version,
+                                                   pointer_table)
 from edgellm_ros.errors import BackendError
-from edgellm_ros.kv_cache import KVCache
-from gpu_fixtures import device, stream  # noqa: F401
+from edgellm_ros.backends.kv_cache import KVCache
 
 pytestmark = pytest.mark.gpu
 
@@ -68,7 +67,7 @@ def _eagle_rows(rng, P, tree):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_compaction_kernel_matches_kvcache_move_rows(device, stream, dtype):
-    from edgellm_ros.backends.cuda_kv import DeviceKVCache
+    from edgellm_ros.backends.tensorrt.cuda_kv import DeviceKVCache
     rng = np.random.default_rng(2)
     L, S, KVH, D = 3, 96, 2, 16
     host = KVCache(L, S, KVH, D, np.dtype(dtype))
@@ -95,7 +94,7 @@ def test_compaction_kernel_matches_kvcache_move_rows(device, stream, dtype):
 
 
 def test_device_kv_snapshot_restore(device, stream):
-    from edgellm_ros.backends.cuda_kv import DeviceKVCache
+    from edgellm_ros.backends.tensorrt.cuda_kv import DeviceKVCache
     rng = np.random.default_rng(3)
     L, S, KVH, D = 2, 64, 2, 8
     dev = DeviceKVCache(device, stream, L, S, KVH, D)
@@ -118,7 +117,7 @@ def test_device_kv_snapshot_restore(device, stream):
 
 
 def test_scratch_commit_writes_rows_p_to_p_plus_n_in_every_layer(device, stream):
-    from edgellm_ros.backends.cuda_kv import DeviceKVCache
+    from edgellm_ros.backends.tensorrt.cuda_kv import DeviceKVCache
     rng = np.random.default_rng(4)
     L, S, KVH, D = 3, 40, 2, 8
     dev = DeviceKVCache(device, stream, L, S, KVH, D, scratch_rows=5)

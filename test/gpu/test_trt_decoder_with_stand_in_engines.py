@@ -15,9 +15,8 @@ import os
 import numpy as np
 import pytest
 
-from edgellm_ros.backends.tensorrt import TrtDecoder
-from edgellm_ros.testing.fake_trt import FAKE_TRT, OrtEngine, ToyEngine, toy_logits_reference
-from gpu_fixtures import device, tiny_engine_dir, tokenizer_dir  # noqa: F401
+from edgellm_ros.backends.tensorrt.decoder import TrtDecoder
+from fake_trt import FAKE_TRT, OrtEngine, ToyEngine, toy_logits_reference
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +24,7 @@ PROMPTS = ["What is the capital of France?", "List three uses of a lidar.", "hi"
 
 
 def _config(**kw):
-    from edgellm_ros.config import EngineConfig
+    from edgellm_ros.runtime.config import EngineConfig
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     # the plain-op float graph: the one TensorRT builds (fields absent in older configs are skipped)
     family = {k: v for k, v in (("quantization", "none"), ("fused_ops", False)) if k in names}
@@ -35,9 +34,9 @@ def _config(**kw):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_engine_dir):
-    from edgellm_ros.engine_dir import read_manifest
+    from edgellm_ros.contract import read_manifest
     from edgellm_ros.models.spec import ModelConfig
-    from edgellm_ros.testing.tiny_models import write_random_adapter, write_random_draft
+    from edgellm_ros.synthetic.tiny_models import write_random_adapter, write_random_draft
     root = tmp_path_factory.mktemp("gpu_trt")
     manifest = read_manifest(tiny_engine_dir)
     mcfg = ModelConfig.from_dict(manifest["model"])
@@ -51,7 +50,7 @@ def setup(tmp_path_factory, tiny_engine_dir):
 
 def _swap_in_trt(eng, folder, logs, graphs=True):
     """Replace an ORT engine's decoder by a TrtDecoder over the same graph (OrtEngine stand-in)."""
-    from edgellm_ros.engine_dir import graph_name
+    from edgellm_ros.runtime.engine_dir import graph_name
     dec = eng.decoder
     graph = graph_name(bool(dec.lora_slots), eng.drafter is not None and eng.drafter.fc is not None)
     trt_dec = TrtDecoder(OrtEngine(os.path.join(folder, graph + ".onnx")), eng.model_config,
@@ -67,7 +66,7 @@ def _swap_in_trt(eng, folder, logs, graphs=True):
 
 @pytest.fixture(scope="module")
 def engines(setup, device):
-    from edgellm_ros.engine import Engine
+    from edgellm_ros.runtime.engine import Engine
     cfg, _ = setup
     ref = Engine.load(cfg, log=lambda m: None)
     gpu = Engine.load(cfg, log=lambda m: None)
@@ -81,7 +80,7 @@ def engines(setup, device):
 def test_steps_match_ort_decoder_logits_and_kv_rows(engines):
     """Prefill chunks (aligned and misaligned present rows), decode steps, a tree verify with
     compaction, on both decoders: logits and every KV row agree."""
-    from edgellm_ros.speculative import Tree
+    from edgellm_ros.runtime.speculative import Tree
     ref, gpu, _ = engines
     a, b = ref.decoder, gpu.decoder
     rng = np.random.default_rng(0)
@@ -115,7 +114,7 @@ def test_steps_match_ort_decoder_logits_and_kv_rows(engines):
 
 
 def test_generation_matches_onnxruntime_with_and_without_adapter(engines):
-    from edgellm_ros.config import GenerationRequest
+    from edgellm_ros.runtime.config import GenerationRequest
     ref, gpu, logs = engines
     for adapter in ("", "ad", ""):
         for prompt in PROMPTS:
@@ -126,7 +125,7 @@ def test_generation_matches_onnxruntime_with_and_without_adapter(engines):
 
 
 def test_prompt_cache_restores_device_rows(engines):
-    from edgellm_ros.config import GenerationRequest
+    from edgellm_ros.runtime.config import GenerationRequest
     ref, gpu, _ = engines
     req = GenerationRequest(prompt="Name a colour.", system_prompt="You are a terse robot.", max_new_tokens=16)
     first, second = gpu.generate(req), gpu.generate(req)
@@ -134,8 +133,8 @@ def test_prompt_cache_restores_device_rows(engines):
 
 
 def test_eagle_greedy_equals_plain_greedy(engines):
-    from edgellm_ros.config import GenerationRequest
-    from edgellm_ros.speculative import EagleConfig
+    from edgellm_ros.runtime.config import GenerationRequest
+    from edgellm_ros.runtime.speculative import EagleConfig
     ref, gpu, _ = engines
     plain = {p: ref.generate(GenerationRequest(prompt=p, max_new_tokens=32)).token_ids for p in PROMPTS}
     gpu.set_eagle(EagleConfig(True, 4, 3, 12, confidence_threshold=0.0))   # random draft: keep its trees
@@ -151,7 +150,7 @@ def test_eagle_greedy_equals_plain_greedy(engines):
 
 @pytest.fixture()
 def toy(setup, device):
-    from edgellm_ros.lora import module_shapes
+    from edgellm_ros.contract import module_shapes
     _, mcfg = setup
     rng = np.random.default_rng(7)
     emb = rng.standard_normal((mcfg.vocab_size, mcfg.hidden_size)).astype(np.float32)

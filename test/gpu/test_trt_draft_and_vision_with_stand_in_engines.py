@@ -17,11 +17,10 @@ import os
 import numpy as np
 import pytest
 
-from edgellm_ros.backends.cuda_rt import DeviceBuffer
-from edgellm_ros.backends.tensorrt_draft import TrtDraft
-from edgellm_ros.backends.tensorrt_function import TrtFunction
-from edgellm_ros.testing.fake_trt import FAKE_TRT, OrtEngine, stand_in_tensorrt
-from gpu_fixtures import device, tiny_engine_dir, tokenizer_dir  # noqa: F401
+from edgellm_ros.backends.tensorrt.cuda_rt import DeviceBuffer
+from edgellm_ros.backends.tensorrt.draft import TrtDraft
+from edgellm_ros.backends.tensorrt.function import TrtFunction
+from fake_trt import FAKE_TRT, OrtEngine, stand_in_tensorrt
 
 pytestmark = pytest.mark.gpu
 
@@ -30,7 +29,7 @@ TOL = {"atol": 2e-4, "rtol": 1e-4}
 
 
 def _config(**kw):
-    from edgellm_ros.config import EngineConfig
+    from edgellm_ros.runtime.config import EngineConfig
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     family = {k: v for k, v in (("quantization", "none"), ("fused_ops", False)) if k in names}
     return EngineConfig(max_seq_len=160, prefill_chunk=16, eagle_max_top_k=4, eagle_max_step=4,
@@ -40,11 +39,11 @@ def _config(**kw):
 @pytest.fixture(scope="module")
 def drafts(tmp_path_factory, tiny_engine_dir):
     """(model config, {layout: (draft folder, draft config, weights, export folder)})."""
-    from edgellm_ros.engine import export_draft_graphs, manifest_head
-    from edgellm_ros.engine_dir import read_manifest
+    from edgellm_ros.runtime.engine import export_draft_graphs, manifest_head
+    from edgellm_ros.contract import read_manifest
     from edgellm_ros.models.eagle import load_draft
     from edgellm_ros.models.spec import ModelConfig
-    from edgellm_ros.testing.tiny_models import write_random_draft
+    from edgellm_ros.synthetic.tiny_models import write_random_draft
     root = tmp_path_factory.mktemp("gpu_drafts")
     mcfg = ModelConfig.from_dict(read_manifest(tiny_engine_dir)["model"])
     out = {}
@@ -59,7 +58,7 @@ def drafts(tmp_path_factory, tiny_engine_dir):
 @pytest.mark.parametrize("layout", ["eagle3", "eagle1"])
 def test_draft_steps_match_ort_draft(drafts, tiny_engine_dir, device, layout):
     from edgellm_ros.backends.onnxruntime import OrtDraft
-    from edgellm_ros.export.decoder import MASK_VALUE
+    from edgellm_ros.contract import MASK_VALUE
     mcfg, made = drafts
     _, cfg, _, sub = made[layout]
     emb = np.load(os.path.join(tiny_engine_dir, "embeddings.npy"))
@@ -122,9 +121,9 @@ def test_a_table_of_another_dtype_is_not_shared(drafts, tiny_engine_dir, device)
 
 def test_fc_and_vision_functions_run_in_chunks_like_onnxruntime(drafts, tmp_path_factory, tokenizer_dir, device):
     from edgellm_ros.backends.onnxruntime import make_session
-    from edgellm_ros.engine_dir import ensure_engine
+    from edgellm_ros.runtime.engine_dir import ensure_engine
     from edgellm_ros.errors import InvalidRequest
-    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    from edgellm_ros.synthetic.tiny_vlm import write_tiny_vlm_once
     _, made = drafts
     _, cfg, _, sub = made["eagle3"]
     rng = np.random.default_rng(4)
@@ -148,9 +147,9 @@ def test_fc_and_vision_functions_run_in_chunks_like_onnxruntime(drafts, tmp_path
 @pytest.fixture(scope="module")
 def trt_engines(tmp_path_factory, drafts, tiny_engine_dir, device):
     """The CPU engine and an Engine.load(backend="tensorrt") on stand-ins, same config."""
-    from edgellm_ros.engine import Engine
-    from edgellm_ros.engine_dir import read_manifest
-    from edgellm_ros.testing.tiny_models import write_random_adapter
+    from edgellm_ros.runtime.engine import Engine
+    from edgellm_ros.contract import read_manifest
+    from edgellm_ros.synthetic.tiny_models import write_random_adapter
     mcfg, made = drafts
     adapter = write_random_adapter(str(tmp_path_factory.mktemp("ad") / "ad"), mcfg, (0, 1), ("q_proj", "v_proj"),
                                    r=4, alpha=8, seed=1, scale=0.3)
@@ -167,7 +166,7 @@ def trt_engines(tmp_path_factory, drafts, tiny_engine_dir, device):
 
 
 def test_engine_load_puts_decoder_and_draft_on_tensorrt(trt_engines, drafts):
-    from edgellm_ros.backends.tensorrt import TrtDecoder
+    from edgellm_ros.backends.tensorrt.decoder import TrtDecoder
     ref, gpu, asked, logs = trt_engines
     sub = os.path.relpath(drafts[1]["eagle3"][3], gpu.folder)
     assert gpu.backend == "tensorrt" and isinstance(gpu.decoder, TrtDecoder)
@@ -182,8 +181,8 @@ def test_engine_load_puts_decoder_and_draft_on_tensorrt(trt_engines, drafts):
 
 
 def test_eagle_on_tensorrt_gives_the_cpu_engines_tokens(trt_engines):
-    from edgellm_ros.config import GenerationRequest
-    from edgellm_ros.speculative import EagleConfig
+    from edgellm_ros.runtime.config import GenerationRequest
+    from edgellm_ros.runtime.speculative import EagleConfig
     ref, gpu, asked, _ = trt_engines
     eagle = EagleConfig(True, 4, 3, 12, confidence_threshold=0.0)   # random draft: keep its trees
     for adapter in ("", "ad"):
@@ -209,10 +208,10 @@ def test_eagle_on_tensorrt_gives_the_cpu_engines_tokens(trt_engines):
 
 
 def test_vision_pipeline_on_tensorrt_equals_onnxruntime(tmp_path_factory, tokenizer_dir, device):
-    from edgellm_ros.config import GenerationRequest
-    from edgellm_ros.engine import Engine
-    from edgellm_ros.testing.tiny_vlm import synthetic_image, write_tiny_vlm_once
-    from edgellm_ros.vision import VisionPipeline
+    from edgellm_ros.runtime.config import GenerationRequest
+    from edgellm_ros.runtime.engine import Engine
+    from edgellm_ros.synthetic.tiny_vlm import synthetic_image, write_tiny_vlm_once
+    from edgellm_ros.runtime.vision import VisionPipeline
     vlm = write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), tokenizer_dir)
     cfg = _config(backend="onnxruntime", model=vlm, engine_dir=str(tmp_path_factory.mktemp("vlm_trt")),
                   eagle_draft="")
@@ -244,9 +243,9 @@ def test_vision_pipeline_on_tensorrt_equals_onnxruntime(tmp_path_factory, tokeni
 def test_selftest_reports_the_draft_and_vision_engines(tmp_path_factory, tokenizer_dir, device):
     """``edgellm selftest`` on a VLM, with stand-in engines: every engine check runs on the GPU."""
     import json
-    from edgellm_ros.engine_dir import ensure_engine
+    from edgellm_ros.runtime.engine_dir import ensure_engine
     from edgellm_ros.selftest import run_selftest
-    from edgellm_ros.testing.tiny_vlm import write_tiny_vlm_once
+    from edgellm_ros.synthetic.tiny_vlm import write_tiny_vlm_once
     vlm = write_tiny_vlm_once(str(tmp_path_factory.getbasetemp()), tokenizer_dir)
     folder = ensure_engine(vlm, str(tmp_path_factory.mktemp("selftest") / "engine"), log=lambda m: None)
     lines = []

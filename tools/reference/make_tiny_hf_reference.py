@@ -4,7 +4,7 @@
 
 Writes test/data/reference_tiny_hf.json: for each tiny config (Llama, Qwen2
 with q/k/v biases, Llama-3 rope scaling) the logits transformers computes for
-fixed token ids. The weights are written by edgellm_ros.testing.tiny_models
+fixed token ids. The weights are written by edgellm_ros.synthetic.tiny_models
 with fixed seeds, so the tests rebuild the same files without torch.
 """
 
@@ -20,7 +20,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from edgellm_ros.testing.tiny_models import TINY_LLAMA, TINY_LLAMA3, TINY_QWEN2, write_tiny_model  # noqa: E402
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, TINY_LLAMA3, TINY_QWEN2, write_tiny_model  # noqa: E402
 
 IDS = [5, 17, 200, 3, 99, 42, 7, 128, 255, 0, 64, 31]
 

@@ -1,6 +1,6 @@
 """Expected outputs of the tiny seeded SmolVLM (Idefics3) checkpoint, computed by transformers.
 
-    D=$(python -c 'from edgellm_ros.engine_dir import ensure_engine; print(ensure_engine(""))')
+    D=$(python -c 'from edgellm_ros.runtime.engine_dir import ensure_engine; print(ensure_engine(""))')
     /path/to/venv-with-torch-transformers-pillow/bin/python \\
         tools/reference/make_tiny_vlm_reference.py --tokenizer-from "$D"
 
@@ -8,7 +8,7 @@
 the SmolLM2 tokenizer the tiny VLM's tokenizer is built on.)
 
 Writes test/data/reference_tiny_vlm.json. The checkpoint is written by
-edgellm_ros.testing.tiny_vlm with fixed seeds (the tests rebuild the same
+edgellm_ros.synthetic.tiny_vlm with fixed seeds (the tests rebuild the same
 bytes without torch; the json keeps the files' sha256 to prove it), the images
 by tiny_vlm.synthetic_image. transformers runs on the CPU in float32 with the
 PIL backend of the Idefics3 image processor (torchvision is not installed;
@@ -41,7 +41,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from edgellm_ros.testing.tiny_vlm import (  # noqa: E402
+from edgellm_ros.synthetic.tiny_vlm import (  # noqa: E402
     PREPROCESS_IMAGES, TEST_IMAGES, TINY_VLM_PREPROCESSOR, synthetic_image, write_tiny_vlm)
 
 QUESTION = "What is in this image?"
@@ -160,7 +160,7 @@ def main() -> None:
         f"Pillow {PIL.__version__}, tokenizers {tokenizers.__version__}, CPU float32, "
         "Idefics3ForConditionalGeneration and AutoProcessor (Idefics3Processor, "
         "Idefics3ImageProcessorPil) from_pretrained(folder) on the seeded tiny checkpoint of "
-        "edgellm_ros.testing.tiny_vlm.write_tiny_vlm(folder, tokenizer_from=<default engine "
+        "edgellm_ros.synthetic.tiny_vlm.write_tiny_vlm(folder, tokenizer_from=<default engine "
         "folder>, seed=0); command: python tools/reference/make_tiny_vlm_reference.py "
         "--tokenizer-from <default engine folder>"),
         "question": QUESTION, "test_images": TEST_IMAGES, "preprocess_images": PREPROCESS_IMAGES}

@@ -19,7 +19,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..errors import BackendError
+from ...errors import BackendError
 from .cuda_rt import Device, DeviceBuffer, PinnedBuffer, Stream, copy_device, pointer_table
 
 

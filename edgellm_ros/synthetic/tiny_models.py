@@ -77,7 +77,7 @@ def write_random_adapter(folder: str, model_cfg, layers, modules, r: int = 4, al
     """A PEFT LoRA folder with random A and B for the given layers and modules."""
     from safetensors.numpy import save_file
 
-    from ..lora import module_shapes
+    from ..contract import module_shapes
 
     rng = np.random.default_rng(seed)
     shapes = module_shapes(model_cfg)

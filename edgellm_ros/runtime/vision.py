@@ -38,9 +38,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import BackendError, BackendUnavailable, ContextFull, InvalidRequest, ModelLoadError
-from .loaders.vlm import ImageProcessorConfig, is_vlm_folder, load_vision, read_vision_json
-from .models.siglip import SiglipReference, VisionConfig
+from ..errors import BackendError, BackendUnavailable, ContextFull, InvalidRequest, ModelLoadError
+from ..loaders.vlm import ImageProcessorConfig, is_vlm_folder, load_vision, read_vision_json
+from ..models.siglip import SiglipReference, VisionConfig
 
 #: Largest side transformers lets an image have after the first resize.
 MAX_IMAGE_SIZE = 4096
@@ -215,7 +215,7 @@ class VisionPipeline:
                 "a VisionPipeline needs an ONNX Runtime session, a TensorRT encoder or a NumPy reference")
         self.vcfg, self.proc = vcfg, proc
         self.session, self.reference = session, reference
-        #: pixel_values [n, 3, S, S] -> [n, Q, H] on TensorRT (backends/tensorrt_function.py), or None
+        #: pixel_values [n, 3, S, S] -> [n, Q, H] on TensorRT (backends/tensorrt/function.py), or None
         self.encoder = encoder
         self.max_tiles_per_run = max(1, int(max_tiles_per_run))
         #: "tensorrt", "onnxruntime" or "numpy": what encode() runs.
@@ -250,13 +250,13 @@ class VisionPipeline:
         reference: Optional[SiglipReference] = None
         encoder: Optional[Callable[[np.ndarray], np.ndarray]] = None
         if configs is not None:
-            from .backends.onnxruntime import make_session
+            from ..backends.onnxruntime import make_session
             path = os.path.join(folder, "vision.onnx")
             if not os.path.isfile(path):
                 raise ModelLoadError(f"{folder} has vision.json but no vision.onnx")
             vcfg, proc = configs
             if backend == "tensorrt":
-                from .backends.tensorrt_function import load_trt_vision
+                from ..backends.tensorrt.function import load_trt_vision
                 encoder = load_trt_vision(folder, vcfg, max_tiles_per_run, log)
             else:
                 session, reference = make_session(path, num_threads), None

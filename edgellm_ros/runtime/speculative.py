@@ -42,8 +42,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ConfigError
-from .export.decoder import MASK_VALUE
+from ..errors import ConfigError
+from ..contract import MASK_VALUE
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..backends.cuda_rt import check, import_cuda
+from edgellm_ros.backends.tensorrt.cuda_rt import check, import_cuda
 
 
 class TensorIOMode(enum.Enum):
@@ -112,7 +112,7 @@ class OrtEngine(_Engine):
     """A decoder ONNX graph run by ONNX Runtime behind TensorRT's engine API (not capturable)."""
 
     def __init__(self, onnx_path: str, profile: Optional[Dict[str, Any]] = None):
-        from ..backends.onnxruntime import make_session
+        from edgellm_ros.backends.onnxruntime import make_session
         self.session = make_session(onnx_path)
         self.profile = profile
         self.refused: List[Tuple[str, Tuple[int, ...]]] = []
@@ -173,9 +173,9 @@ class ToyEngine(_Engine):
     """The toy model of the module docstring, as CUDA kernels behind TensorRT's engine API."""
 
     def __init__(self, config: Any, lora_modules: Sequence[str] = ()):
-        from ..backends.cuda_kernels import compile_kernels
-        from ..backends.cuda_rt import Device
-        from ..lora import module_shapes
+        from edgellm_ros.backends.tensorrt.cuda_kernels import compile_kernels
+        from edgellm_ros.backends.tensorrt.cuda_rt import Device
+        from edgellm_ros.contract import module_shapes
         c = self.config = config
         H, W, V = c.hidden_size, c.num_kv_heads * c.head_dim, c.vocab_size
         if W > H:
@@ -251,8 +251,8 @@ def stand_in_tensorrt(patch: Any) -> Dict[str, Any]:
     OrtEngine over it that checks the shapes against those profiles; import_tensorrt gives
     FAKE_TRT. Returns the record: graph name -> its profiles (and "engines": graph -> OrtEngine).
     """
-    from .. import engine as engine_mod
-    from ..backends import tensorrt, tensorrt_build, tensorrt_engines
+    from edgellm_ros.runtime import engine as engine_mod
+    from edgellm_ros.backends.tensorrt import build as tensorrt_build, decoder as tensorrt, engines as tensorrt_engines
 
     asked: Dict[str, Any] = {"engines": {}}
     by_path: Dict[str, str] = {}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .config import GenerationRequest
-from .errors import ContextFull, InvalidRequest
+from ..errors import ContextFull, InvalidRequest
 from .prompt_cache import PromptCache, prefix_key
 from .sampling import make_distribution, make_rng, make_sampler
 from .speculative import (Drafter, EagleConfig, SpecStats, accept_greedy, accept_sampling,

@@ -37,11 +37,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BackendError, ModelLoadError
-from ..models.spec import ModelConfig
+from ...errors import BackendError, ModelLoadError
+from ...models.spec import ModelConfig
 from .cuda_kv import DeviceKVCache
 from .cuda_rt import Device, DeviceBuffer, GraphCache, PinnedBuffer, Stream
-from .step_inputs import causal_upper, check_step, fill_step
+from ..step_inputs import causal_upper, check_step, fill_step
 
 #: TensorRT requires tensor addresses aligned to this many bytes.
 TRT_ALIGNMENT = 256
@@ -49,7 +49,7 @@ TRT_ALIGNMENT = 256
 
 def load_engine(plan_path: str, trt: Any = None, log: Callable[[str], None] = print) -> Tuple[Any, Any]:
     """Deserialize a plan: (runtime, engine). ModelLoadError with TensorRT's messages on failure."""
-    from .tensorrt_build import _make_logger, import_tensorrt
+    from .build import _make_logger, import_tensorrt
 
     trt = trt or import_tensorrt()
     logger = _make_logger(trt, log)
@@ -112,7 +112,7 @@ class TrtDecoder:
         """``table``: a device copy of ``embeddings`` to share (another engine's
         ``embedding_table``, same dtype), instead of uploading one more."""
         if trt is None:
-            from .tensorrt_build import import_tensorrt
+            from .build import import_tensorrt
             trt = import_tensorrt()
         self.trt, self.engine, self.runtime, self.log = trt, engine, runtime, log
         c = self.config = config
@@ -188,7 +188,7 @@ class TrtDecoder:
     def from_plan(cls, plan_path: str, config: ModelConfig, embeddings: np.ndarray, max_seq_len: int,
                   max_chunk: int, lora_slots: Sequence[Tuple[int, str]] = (), trt: Any = None,
                   log: Callable[[str], None] = print, **kw: Any) -> "TrtDecoder":
-        from .tensorrt_build import import_tensorrt
+        from .build import import_tensorrt
         trt = trt or import_tensorrt()
         device = Device.get(0)   # the context TensorRT will use is current before deserializing
         runtime, engine = load_engine(plan_path, trt, log)
@@ -201,7 +201,7 @@ class TrtDecoder:
                            lora_slots: Sequence[Tuple[int, str]] = (), log: Callable[[str], None] = print,
                            **kw: Any) -> "TrtDecoder":
         """Build (when missing or stale) the plan of ``graph`` in the engine folder and load it."""
-        from .tensorrt_engines import ensure_decoder_plan
+        from .engines import ensure_decoder_plan
         plan, _ = ensure_decoder_plan(folder, graph, max_seq_len, max_chunk, max_lora_rank, log=log)
         return cls.from_plan(plan, config, embeddings, max_seq_len, max_chunk, lora_slots, log=log, **kw)
 
@@ -259,7 +259,7 @@ class TrtDecoder:
     # -- LoRA ----------------------------------------------------------------------
     def add_adapter(self, name: str, weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
         """Upload the adapter's A [in, r] and B [r, out] once (zeros rank 1 where it has none)."""
-        from ..lora import lora_input_names, module_shapes
+        from ...contract import lora_input_names, module_shapes
         shapes = module_shapes(self.config)
         self.device.make_current()
         table = []

@@ -1,5 +1,4 @@
-"""Fixtures of the GPU tests (``pytest -m gpu test/gpu``; CI deselects them, setup.cfg),
-imported by name: a conftest.py here would shadow test/conftest.py.
+"""Fixtures of the GPU tests (``pytest -m gpu test/gpu``; CI deselects them, setup.cfg).
 
 They need an NVIDIA GPU and cuda-python (``cuda.bindings``); run on a machine without one
 they fail with the reason, they are not skipped. The tiny model's engine folder needs the
@@ -17,7 +16,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def device():
-    from edgellm_ros.backends.cuda_rt import Device, gpu_count
+    from edgellm_ros.backends.tensorrt.cuda_rt import Device, gpu_count
     n, why = gpu_count()
     if not n:
         pytest.fail(f"the GPU tests need a CUDA GPU: {why}")
@@ -26,7 +25,7 @@ def device():
 
 @pytest.fixture()
 def stream(device):
-    from edgellm_ros.backends.cuda_rt import Stream
+    from edgellm_ros.backends.tensorrt.cuda_rt import Stream
     s = Stream()
     yield s
     s.destroy()
@@ -37,14 +36,14 @@ def tokenizer_dir():
     folder = os.environ.get("EDGELLM_TOKENIZER_DIR", "")
     if folder:
         return folder
-    from edgellm_ros.engine_dir import ensure_engine
+    from edgellm_ros.runtime.engine_dir import ensure_engine
     return ensure_engine("", "", log=lambda m: None)
 
 
 @pytest.fixture(scope="session")
 def tiny_engine_dir(tmp_path_factory, tokenizer_dir):
-    from edgellm_ros.engine_dir import ensure_engine
-    from edgellm_ros.testing.tiny_models import TINY_LLAMA, write_tiny_model
+    from edgellm_ros.runtime.engine_dir import ensure_engine
+    from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_tiny_model
     d = tmp_path_factory.mktemp("tiny")
     # the real tokenizer's vocabulary, so whole requests run through the generator
     cfg = {**TINY_LLAMA, "vocab_size": 49152, "max_position_embeddings": 512}

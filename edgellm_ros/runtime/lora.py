@@ -20,22 +20,11 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ConfigError, ModelLoadError, UnknownAdapter
-from .models.spec import PROJECTIONS, ModelConfig
+from ..contract import module_shapes
+from ..errors import ConfigError, ModelLoadError, UnknownAdapter
+from ..models.spec import PROJECTIONS, ModelConfig
 
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.\w+)?\.weight$")
-
-
-def module_shapes(cfg: ModelConfig) -> Dict[str, Tuple[int, int]]:
-    """(in, out) features of each projection of a layer."""
-    H, F, D = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
-    return {"q_proj": (H, cfg.num_heads * D), "k_proj": (H, cfg.num_kv_heads * D),
-            "v_proj": (H, cfg.num_kv_heads * D), "o_proj": (cfg.num_heads * D, H),
-            "gate_proj": (H, F), "up_proj": (H, F), "down_proj": (F, H)}
-
-
-def lora_input_names(layer: int, module: str) -> Tuple[str, str]:
-    return f"lora.{layer}.{module}.a", f"lora.{layer}.{module}.b"
 
 
 @dataclass

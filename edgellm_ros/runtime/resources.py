@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any, Dict, Optional
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 PACKAGE = "edgellm_ros"
 #: The shipped EAGLE-3 draft of the embedded default model.

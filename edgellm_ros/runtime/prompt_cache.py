@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from typing import Optional, Sequence, Tuple
 
-from .kv_cache import Snapshot
+from ..backends.kv_cache import Snapshot
 
 Key = Tuple[str, str, int]
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
-from ..errors import BackendError, InvalidRequest, ModelLoadError
+from ...errors import BackendError, InvalidRequest, ModelLoadError
 from .cuda_rt import Device, DeviceBuffer, PinnedBuffer, Stream
 
 
@@ -27,9 +27,9 @@ class TrtFunction:
 
     def __init__(self, engine: Any, input_name: str, output_name: str, max_rows: int, axis: int = 0,
                  trt: Any = None, device: Optional[Device] = None, runtime: Any = None):
-        from .tensorrt import _Binding
+        from .decoder import _Binding
         if trt is None:
-            from .tensorrt_build import import_tensorrt
+            from .build import import_tensorrt
             trt = import_tensorrt()
         self.trt, self.engine, self.runtime = trt, engine, runtime
         self.input_name, self.output_name = input_name, output_name
@@ -53,11 +53,11 @@ class TrtFunction:
     @classmethod
     def from_plan(cls, plan_path: str, input_name: str, output_name: str, max_rows: int, axis: int = 0,
                   trt: Any = None, log: Callable[[str], None] = print) -> "TrtFunction":
-        from . import tensorrt
-        from .tensorrt_build import import_tensorrt
+        from . import decoder as trt_decoder
+        from .build import import_tensorrt
         trt = trt or import_tensorrt()
         device = Device.get(0)   # the context TensorRT will use is current before deserializing
-        runtime, engine = tensorrt.load_engine(plan_path, trt, log)
+        runtime, engine = trt_decoder.load_engine(plan_path, trt, log)
         return cls(engine, input_name, output_name, max_rows, axis, trt, device=device, runtime=runtime)
 
     def _fixed(self, name: str, is_input: bool) -> Tuple[Tuple[int, ...], np.dtype]:
@@ -102,7 +102,7 @@ class TrtFunction:
 def load_trt_vision(folder: str, vision_cfg: Any, max_tiles: int, log: Callable[[str], None] = print) -> TrtFunction:
     """The engine folder's vision encoder on TensorRT: trt/vision.plan built when missing or stale
     (tiles 1..max_tiles a run), loaded as pixel_values [n, C, S, S] -> image_embeds [n, Q, H]."""
-    from .tensorrt_engines import ensure_vision_plan
+    from .engines import ensure_vision_plan
 
     plan = ensure_vision_plan(folder, vision_cfg, max_tiles, log=log)
     enc = TrtFunction.from_plan(plan, "pixel_values", "image_embeds", max_tiles, axis=0, log=log)

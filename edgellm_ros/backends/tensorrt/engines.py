@@ -2,7 +2,7 @@
 
 Layout (beside the ONNX graphs of engine_dir.py)::
 
-    trt/<graph>.plan       the engine of <graph>.onnx (tensorrt_build.build_engine); the
+    trt/<graph>.plan       the engine of <graph>.onnx (build.build_engine); the
                            EAGLE draft's are trt/drafts/<draft export>/draft(_fc).plan
     trt/manifest.json      one entry per plan: what it was built from and for
     trt/timing.cache       full TensorRT's timing cache, shared by the builds
@@ -25,9 +25,9 @@ import json
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import BackendUnavailable, ModelLoadError
-from .tensorrt_build import (Profile, build_engine, decoder_profiles, draft_fc_profiles, draft_profiles,
-                             import_tensorrt, is_rtx, vision_profiles)
+from ...errors import BackendUnavailable, ModelLoadError
+from .build import (Profile, build_engine, decoder_profiles, draft_fc_profiles, draft_profiles,
+                    import_tensorrt, is_rtx, vision_profiles)
 
 SUBDIR = "trt"
 MANIFEST = "manifest.json"
@@ -120,7 +120,7 @@ def ensure_plan(folder: str, graph: str, profiles: Sequence[Profile], precision:
 
     Returns (plan path, its manifest entry). ``target`` overrides build_target (tests).
     """
-    from ..engine_dir import read_manifest
+    from ...contract import read_manifest
 
     trt = trt or import_tensorrt()
     folder_manifest = read_manifest(folder)
@@ -157,7 +157,7 @@ def ensure_decoder_plan(folder: str, graph: str, max_seq_len: int, max_chunk: in
                         precision: str = DEFAULT_PRECISION, log: Callable[[str], None] = print,
                         trt: Any = None, target: Optional[Mapping[str, str]] = None) -> Tuple[str, Dict[str, Any]]:
     """ensure_plan for a decoder variant, its profiles sized from the runtime's limits."""
-    from ..engine_dir import read_manifest
+    from ...contract import read_manifest
 
     manifest = read_manifest(folder) or {}
     entry = manifest.get("graphs", {}).get(graph)

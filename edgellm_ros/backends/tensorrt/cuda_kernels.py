@@ -21,8 +21,8 @@ from typing import Any, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import BackendError
-from ..export.decoder import MASK_VALUE
+from ...errors import BackendError
+from ...contract import MASK_VALUE
 from .cuda_rt import Device, DeviceBuffer, Stream, check, import_cuda
 
 #: MASK_VALUE as a C float literal (the graphs' "drop this entry").

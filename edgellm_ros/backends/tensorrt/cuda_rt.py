@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, Optional, Sequence, 
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailable
+from ...errors import BackendError, BackendUnavailable
 
 _CU: Any = None
 _NVRTC: Any = None

@@ -27,7 +27,7 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import BackendUnavailable, ModelLoadError
+from ...errors import BackendUnavailable, ModelLoadError
 
 Shape = Tuple[int, ...]
 Profile = Dict[str, Tuple[Shape, Shape, Shape]]
@@ -132,8 +132,8 @@ def decoder_profiles(graph_io: Mapping[str, Any], model_config: Mapping[str, Any
     EAGLE tree; ``max_logits`` defaults to max_chunk (every row of an EAGLE verify step);
     ``max_lora_rank`` is the largest rank of any loaded adapter (rank-1 zeros = no adapter).
     """
-    from ..lora import module_shapes
-    from ..models.spec import ModelConfig
+    from ...contract import module_shapes
+    from ...models.spec import ModelConfig
 
     cfg = model_config if isinstance(model_config, ModelConfig) else ModelConfig.from_dict(dict(model_config))
     shapes = module_shapes(cfg)

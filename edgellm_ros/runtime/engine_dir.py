@@ -33,12 +33,13 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ModelLoadError
-from .export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
-from .export.decoder import Requantizer, decoder_io_names, export_decoder, rope_table_rows
-from .export.graph import WeightFile
-from .models.eagle import default_target_layers
-from .models.spec import PROJECTIONS
+from ..errors import ModelLoadError
+from ..export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
+from ..export.decoder import Requantizer, export_decoder, rope_table_rows
+from ..contract import MANIFEST, decoder_io_names, read_manifest
+from ..export.graph import WeightFile
+from ..models.eagle import default_target_layers
+from ..models.spec import PROJECTIONS
 
 #: Bump when the folder layout changes. Changes of the exporting code are caught
 #: by exporter_digest() as well, so a graph edit never meets a stale folder.
@@ -46,13 +47,14 @@ EXPORT_FORMAT = 8
 #: Source files whose content decides the exported graphs (relative to the package).
 EXPORTER_SOURCES = ("export/decoder.py", "export/draft.py", "export/graph.py", "export/vision.py", "models/quant.py",
                     "export/calibration.py", "models/llama.py",
-                    "loaders/gguf.py", "loaders/hf.py", "loaders/vlm.py", "engine_dir.py")
+                    "loaders/gguf.py", "loaders/hf.py", "loaders/vlm.py", "runtime/engine_dir.py",
+                    "contract.py")
 
 
 def exporter_digest() -> str:
     """sha256 (16 hex digits) of the code that writes the graphs."""
     h = hashlib.sha256()
-    root = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for rel in EXPORTER_SOURCES:
         with open(os.path.join(root, rel), "rb") as f:
             h.update(rel.encode() + b"\0" + f.read())
@@ -69,9 +71,6 @@ def graph_name(lora: bool, eagle3: bool, quantization: str = "none", fused: bool
     """File stem of the decoder variant."""
     return "decoder" + ("_eagle3" if eagle3 else "") + ("_lora" if lora else "") + \
         family_suffix(quantization, fused)
-
-
-MANIFEST = "manifest.json"
 
 
 def source_hash(path: str) -> str:
@@ -92,15 +91,6 @@ def default_engine_dir(source: str, digest: str) -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgellm_ros")
     name = os.path.splitext(os.path.basename(source.rstrip("/")))[0]
     return os.path.join(base, "engines", f"{name}-{digest[:12]}")
-
-
-def read_manifest(folder: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
-            m = json.load(f)
-        return m if isinstance(m, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 def is_current(folder: str, digest: str, feature_layers: Optional[Sequence[int]] = None) -> bool:
@@ -169,8 +159,8 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
 
 def _load_source(source: str) -> Tuple[Any, Any, Any]:
     """(decoder weights, vision weights or None, processor config or None) of a model."""
-    from .loaders import load_model
-    from .loaders.vlm import is_vlm_folder, load_vlm
+    from ..loaders import load_model
+    from ..loaders.vlm import is_vlm_folder, load_vlm
 
     if is_vlm_folder(source):
         return load_vlm(source)
@@ -210,7 +200,7 @@ def export_engine(source: str, folder: str, digest: str,
                   log: Callable[[str], None] = print,
                   feature_layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Load the model at ``source`` and write a complete engine folder."""
-    from .loaders.vlm import save_vision_json
+    from ..loaders.vlm import save_vision_json
 
     t0 = time.perf_counter()
     log(f"exporting {source} -> {folder}")
@@ -225,7 +215,7 @@ def export_engine(source: str, folder: str, digest: str,
                       else default_target_layers(weights.config.num_layers))
         graphs = export_family(weights, tmp, layers, "none", False)
         if vision is not None:
-            from .export.vision import export_vision, vision_io_names
+            from ..export.vision import export_vision, vision_io_names
             wf = WeightFile(os.path.join(tmp, "weights_vision.data"))
             try:
                 export_vision(vision, tmp, wf)
@@ -263,7 +253,7 @@ def export_engine(source: str, folder: str, digest: str,
 def ensure_engine(model: str, engine_dir: str = "", log: Callable[[str], None] = print,
                   feature_layers: Optional[Sequence[int]] = None) -> str:
     """Return an up-to-date engine folder for ``model``, exporting when needed."""
-    from .loaders import resolve_model_source
+    from ..loaders import resolve_model_source
 
     source = resolve_model_source(model)
     digest = source_hash(source)

@@ -15,12 +15,13 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import EngineConfig, GenerationRequest
-from .engine_dir import ensure_engine, ensure_family, graph_name, read_manifest
-from .errors import BackendUnavailable, ConfigError, ModelLoadError
+from .engine_dir import ensure_engine, ensure_family, graph_name
+from ..contract import read_manifest
+from ..errors import BackendUnavailable, ConfigError, ModelLoadError
 from .generation import GenerationResult, Generator, TokenEvent
-from .models.spec import ModelConfig
+from ..models.spec import ModelConfig
 from .lora import LoraRegistry, load_adapter, parse_adapter_spec
-from .models.eagle import load_draft
+from ..models.eagle import load_draft
 from .prompt_cache import PromptCache
 from .resources import read_draft_config, resolve_draft
 from .speculative import Drafter, EagleConfig, EagleLimits, SpecStats
@@ -33,7 +34,7 @@ def select_backend(requested: str, log: Log = print) -> str:
     if requested == "onnxruntime":
         return requested
     if requested in ("auto", "tensorrt"):
-        from .backends.tensorrt_engines import tensorrt_availability
+        from ..backends.tensorrt.engines import tensorrt_availability
         ok, reason = tensorrt_availability()
         if ok:
             log(f"backend {requested} -> tensorrt: {reason}")
@@ -58,7 +59,7 @@ def export_draft_graphs(cfg, weights, draft_dir: str, folder: str, base_head: np
     """The draft's graph folder in the engine folder, exported once:
     drafts/draft-<hash>-f<format>[-int8] (quantization: see export_draft)."""
     from .engine_dir import EXPORT_FORMAT, source_hash
-    from .export.draft import export_draft
+    from ..export.draft import export_draft
 
     suffix = "" if quantization == "none" else f"-{quantization}"
     sub = os.path.join(folder, "drafts",
@@ -92,12 +93,12 @@ def make_drafter(cfg, weights, draft_dir: str, folder: str, embeddings: np.ndarr
 
     backend "tensorrt": the draft's engines (built when missing or stale) on the GPU,
     sharing ``table`` (the TensorRT decoder's device embedding table) when given."""
-    from .backends.onnxruntime import OrtDraft, make_session
+    from ..backends.onnxruntime import OrtDraft, make_session
 
     sub = export_draft_graphs(cfg, weights, draft_dir, folder, base_head,
                               draft_quantization(config, backend))
     if backend == "tensorrt":
-        from .backends.tensorrt_draft import load_trt_draft
+        from ..backends.tensorrt.draft import load_trt_draft
         trt_step, trt_fc = load_trt_draft(folder, os.path.relpath(sub, folder), cfg, embeddings,
                                           config.max_seq_len + limits.max_expanded,
                                           max(chunk, limits.max_top_k), log, table)
@@ -141,7 +142,7 @@ class Engine:
     @classmethod
     def load(cls, config: EngineConfig, log: Log = print) -> "Engine":
         """Export (when missing or stale) and load the engine; allocate the KV cache."""
-        from .backends.onnxruntime import OrtDecoder
+        from ..backends.onnxruntime import OrtDecoder
         from .tokenizer import Tokenizer
 
         t0 = time.perf_counter()
@@ -200,7 +201,7 @@ class Engine:
         mods = entry["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
         if backend == "tensorrt":
-            from .backends.tensorrt import TrtDecoder
+            from ..backends.tensorrt.decoder import TrtDecoder
             decoder = TrtDecoder.from_engine_folder(folder, graph, mcfg, np.asarray(embeddings), config.max_seq_len,
                                                     max(chunk, 1 + limits.max_tree), config.max_lora_rank,
                                                     slots, log)

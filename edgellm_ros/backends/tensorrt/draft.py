@@ -12,7 +12,7 @@ tree step has T > 1 and its own mask; a catch-up step brings hidden_in from the 
 The token embeddings are the base model's: with a TensorRT decoder on the same GPU the
 draft binds the decoder's device table instead of uploading a second copy.
 
-The EAGLE-3 fc (features [n, F] -> [n, H]) is a TrtFunction (tensorrt_function.py).
+The EAGLE-3 fc (features [n, F] -> [n, H]) is a TrtFunction (function.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from .cuda_rt import DeviceBuffer
-from .tensorrt import TrtDecoder
-from .tensorrt_function import TrtFunction
+from .decoder import TrtDecoder
+from .function import TrtFunction
 
 
 class TrtDraft(TrtDecoder):
@@ -56,15 +56,15 @@ def load_trt_draft(folder: str, draft_sub: str, draft_cfg: Any, embeddings: np.n
 
     ``draft_sub``: the draft's export folder relative to the engine folder.
     """
-    from . import tensorrt
+    from . import decoder as trt_decoder
     from .cuda_rt import Device
-    from .tensorrt_build import import_tensorrt
-    from .tensorrt_engines import ensure_draft_plans
+    from .build import import_tensorrt
+    from .engines import ensure_draft_plans
 
     plans = ensure_draft_plans(folder, draft_sub, draft_cfg, max_seq_len, max_chunk, log=log)
     trt = import_tensorrt()
     device = Device.get(0)
-    runtime, engine = tensorrt.load_engine(plans["draft"], trt, log)
+    runtime, engine = trt_decoder.load_engine(plans["draft"], trt, log)
     step = TrtDraft(engine, draft_cfg, embeddings, max_seq_len, max_chunk, trt, log, table,
                     device=device, runtime=runtime)
     fc = None

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Tuple
 
-from .errors import ConfigError, InvalidRequest
+from ..errors import ConfigError, InvalidRequest
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 #: Weight formats of the decoder graph (export/decoder.py explains each).

@@ -35,7 +35,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers,
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
-from .errors import InvalidRequest, ModelLoadError, UnsupportedModelError
+from ..errors import InvalidRequest, ModelLoadError, UnsupportedModelError
 
 #: GPT-2's split (also what ByteLevel(use_regex=True) applies).
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -393,7 +393,7 @@ def _prepend_bos(bos: str, bos_id: int) -> Any:
 
 def _read_json(path: str) -> Dict[str, Any]:
     """A JSON object file, or {} when absent; corrupt files raise ModelLoadError."""
-    from .loaders.jsonfile import read_json_object
+    from ..loaders.jsonfile import read_json_object
     return read_json_object(path, required=False)
 
 

@@ -1,0 +1,1 @@
+"""The TensorRT backend: engines built from the exported ONNX graphs, run through cuda-python."""
