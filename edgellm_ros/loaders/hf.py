@@ -53,7 +53,7 @@ def config_from_hf(cfg: Dict[str, Any], folder: str) -> ModelConfig:
         raise ModelLoadError(f"{folder}/config.json lacks {exc.args[0]!r}") from exc
 
 
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+def read_safetensors(path: str) -> Dict[str, np.ndarray]:
     """Tensors of one file as float32; BF16 is widened by bit shifting."""
     try:
         with open(path, "rb") as f:
@@ -107,7 +107,7 @@ def load_hf_folder(folder: str) -> ModelWeights:
         raise ModelLoadError(f"{folder}: no *.safetensors files")
     tensors: Dict[str, np.ndarray] = {}
     for path in files:
-        for name, arr in _read_safetensors(path).items():
+        for name, arr in read_safetensors(path).items():
             if name.startswith("model."):
                 name = name[len("model."):]
             if name.endswith("rotary_emb.inv_freq"):

@@ -29,7 +29,7 @@ from ..errors import ModelLoadError, UnsupportedModelError
 from ..models.siglip import CONNECTOR_WEIGHT, VISION_PREFIX, VisionConfig, VisionWeights
 from ..models.spec import ModelConfig, ModelWeights
 from .jsonfile import read_json_object
-from .hf import _read_safetensors, config_from_hf
+from .hf import read_safetensors, config_from_hf
 
 VLM_MODEL_TYPES = ("idefics3", "smolvlm")
 VISION_JSON = "vision.json"
@@ -241,7 +241,7 @@ def load_vision(folder: str) -> Tuple[VisionWeights, ImageProcessorConfig]:
     proc = processor_config_from_hf(folder, cfg, vcfg)       # cheap checks before the weights
     vision: Dict[str, np.ndarray] = {}
     for path in _safetensors_files(folder):
-        for name, arr in _read_safetensors(path).items():
+        for name, arr in read_safetensors(path).items():
             if _is_vision_tensor(name):
                 vision[name[len("model."):]] = np.ascontiguousarray(arr, dtype=np.float32)
     vweights = VisionWeights(config=vcfg, tensors=vision, source=folder,
@@ -266,7 +266,7 @@ def load_vlm(folder: str) -> Tuple[ModelWeights, VisionWeights, ImageProcessorCo
     text: Dict[str, np.ndarray] = {}
     vision: Dict[str, np.ndarray] = {}
     for path in _safetensors_files(folder):
-        for name, arr in _read_safetensors(path).items():
+        for name, arr in read_safetensors(path).items():
             arr = np.ascontiguousarray(arr, dtype=np.float32)
             if name.startswith("model.text_model."):
                 if not name.endswith("rotary_emb.inv_freq"):

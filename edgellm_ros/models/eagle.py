@@ -111,7 +111,7 @@ def _read_config(folder: str) -> Dict[str, Any]:
 
 def load_draft(folder: str, base: ModelConfig) -> Tuple[DraftConfig, Dict[str, np.ndarray]]:
     """Read an EAGLE-3 or EAGLE-1 checkpoint folder and check it against the base model."""
-    from ..loaders.hf import _read_safetensors
+    from ..loaders.hf import read_safetensors
 
     raw = _read_config(folder)
     files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) \
@@ -120,7 +120,7 @@ def load_draft(folder: str, base: ModelConfig) -> Tuple[DraftConfig, Dict[str, n
         raise ModelLoadError(f"EAGLE draft {folder}: no *.safetensors file")
     t: Dict[str, np.ndarray] = {}
     for f in files:
-        for k, v in _read_safetensors(os.path.join(folder, f)).items():
+        for k, v in read_safetensors(os.path.join(folder, f)).items():
             t[k[len("model."):] if k.startswith("model.") else k] = v
     layout = "eagle3" if "midlayer.self_attn.q_proj.weight" in t else \
         "eagle1" if "layers.0.self_attn.q_proj.weight" in t else ""

@@ -164,7 +164,7 @@ def vision_profiles(vision_config: Any, max_tiles: int) -> List[Profile]:
 
 # ---------------------------------------------------------------- build
 
-def _make_logger(trt: Any, log: Callable[[str], None]) -> Any:
+def make_logger(trt: Any, log: Callable[[str], None]) -> Any:
     sev = trt.Logger.Severity if hasattr(trt.Logger, "Severity") else trt.ILogger.Severity
 
     class _Logger(trt.ILogger):
@@ -274,7 +274,7 @@ def build_engine(onnx_path: str, out_path: str, profiles: Sequence[Profile],
     if isinstance(profiles, Mapping):
         profiles = [profiles]
     t0 = time.perf_counter()
-    logger = _make_logger(trt, log)
+    logger = make_logger(trt, log)
     builder = trt.Builder(logger)
     network = builder.create_network(0)   # explicit batch is the only mode in 10.x / RTX
     parser = trt.OnnxParser(network, logger)

@@ -49,10 +49,10 @@ TRT_ALIGNMENT = 256
 
 def load_engine(plan_path: str, trt: Any = None, log: Callable[[str], None] = print) -> Tuple[Any, Any]:
     """Deserialize a plan: (runtime, engine). ModelLoadError with TensorRT's messages on failure."""
-    from .build import _make_logger, import_tensorrt
+    from .build import make_logger, import_tensorrt
 
     trt = trt or import_tensorrt()
-    logger = _make_logger(trt, log)
+    logger = make_logger(trt, log)
     runtime = trt.Runtime(logger)
     try:
         with open(plan_path, "rb") as f:
@@ -66,7 +66,7 @@ def load_engine(plan_path: str, trt: Any = None, log: Callable[[str], None] = pr
     return runtime, engine
 
 
-class _Binding:
+class Binding:
     """What a context has bound: the shapes and addresses of its tensors (skips repeats)."""
 
     def __init__(self, ctx: Any):
@@ -170,8 +170,8 @@ class TrtDecoder:
         self._hidden_host = np.zeros((T, F), np.float32)
         # contexts: the main one, and one per CUDA-graph key
         self._ctx_memory: Optional[DeviceBuffer] = None
-        self._main = _Binding(self._new_context())
-        self._slots: Dict[Tuple[int, str], _Binding] = {}
+        self._main = Binding(self._new_context())
+        self._slots: Dict[Tuple[int, str], Binding] = {}
         self.graphs = GraphCache(self.stream, log)
         # LoRA: per adapter, (a name, b name, a, b) for every slot
         self.lora_slots = list(lora_slots)
@@ -284,7 +284,7 @@ class TrtDecoder:
             raise BackendError(f"adapter {name!r} was not prepared for this decoder")
         self.active_adapter = name
 
-    def _bind_lora(self, b: _Binding, name: Optional[str]) -> None:
+    def _bind_lora(self, b: Binding, name: Optional[str]) -> None:
         for a_name, b_name, a, bb in self._adapters.get(name or "", []):
             b.shape(a_name, a.shape)
             b.shape(b_name, bb.shape)
@@ -374,7 +374,7 @@ class TrtDecoder:
         self._hidden_rows = t
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
-    def _bind_step(self, b: _Binding, t: int, past: int, width: int, n_logits: int, mask_ptr: int,
+    def _bind_step(self, b: Binding, t: int, past: int, width: int, n_logits: int, mask_ptr: int,
                    lidx_ptr: int, present_row: Optional[int]) -> None:
         """Shapes and addresses of one step; present_row None = the scratch rows."""
         c, d, kv = self.config, self._d, self.kv
@@ -409,7 +409,7 @@ class TrtDecoder:
         h["args"].array[:2] = (1, p)
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[key] = _Binding(self._new_context(shared=True))
+            slot = self._slots[key] = Binding(self._new_context(shared=True))
             self._bind_step(slot, 1, pb, pb + 1, 1, self._d["attention_mask"].ptr,
                             self._d["zero_index"].ptr, present_row=None)
             self._bind_lora(slot, key[1])
@@ -420,7 +420,7 @@ class TrtDecoder:
         out = h["logits"].array[:1]
         return out if out.dtype == np.float32 else out.astype(np.float32)
 
-    def _decode_ops(self, slot: _Binding, pb: int, s: Stream) -> None:
+    def _decode_ops(self, slot: Binding, pb: int, s: Stream) -> None:
         """The launches of a bucketed decode step (what the graph holds)."""
         d, h, k = self._d, self._h, self.device.kernels()
         d["ids"].upload(h["ids"].array[:1], s)

@@ -27,7 +27,7 @@ class TrtFunction:
 
     def __init__(self, engine: Any, input_name: str, output_name: str, max_rows: int, axis: int = 0,
                  trt: Any = None, device: Optional[Device] = None, runtime: Any = None):
-        from .decoder import _Binding
+        from .decoder import Binding
         if trt is None:
             from .build import import_tensorrt
             trt = import_tensorrt()
@@ -46,7 +46,7 @@ class TrtFunction:
         ctx = engine.create_execution_context()
         if ctx is None:
             raise BackendError(f"TensorRT could not create an execution context for {input_name} -> {output_name}")
-        self._bind = _Binding(ctx)
+        self._bind = Binding(ctx)
         self._bind.addr(input_name, self._d_in.ptr)
         self._bind.addr(output_name, self._d_out.ptr)
 
