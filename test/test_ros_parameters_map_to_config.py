@@ -7,9 +7,7 @@ import pytest
 import yaml
 
 from edgellm_ros.runtime.resources import share_dir
-from edgellm_ros.runtime.speculative import EagleConfig
-
-from edgellm_ros.runtime.config import EngineConfig, SamplingConfig
+from edgellm_ros.runtime.config import EagleConfig, EngineConfig, SamplingConfig
 from edgellm_ros.errors import ConfigError, InvalidRequest
 from edgellm_ros.ros.params import (CONFIGURE_TIME, DEFAULTS, PARAMETERS,
                                     settings_from_parameters)

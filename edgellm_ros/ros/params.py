@@ -16,11 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from ..runtime.config import EngineConfig, GenerationRequest, SamplingConfig
+from ..runtime.config import EagleConfig, EagleLimits, EngineConfig, GenerationRequest, SamplingConfig
 from ..errors import ConfigError
 from ..runtime.lora import parse_adapter_spec
 from ..runtime.resources import share_dir
-from ..runtime.speculative import EagleConfig, EagleLimits
 
 Number = Union[int, float]
 #: Largest request queue the node accepts.

@@ -168,6 +168,63 @@ class GenerationRequest:
                                      f"shape {shape} dtype {getattr(img, 'dtype', None)}")
 
 
+@dataclass(frozen=True)
+class EagleLimits:
+    """Largest tree, fixed at configure (it sizes buffers and engine profiles)."""
+
+    # Most children per expanded node.
+    max_top_k: int = 8
+    # Most levels of drafting.
+    max_step: int = 8
+    # Most nodes verified in one base forward (the root excluded).
+    max_tree: int = 64
+
+    def __post_init__(self) -> None:
+        for name, hi in (("max_top_k", 64), ("max_step", 32), ("max_tree", 512)):
+            v = getattr(self, name)
+            if not 1 <= v <= hi:
+                raise ConfigError(f"eagle {name} must be in [1, {hi}], got {v}")
+
+    @property
+    def max_expanded(self) -> int:
+        return self.max_top_k * max(self.max_step - 1, 0)
+
+
+@dataclass(frozen=True)
+class EagleConfig:
+    """Runtime EAGLE settings; take effect at the next request."""
+
+    # Draft and verify (False = plain decoding).
+    enabled: bool = False
+    # Children per expanded node, and nodes expanded per level.
+    drafting_top_k: int = 2
+    # Levels of drafting (tree depth).
+    drafting_step: int = 4
+    # Nodes verified per step (the root excluded). The defaults are the
+    # fastest balanced setting of benchmarks/eagle_bench.py on a 2-core CPU.
+    verify_tree_size: int = 8
+    # Draft candidates whose path probability under the draft is below this
+    # are neither expanded nor verified (0 = the fixed-size tree). 0.2 was the
+    # fastest on the quantized CPU graphs (benchmarks/eagle_bench.py).
+    confidence_threshold: float = 0.2
+
+    def check(self, limits: EagleLimits) -> "EagleConfig":
+        for name, hi in (("drafting_top_k", limits.max_top_k), ("drafting_step", limits.max_step),
+                         ("verify_tree_size", limits.max_tree)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or not 1 <= v <= hi:
+                raise ConfigError(f"eagle.{name} must be in [1, {hi}] (fixed at configure), got {v!r}")
+        t = self.confidence_threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
+            raise ConfigError(f"eagle.confidence_threshold must be in [0, 1], got {t!r}")
+        return self
+
+    @property
+    def min_score(self) -> float:
+        """The least cumulative draft log-probability a candidate may have."""
+        return math.log(self.confidence_threshold) if self.confidence_threshold > 0 else -math.inf
+
+
 def from_mapping(cls: Any, values: Mapping[str, Any]) -> Any:
     """Build dataclass ``cls`` from a mapping, ignoring unknown keys."""
     names = {f.name for f in fields(cls)}
