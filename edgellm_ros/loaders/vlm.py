@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..models.siglip import CONNECTOR_WEIGHT, VISION_PREFIX, VisionConfig, VisionWeights
-from ..models.spec import ModelConfig, ModelWeights
+from ..models.spec import FromDict, ModelConfig, ModelWeights
 from .jsonfile import read_json_object
 from .hf import read_safetensors, config_from_hf
 
@@ -38,7 +38,7 @@ RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "b
 
 
 @dataclass(frozen=True)
-class ImageProcessorConfig:
+class ImageProcessorConfig(FromDict):
     """What the Idefics3 image processor and processor do to an image and the prompt."""
 
     # Tile side in pixels (max_image_size.longest_edge); equals the encoder's image_size.
@@ -80,6 +80,10 @@ class ImageProcessorConfig:
                 f"image processor resample {self.resample!r} is not a PIL filter code")
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
+            try:  # a JSON list becomes a tuple of floats
+                object.__setattr__(self, name, tuple(float(x) for x in value))
+            except (TypeError, ValueError) as exc:
+                raise ModelLoadError(f"image processor {name} must be 3 numbers, got {value!r}") from exc
             if len(value) != 3:
                 raise ModelLoadError(f"image processor {name} must have 3 values, got {value!r}")
         if any(float(s) == 0.0 for s in self.image_std):
@@ -91,15 +95,6 @@ class ImageProcessorConfig:
         d = asdict(self)
         d["image_mean"], d["image_std"] = list(self.image_mean), list(self.image_std)
         return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ImageProcessorConfig":
-        names = set(cls.__dataclass_fields__)
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("image_mean", "image_std"):
-            if k in kw:
-                kw[k] = tuple(float(x) for x in kw[k])
-        return cls(**kw)
 
 
 _read_json = read_json_object

@@ -32,18 +32,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import numpy as np
 
 from ..errors import ModelLoadError
+from .spec import FromDict
 
 VISION_PREFIX = "vision_model."
 CONNECTOR_WEIGHT = "connector.modality_projection.proj.weight"
 
 
 @dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(FromDict):
     """Hyper-parameters of the SigLIP encoder and the Idefics3 connector."""
 
     # Vision width E.
@@ -103,11 +104,6 @@ class VisionConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "VisionConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass

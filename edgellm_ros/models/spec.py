@@ -21,8 +21,8 @@ Q/K rows are in the half-split rotary order (``rotate_half``), so every loader
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar
 
 import numpy as np
 
@@ -30,9 +30,21 @@ from ..errors import ModelLoadError
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+_C = TypeVar("_C", bound="FromDict")
+
+
+class FromDict:
+    """Mixin of the config dataclasses: ``from_dict`` ignoring unknown keys (as mlx-lm's BaseModelArgs)."""
+
+    @classmethod
+    def from_dict(cls: Type[_C], d: Mapping[str, Any]) -> _C:
+        """Build from a mapping (a manifest, a JSON file); keys that are not fields are ignored."""
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(FromDict):
     """Architecture hyper-parameters of a Llama-family decoder."""
 
     # Architecture family name ("llama"; Qwen2 is llama with q/k/v biases).
@@ -78,11 +90,6 @@ class ModelConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
-        names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass

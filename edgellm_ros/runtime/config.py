@@ -10,8 +10,8 @@ function, so validation is testable without ROS.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Optional, Tuple
 
 from ..errors import ConfigError, InvalidRequest
 
@@ -223,9 +223,3 @@ class EagleConfig:
     def min_score(self) -> float:
         """The least cumulative draft log-probability a candidate may have."""
         return math.log(self.confidence_threshold) if self.confidence_threshold > 0 else -math.inf
-
-
-def from_mapping(cls: Any, values: Mapping[str, Any]) -> Any:
-    """Build dataclass ``cls`` from a mapping, ignoring unknown keys."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in values.items() if k in names})
