@@ -28,3 +28,18 @@ def test_image_processor_lists_become_float_tuples_or_fail_with_the_value():
     assert cfg.image_mean == (0.0, 1.0, 0.5)
     with pytest.raises(ModelLoadError, match="image_std must be 3 numbers, got \\['a', 1, 1\\]"):
         ImageProcessorConfig.from_dict({**d, "image_std": ["a", 1, 1]})
+
+
+def test_models_raise_the_error_family_with_the_value():
+    import numpy as np
+
+    from edgellm_ros.errors import ConfigError, UnsupportedModelError
+    from edgellm_ros.models.llama import rope_inv_freq
+    from edgellm_ros.models.quant import quantize_symmetric
+
+    with pytest.raises(UnsupportedModelError, match="in_features 40"):
+        quantize_symmetric(np.zeros((2, 40), np.float32), 4)
+    with pytest.raises(ConfigError, match="bits must be 4 or 8, got 3"):
+        quantize_symmetric(np.zeros((2, 64), np.float32), 3)
+    with pytest.raises(UnsupportedModelError, match="rope_scaling type 'yarn'"):
+        rope_inv_freq(ModelConfig(**MODEL, rope_scaling={"rope_type": "yarn", "factor": 4.0}))

@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ..errors import UnsupportedModelError
 from .spec import ModelConfig, ModelWeights
 
 
@@ -31,7 +32,7 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
         mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
         inv = np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
     elif kind not in (None, "default"):
-        raise ValueError(f"rope_scaling type {kind!r} is not supported")
+        raise UnsupportedModelError(f"rope_scaling type {kind!r} is not supported (default or llama3 only)")
     return inv.astype(np.float32)
 
 

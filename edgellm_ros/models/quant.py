@@ -31,7 +31,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import CorruptModelError
+from ..errors import ConfigError, CorruptModelError, UnsupportedModelError
 
 BLOCK = 32
 
@@ -122,7 +122,7 @@ def quantize_symmetric(w: np.ndarray, bits: int, channel_weight: Optional[np.nda
     """
     out, n_in = w.shape
     if n_in % BLOCK:
-        raise ValueError(f"in_features {n_in} is not a multiple of {BLOCK}")
+        raise UnsupportedModelError(f"in_features {n_in} is not a multiple of the {BLOCK}-wide blocks")
     blk = w.reshape(out, n_in // BLOCK, BLOCK).astype(np.float32)
     if bits == 4:
         idx = np.abs(blk).argmax(axis=-1)[..., None]
@@ -133,7 +133,7 @@ def quantize_symmetric(w: np.ndarray, bits: int, channel_weight: Optional[np.nda
         scale = np.abs(blk).max(axis=-1) / 127.0
         lo, hi = -127, 127
     else:
-        raise ValueError(f"bits must be 4 or 8, got {bits}")
+        raise ConfigError(f"bits must be 4 or 8, got {bits!r}")
     origin = f"rtn int{bits}"
     if channel_weight is not None and bits == 4:
         scale = _weighted_scale_search(blk, scale, np.asarray(channel_weight, np.float32), lo, hi)
@@ -148,7 +148,7 @@ def _weighted_scale_search(blk: np.ndarray, base: np.ndarray, channel_weight: np
     """Per block, the tried scale (see COARSE_FACTORS) with the least channel-weighted error."""
     out, nb, _ = blk.shape
     if channel_weight.shape != (nb * BLOCK,):
-        raise ValueError(f"channel_weight has shape {channel_weight.shape}, want ({nb * BLOCK},)")
+        raise ConfigError(f"channel_weight has shape {channel_weight.shape}, want ({nb * BLOCK},)")
     cw = channel_weight.reshape(1, nb, BLOCK)
     buf = np.empty_like(blk)
 

@@ -36,7 +36,7 @@ from typing import Any, Dict
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import InvalidRequest, ModelLoadError
 from .spec import FromDict
 
 VISION_PREFIX = "vision_model."
@@ -205,8 +205,8 @@ class SiglipReference:
         pixel_values = np.asarray(pixel_values, np.float32)
         want = (c.num_channels, c.image_size, c.image_size)
         if pixel_values.ndim != 4 or pixel_values.shape[1:] != want:
-            raise ValueError(f"pixel_values must be [N, {', '.join(map(str, want))}], "
-                             f"got {list(pixel_values.shape)}")
+            raise InvalidRequest(f"pixel_values must be [N, {', '.join(map(str, want))}], "
+                                 f"got {list(pixel_values.shape)}")
         n_img, P, E, NH = pixel_values.shape[0], c.patch_size, c.hidden_size, c.num_heads
         D = E // NH
         conv = self.w[v + "embeddings.patch_embedding.weight"].reshape(E, -1)      # [E, C*P*P]
