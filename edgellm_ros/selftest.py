@@ -144,7 +144,7 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
         for n in names + AUX_CHECKS:
             rep.run(n, lambda: "", needs)
         return
-    from .backends.onnxruntime import OrtDecoder
+    from .backends.onnxruntime import OrtBackend
     from .backends.tensorrt.decoder import TrtDecoder
     from .backends.tensorrt.engines import ensure_decoder_plan
     from .runtime.engine_dir import ensure_engine
@@ -186,8 +186,10 @@ def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, 
             rows.append(dec.forward(len(ids) + i, [out[-1]])[0].copy())
         return out, np.stack(rows)
 
+    cpu = OrtBackend(log=log)     # the reference every TensorRT result is compared with
+
     def ort(graph: str, slots: Any = ()) -> Any:
-        return OrtDecoder(f"{folder}/{graph}.onnx", mcfg, emb, max_seq_len, chunk, lora_slots=slots)
+        return cpu.open_decoder(folder, graph, mcfg, emb, max_seq_len, chunk, slots, 8)
 
     def trt(graph: str, slots: Any = (), graphs: bool = False) -> Any:
         return TrtDecoder.from_plan(plans[graph], mcfg, emb, max_seq_len, chunk, slots, log=log, cuda_graphs=graphs)
@@ -263,16 +265,17 @@ AUX_CHECKS = ("draft_engines", "vision_engine")
 def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, emb: np.ndarray,
                              max_seq_len: int, chunk: int, log: Callable[[str], None]) -> None:
     """The EAGLE draft's and the vision encoder's engines against ONNX Runtime, same inputs."""
-    from .backends.onnxruntime import OrtDraft, make_session
+    from .backends.onnxruntime import OrtBackend
+    from .backends.tensorrt import TrtBackend
     from .contract import MASK_VALUE
     from .loaders.vlm import read_vision_json
 
     rng = np.random.default_rng(2)
+    cpu, gpu = OrtBackend(log=log), TrtBackend(log)
     own = os.path.join(folder, "selftest")           # what these checks write, reused by the next run
     ids = rng.integers(3, mcfg.vocab_size, 24).tolist()
 
     def draft() -> Any:
-        from .backends.tensorrt.draft import load_trt_draft
         from .runtime.engine import export_draft_graphs, manifest_head
         from .models.eagle import load_draft
         from .runtime.resources import resolve_draft
@@ -286,14 +289,15 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
         cfg, weights = load_draft(path, mcfg)
         sub = export_draft_graphs(cfg, weights, path, folder, manifest_head(folder, mcfg))
         vocab = cfg.draft_vocab_size if cfg.layout == "eagle3" else cfg.vocab_size
-        step, fc = load_trt_draft(folder, os.path.relpath(sub, folder), cfg, emb, max_seq_len, chunk, log)
-        ref = OrtDraft(os.path.join(sub, "draft.onnx"), cfg, vocab, emb, max_seq_len, chunk)
+        draft_sub = os.path.relpath(sub, folder)
+        step, fc = gpu.open_draft(folder, draft_sub, cfg, vocab, emb, max_seq_len, chunk, None)
+        ref, ref_fc = cpu.open_draft(folder, draft_sub, cfg, vocab, emb, max_seq_len, chunk, None)
         n = len(ids) - 4
         feats = rng.standard_normal((n, cfg.feature_size)).astype(np.float32)
         hidden = feats
         if fc is not None:
             hidden = fc(feats)
-            want = make_session(os.path.join(sub, "draft_fc.onnx")).run(None, {"features": feats[None]})[0][0]
+            want = ref_fc(feats)
             fc_diff = float(np.abs(hidden - want).max())
         mask = np.full((4, n + 4), MASK_VALUE, np.float32)     # 4 sibling tree nodes after the prompt
         mask[:, :n] = 0.0
@@ -318,7 +322,6 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
                 f"top-4 on every row, max |logit diff| {m['max_abs_diff']:.3g}"), m
 
     def vision() -> Any:
-        from .backends.tensorrt.function import load_trt_vision
         from .runtime.engine_dir import ensure_engine
 
         vfolder, what = folder, "the model's vision encoder"
@@ -327,11 +330,13 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
             vlm = write_tiny_vlm_once(own, folder)
             vfolder, what = ensure_engine(vlm, os.path.join(own, "tiny_vlm_engine"), log), "a tiny SmolVLM encoder"
         vcfg = (read_vision_json(vfolder) or (None,))[0]
-        enc = load_trt_vision(vfolder, vcfg, 4, log)
+        enc = gpu.open_vision(vfolder, vcfg, 4)
         px = rng.standard_normal((6, vcfg.num_channels, vcfg.image_size, vcfg.image_size)).astype(np.float32)
         got = enc(px)
         enc.close()
-        want = make_session(os.path.join(vfolder, "vision.onnx")).run(None, {"pixel_values": px})[0]
+        ref_enc = cpu.open_vision(vfolder, vcfg, 4)
+        want = ref_enc(px)
+        ref_enc.close()
         a, b = got.reshape(-1, got.shape[-1]), want.reshape(-1, want.shape[-1])
         cos = float(np.min(np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)))
         m = {"max_abs_diff": float(np.abs(got - want).max()), "min_cosine": cos}

@@ -15,21 +15,21 @@ import pytest
 
 from edgellm_ros.backends.tensorrt import cuda_rt
 from edgellm_ros.backends.tensorrt.cuda_kernels import KERNEL_NAMES, compile_kernels
-from edgellm_ros.runtime.engine import select_backend
+from edgellm_ros.backends import resolve_backend
 from edgellm_ros.errors import BackendError, BackendUnavailable
 
 
 def test_auto_picks_onnxruntime_and_says_why():
     logs = []
-    assert select_backend("auto", logs.append) == "onnxruntime"
+    assert resolve_backend("auto", logs.append) == "onnxruntime"
     assert len(logs) == 1 and logs[0].startswith("backend auto -> onnxruntime: ")
     assert "tensorrt" in logs[0] and "no CUDA GPU" in logs[0]
-    assert select_backend("onnxruntime", logs.append) == "onnxruntime" and len(logs) == 1
+    assert resolve_backend("onnxruntime", logs.append) == "onnxruntime" and len(logs) == 1
 
 
 def test_explicit_tensorrt_is_refused_with_the_reasons():
     with pytest.raises(BackendUnavailable) as e:
-        select_backend("tensorrt", lambda m: None)
+        resolve_backend("tensorrt", lambda m: None)
     msg = str(e.value)
     assert "backend 'tensorrt' is unavailable" in msg and "No module named 'tensorrt'" in msg
     assert "no CUDA GPU" in msg and "libcuda" in msg
@@ -51,7 +51,7 @@ def test_missing_cuda_python_is_a_reason_not_a_crash(monkeypatch):
     n, why = cuda_rt.gpu_count()
     assert n == 0 and "cuda-python cannot be imported" in why
     logs = []
-    assert select_backend("auto", logs.append) == "onnxruntime" and "cuda-python" in logs[0]
+    assert resolve_backend("auto", logs.append) == "onnxruntime" and "cuda-python" in logs[0]
 
 
 def test_no_driver_gives_zero_devices_and_the_reason():

@@ -9,14 +9,16 @@ Runtime writes the new keys and values straight into the cache.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailable
-from ..contract import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT
-from .kv_cache import KVCache
+from ..contract import (HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT, AdapterWeights,
+                        ArrayFunction, DecoderStep, DraftStep, LoraSlots, Log, lora_input_names, module_shapes)
+from ..errors import BackendError, BackendUnavailable, ModelLoadError
 from ..models.spec import ModelConfig
+from .kv_cache import KVCache
 from .step_inputs import causal_upper, check_step, fill_step
 
 
@@ -61,7 +63,6 @@ def make_session(onnx_path: str, num_threads: int = 0, spin: bool = True,
         return ort.InferenceSession(onnx_path, sess_options=opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:
-        from ..errors import ModelLoadError
         raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load it ({exc})") from exc
 
 
@@ -270,14 +271,12 @@ class OrtDecoder(_BoundStep):
             self.set_adapter("")
 
     # -- LoRA ----------------------------------------------------------------------
-    def add_adapter(self, name: str,
-                    weights: Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]) -> None:
+    def add_adapter(self, name: str, weights: AdapterWeights) -> None:
         """Give the adapter its own IOBinding with its preloaded tensors bound, once.
 
         Every LoRA input is bound here, by address; switching adapters then
         only selects which binding the next steps run with.
         """
-        from ..contract import lora_input_names, module_shapes
         shapes = module_shapes(self.config)
         binding, keep, f32 = self.session.io_binding(), [], np.float32
         for layer, module in self.lora_slots:
@@ -332,3 +331,60 @@ class OrtDraft(_BoundStep):
     def _bind_extra(self, t: int) -> None:
         self._binding.bind_input("hidden_in", "cpu", 0, np.float32, (1, t, self._width[0]),
                                  self._addr["_hidden_in"])
+
+
+class OrtFunction:
+    """A one-input, one-output graph as a function (contract.ArrayFunction): the vision
+    encoder and EAGLE-3's fc. Batch-first input; the batch dimension is the graph's own."""
+
+    def __init__(self, onnx_path: str, input_name: str, output_name: str, num_threads: int = 0,
+                 batch_axis: int = 0, spin: bool = False):
+        self.session = make_session(onnx_path, num_threads, spin)
+        self.input_name, self.output_name = input_name, output_name
+        self.batch_axis = batch_axis     # 1: the graph takes [1, n, ...] (the fc's features)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        try:
+            if self.batch_axis:
+                return self.session.run([self.output_name], {self.input_name: x[None]})[0][0]
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        except Exception as exc:
+            raise BackendError(f"{self.output_name} graph failed on {self.input_name} "
+                               f"{list(x.shape)}: {exc}") from exc
+
+    def close(self) -> None:
+        self.session = None
+
+
+class OrtBackend:
+    """Opens the graphs of an engine folder in ONNX Runtime on the CPU (contract.Backend)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, num_threads: int = 0, int4_compute: str = "int8", log: Log = print):
+        self.num_threads, self.int4_compute, self.log = num_threads, int4_compute, log
+
+    def open_decoder(self, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
+                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int
+                     ) -> DecoderStep:
+        return OrtDecoder(os.path.join(folder, graph + ".onnx"), config, embeddings, max_seq_len, max_chunk,
+                          self.num_threads, lora_slots=lora_slots, int4_compute=self.int4_compute)
+
+    def open_draft(self, folder: str, draft_sub: str, draft_cfg: Any, vocab: int, embeddings: np.ndarray,
+                   max_seq_len: int, max_chunk: int, decoder: Optional[DecoderStep] = None
+                   ) -> Tuple[DraftStep, Optional[ArrayFunction]]:
+        sub = os.path.join(folder, draft_sub)
+        step = OrtDraft(os.path.join(sub, "draft.onnx"), draft_cfg, vocab, embeddings, max_seq_len,
+                        max_chunk, self.num_threads)
+        fc = None
+        if draft_cfg.layout == "eagle3":
+            fc = OrtFunction(os.path.join(sub, "draft_fc.onnx"), "features", "hidden", self.num_threads,
+                             batch_axis=1)
+        return step, fc
+
+    def open_vision(self, folder: str, vision_cfg: Any, max_tiles: int) -> ArrayFunction:
+        path = os.path.join(folder, "vision.onnx")
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"{folder} has vision.json but no vision.onnx")
+        return OrtFunction(path, "pixel_values", "image_embeds", self.num_threads, spin=True)

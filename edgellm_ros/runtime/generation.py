@@ -14,12 +14,14 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import GenerationRequest
+from ..contract import DecoderStep, TextTokenizer
 from ..errors import ContextFull, InvalidRequest
+from .config import GenerationRequest
 from .prompt_cache import PromptCache, prefix_key
 from .sampling import make_distribution, make_rng, make_sampler
 from .speculative import (Drafter, EagleConfig, SpecStats, accept_greedy, accept_sampling,
                           speculative_tokens)
+from .vision import VisionPipeline
 
 FINISH_STOP = "stop"                # an end-of-sequence / end-of-turn token
 FINISH_STOP_STRING = "stop_string"  # one of the request's stop strings
@@ -80,17 +82,14 @@ class _StopMatcher:
 class Generator:
     """Runs requests on one decoder executor; one request at a time."""
 
-    def __init__(self, decoder: Any, tokenizer: Any, prompt_cache: Optional[PromptCache] = None,
-                 adapter: Callable[[], str] = lambda: "", drafter: Optional[Drafter] = None,
-                 eagle: Callable[[], EagleConfig] = EagleConfig, vision: Any = None):
+    def __init__(self, decoder: DecoderStep, tokenizer: TextTokenizer, prompt_cache: Optional[PromptCache] = None,
+                 drafter: Optional[Drafter] = None, vision: Optional[VisionPipeline] = None):
         self.decoder = decoder
         self.vision = vision
         self._image_rows: Optional[np.ndarray] = None  # image embeddings of the request
         self.tok = tokenizer
         self.cache = prompt_cache
-        self.adapter = adapter
         self.drafter = drafter
-        self.eagle = eagle
         # base features of every prompt row, for the draft's catch-up (EAGLE only)
         self._feats = np.zeros((decoder.max_seq_len, decoder.feature_size), np.float32) \
             if drafter is not None else None
@@ -141,11 +140,14 @@ class Generator:
     # -- run ------------------------------------------------------------------
     def generate(self, req: GenerationRequest,
                  on_token: Optional[Callable[[TokenEvent], None]] = None,
-                 cancel: Optional[threading.Event] = None) -> GenerationResult:
+                 cancel: Optional[threading.Event] = None, adapter: str = "",
+                 eagle: EagleConfig = EagleConfig()) -> GenerationResult:
+        """Answer ``req`` with the LoRA ``adapter`` ("" = the base model; the caller has
+        checked that it is loaded) and the EAGLE settings ``eagle`` (used when a draft is)."""
         if not isinstance(req, GenerationRequest):
             raise InvalidRequest(f"expected a GenerationRequest, got {type(req).__name__}")
         with self._lock:
-            return self._generate(req, on_token, cancel)
+            return self._generate(req, on_token, cancel, adapter, eagle)
 
     def prefill(self, ids: List[int], prefix: int, adapter: str = "",
                 draft: bool = False) -> Tuple[Any, int]:
@@ -236,22 +238,19 @@ class Generator:
                                       accept, stats)
 
     def _generate(self, req: GenerationRequest, on_token: Optional[Callable[[TokenEvent], None]],
-                  cancel: Optional[threading.Event]) -> GenerationResult:
+                  cancel: Optional[threading.Event], adapter: str, ec: EagleConfig) -> GenerationResult:
         t0 = time.perf_counter()
-        adapter = self.adapter() if req.adapter is None else req.adapter
-        if getattr(self.decoder, "lora_slots", None):
+        if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
         elif adapter:
             raise InvalidRequest(f"adapter {adapter!r} requested but no LoRA adapters are loaded")
         ids, prefix = self.build_prompt(req)
         # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly
-        if hasattr(self.decoder, "set_fast_head"):
-            self.decoder.set_fast_head(req.sampling.greedy)
+        self.decoder.set_fast_head(req.sampling.greedy)
         limit = self.decoder.max_seq_len
         if len(ids) >= limit:
             raise ContextFull(
                 f"prompt is {len(ids)} tokens; max_seq_len={limit} leaves no room for an answer")
-        ec = self.eagle()
         use_eagle = bool(ec.enabled and self.drafter is not None)
         stats = SpecStats()
         stop_ids = frozenset() if req.ignore_eos else self.tok.stop_ids

@@ -34,11 +34,12 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailable, ContextFull, InvalidRequest, ModelLoadError
+from ..contract import ArrayFunction, Backend
+from ..errors import BackendUnavailable, ContextFull, InvalidRequest, ModelLoadError
 from ..loaders.vlm import ImageProcessorConfig, is_vlm_folder, load_vision, read_vision_json
 from ..models.siglip import SiglipReference, VisionConfig
 
@@ -207,20 +208,18 @@ class ImageLayout:
 class VisionPipeline:
     """SmolVLM / Idefics3 images -> tiles -> image embeddings merged into a prompt."""
 
-    def __init__(self, vcfg: VisionConfig, proc: ImageProcessorConfig, session: Any = None,
+    def __init__(self, vcfg: VisionConfig, proc: ImageProcessorConfig, encoder: Optional[ArrayFunction] = None,
                  reference: Optional[SiglipReference] = None, max_tiles_per_run: int = 8,
-                 encoder: Optional[Callable[[np.ndarray], np.ndarray]] = None):
-        if session is None and reference is None and encoder is None:
-            raise ModelLoadError(
-                "a VisionPipeline needs an ONNX Runtime session, a TensorRT encoder or a NumPy reference")
+                 backend: str = "numpy"):
+        if reference is None and encoder is None:
+            raise ModelLoadError("a VisionPipeline needs a backend's encoder or a NumPy reference")
         self.vcfg, self.proc = vcfg, proc
-        self.session, self.reference = session, reference
-        #: pixel_values [n, 3, S, S] -> [n, Q, H] on TensorRT (backends/tensorrt/function.py), or None
+        self.reference = reference
+        #: pixel_values [n, 3, S, S] -> [n, Q, H] on a backend (contract.ArrayFunction), or None
         self.encoder = encoder
         self.max_tiles_per_run = max(1, int(max_tiles_per_run))
         #: "tensorrt", "onnxruntime" or "numpy": what encode() runs.
-        self.backend = "tensorrt" if encoder is not None else \
-            "onnxruntime" if session is not None else "numpy"
+        self.backend = backend if encoder is not None else "numpy"
         #: Seconds spent by the last preprocess() and encode() calls.
         self.last_timings: Dict[str, float] = {}
         # rescale + normalise as a lookup table per RGB channel: [3, 256]
@@ -234,42 +233,42 @@ class VisionPipeline:
         self._cv_lut = np.ascontiguousarray(self._lut.T.reshape(1, 256, 3))     # cv2.LUT's layout
 
     @classmethod
-    def from_folder(cls, folder: str, num_threads: int = 0, max_tiles_per_run: int = 8,
-                    split_images: Optional[bool] = None, backend: str = "onnxruntime",
-                    log: Callable[[str], None] = print) -> "VisionPipeline":
-        """An engine folder (vision.json + vision.onnx: ONNX Runtime, or with ``backend``
-        "tensorrt" the engine trt/vision.plan, built when missing or stale) or a SmolVLM /
-        Idefics3 Hugging Face folder (the NumPy reference encoder: for tests and tools).
+    def from_folder(cls, folder: str, max_tiles_per_run: int = 8, split_images: Optional[bool] = None,
+                    backend: Optional[Backend] = None) -> "VisionPipeline":
+        """An engine folder (vision.json + vision.onnx, opened on ``backend``; None = ONNX
+        Runtime on the CPU) or a SmolVLM / Idefics3 Hugging Face folder (the NumPy
+        reference encoder: for tests and tools).
 
         ``split_images`` overrides the model's ``do_image_splitting`` (None keeps it):
         a split 640 x 480 frame is 13 tiles for SmolVLM-256M, unsplit it is one.
         """
         folder = os.fspath(folder)
         configs = read_vision_json(folder)
-        session: Any = None
         reference: Optional[SiglipReference] = None
-        encoder: Optional[Callable[[np.ndarray], np.ndarray]] = None
+        encoder: Optional[ArrayFunction] = None
+        name = "numpy"
         if configs is not None:
-            from ..backends.onnxruntime import make_session
-            path = os.path.join(folder, "vision.onnx")
-            if not os.path.isfile(path):
-                raise ModelLoadError(f"{folder} has vision.json but no vision.onnx")
             vcfg, proc = configs
-            if backend == "tensorrt":
-                from ..backends.tensorrt.function import load_trt_vision
-                encoder = load_trt_vision(folder, vcfg, max_tiles_per_run, log)
-            else:
-                session, reference = make_session(path, num_threads), None
+            if backend is None:
+                from ..backends import open_backend
+                backend = open_backend("onnxruntime")
+            encoder, name = backend.open_vision(folder, vcfg, max_tiles_per_run), backend.name
         elif is_vlm_folder(folder):
             vweights, proc = load_vision(folder)
-            vcfg, session, reference = vweights.config, None, SiglipReference(vweights)
+            vcfg, reference = vweights.config, SiglipReference(vweights)
         else:
             raise ModelLoadError(
                 f"{folder} holds no vision model (no vision.json, not a SmolVLM folder)")
         if split_images is not None:
             proc = dataclasses.replace(proc, do_image_splitting=bool(split_images))
-        return cls(vcfg, proc, session=session, reference=reference,
-                   max_tiles_per_run=max_tiles_per_run, encoder=encoder)
+        return cls(vcfg, proc, encoder=encoder, reference=reference,
+                   max_tiles_per_run=max_tiles_per_run, backend=name)
+
+    def close(self) -> None:
+        """Free the backend's encoder."""
+        if self.encoder is not None:
+            self.encoder.close()
+            self.encoder = None
 
     # -- tokens -------------------------------------------------------------------------
     @property
@@ -379,11 +378,6 @@ class VisionPipeline:
             b = min(a + self.max_tiles_per_run, px.shape[0])
             if self.encoder is not None:
                 out[a:b] = self.encoder(px[a:b])
-            elif self.session is not None:
-                try:
-                    out[a:b] = self.session.run(["image_embeds"], {"pixel_values": px[a:b]})[0]
-                except Exception as exc:
-                    raise BackendError(f"vision encoder failed: {exc}") from exc
             else:
                 out[a:b] = self.reference.forward(px[a:b])
         self.last_timings["encode_s"] = time.perf_counter() - t0

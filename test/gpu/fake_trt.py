@@ -246,12 +246,11 @@ def toy_logits_reference(embeddings: np.ndarray, tokens: Sequence[int], kv_width
 def stand_in_tensorrt(patch: Any) -> Dict[str, Any]:
     """Route the TensorRT backend's engine loading to OrtEngines (``patch``: a pytest MonkeyPatch).
 
-    backend selection answers "tensorrt"; tensorrt_engines.ensure_plan records the graph and
+    TensorRT counts as available; tensorrt_engines.ensure_plan records the graph and
     profiles asked for and returns the graph's ONNX file as the "plan"; load_engine gives an
     OrtEngine over it that checks the shapes against those profiles; import_tensorrt gives
     FAKE_TRT. Returns the record: graph name -> its profiles (and "engines": graph -> OrtEngine).
     """
-    from edgellm_ros.runtime import engine as engine_mod
     from edgellm_ros.backends.tensorrt import build as tensorrt_build, decoder as tensorrt, engines as tensorrt_engines
 
     asked: Dict[str, Any] = {"engines": {}}
@@ -270,7 +269,7 @@ def stand_in_tensorrt(patch: Any) -> Dict[str, Any]:
         engine = asked["engines"][graph] = OrtEngine(path, profile=asked[graph][0])
         return None, engine
 
-    patch.setattr(engine_mod, "select_backend", lambda requested, log=print: "tensorrt")
+    patch.setattr(tensorrt_engines, "tensorrt_availability", lambda: (True, "the ONNX Runtime stand-in"))
     patch.setattr(tensorrt_engines, "ensure_plan", ensure_plan)
     patch.setattr(tensorrt, "load_engine", load_engine)
     patch.setattr(tensorrt_build, "import_tensorrt", lambda *a, **k: FAKE_TRT)

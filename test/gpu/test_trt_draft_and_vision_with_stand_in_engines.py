@@ -226,8 +226,8 @@ def test_vision_pipeline_on_tensorrt_equals_onnxruntime(tmp_path_factory, tokeni
         px = np.random.default_rng(5).standard_normal((19, 3, 64, 64)).astype(np.float32)   # 8 + 8 + 3 tiles
         np.testing.assert_allclose(gpu.vision.encode(px), ref.vision.encode(px), atol=1e-5, rtol=1e-5)
         assert not asked["engines"]["vision"].refused
-        direct = VisionPipeline.from_folder(gpu.folder, max_tiles_per_run=4, backend="tensorrt",
-                                            log=lambda m: None)
+        from edgellm_ros.backends.tensorrt import TrtBackend
+        direct = VisionPipeline.from_folder(gpu.folder, max_tiles_per_run=4, backend=TrtBackend(lambda m: None))
         np.testing.assert_allclose(direct.encode(px[:6]), ref.vision.encode(px[:6]), atol=1e-5, rtol=1e-5)
         direct.encoder.close()
     # a request with images: the same prompt rows and the same answer as the CPU engine

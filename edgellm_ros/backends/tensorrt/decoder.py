@@ -292,6 +292,14 @@ class TrtDecoder:
             b.addr(b_name, bb.ptr)
 
     # -- buffers the caller may fill before a step --------------------------------
+    @property
+    def has_fast_head(self) -> bool:
+        """TensorRT builds the plain graph, whose LM head is always whole."""
+        return False
+
+    def set_fast_head(self, fast: bool) -> None:
+        """No two-pass LM head here: every logit is exact already."""
+
     def embeds_buffer(self, t: int) -> np.ndarray:
         """[t, H] host (pinned) view of the embeddings input, for callers that bring their own."""
         return self._h["inputs_embeds"].array[:t]
