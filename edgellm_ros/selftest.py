@@ -58,13 +58,14 @@ class _Report:
 
 
 def _kernel_checks(rep: _Report, device: Any) -> None:
+    from .backends.tensorrt.cuda_kernels import device_kernels
     from .backends.tensorrt.cuda_kv import DeviceKVCache
     from .backends.tensorrt.cuda_rt import DeviceBuffer, GraphCache, PinnedBuffer, Stream
     from .backends.kv_cache import KVCache
 
     stream = Stream()
     rng = np.random.default_rng(0)
-    k = device.kernels()
+    k = device_kernels(device)
 
     def embedding() -> str:
         for dt in (np.float32, np.float16):

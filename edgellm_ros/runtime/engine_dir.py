@@ -34,10 +34,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ModelLoadError
-from ..export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
-from ..export.decoder import Requantizer, export_decoder, rope_table_rows
 from ..contract import MANIFEST, decoder_io_names, read_manifest
-from ..export.graph import WeightFile
 from ..models.eagle import default_target_layers
 from ..models.spec import PROJECTIONS
 
@@ -116,6 +113,11 @@ def load_tokenizer_for(weights: Any) -> Any:
 def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantization: str,
                   fused: bool) -> Dict[str, Any]:
     """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries."""
+    # the exporter (and onnx) is imported only when something is exported
+    from ..export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
+    from ..export.decoder import Requantizer, export_decoder, rope_table_rows
+    from ..export.graph import WeightFile
+
     calibration: Dict[str, Any] = {}
 
     def calibrate() -> Dict[str, Any]:
@@ -215,6 +217,7 @@ def export_engine(source: str, folder: str, digest: str,
                       else default_target_layers(weights.config.num_layers))
         graphs = export_family(weights, tmp, layers, "none", False)
         if vision is not None:
+            from ..export.graph import WeightFile
             from ..export.vision import export_vision, vision_io_names
             wf = WeightFile(os.path.join(tmp, "weights_vision.data"))
             try:

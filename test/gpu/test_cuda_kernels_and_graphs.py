@@ -9,6 +9,7 @@ import pytest
 
 from edgellm_ros.backends.tensorrt.cuda_rt import (DeviceBuffer, Event, GraphCache, PinnedBuffer, bindings_version,
                                                    pointer_table)
+from edgellm_ros.backends.tensorrt.cuda_kernels import device_kernels
 from edgellm_ros.errors import BackendError
 from edgellm_ros.backends.kv_cache import KVCache
 
@@ -51,7 +52,7 @@ def test_embedding_gather_matches_numpy(device, stream, dtype):
     ids = np.array([5, 0, 999, 5, 123, 1000, -1], np.int64)    # the last two are out of range
     dev_ids = DeviceBuffer.from_host(ids)
     out = DeviceBuffer.empty((len(ids), 96), dtype)
-    device.kernels().gather_rows(dev_table, dev_ids.ptr, len(ids), out.ptr, stream)
+    device_kernels(device).gather_rows(dev_table, dev_ids.ptr, len(ids), out.ptr, stream)
     stream.synchronize()
     got = out.download()
     assert np.array_equal(got[:5], table[ids[:5]])
@@ -135,7 +136,7 @@ def test_scratch_commit_writes_rows_p_to_p_plus_n_in_every_layer(device, stream)
 def test_graph_capture_replays_kernels_with_new_inputs(device, stream):
     """gather + compaction captured once; each replay reads the new ids / rows from pinned memory."""
     rng = np.random.default_rng(5)
-    k = device.kernels()
+    k = device_kernels(device)
     table = rng.standard_normal((50, 32)).astype(np.float32)
     dev_table = DeviceBuffer.from_host(table)
     ids_h, ids_d = PinnedBuffer((4,), np.int64), DeviceBuffer.empty((4,), np.int64)

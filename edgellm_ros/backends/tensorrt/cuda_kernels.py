@@ -17,7 +17,8 @@ compute capability), 4-byte ("_4") and 2-byte ("_2") element variants:
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Tuple
+import threading
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -169,3 +170,16 @@ class Kernels:
     def decode_mask(self, args_ptr: int, mask_ptr: int, pos_ptr: int, pb: int, stream: Stream) -> None:
         self.launch("decode_mask", (self._cols(pb + 1), 1),
                     [np.uint64(args_ptr), np.uint64(mask_ptr), np.uint64(pos_ptr), np.int32(pb)], stream)
+
+
+_LOADED: Dict[int, Kernels] = {}
+_LOADED_LOCK = threading.Lock()
+
+
+def device_kernels(device: Device) -> Kernels:
+    """The device's compiled kernels (NVRTC, once per device and process)."""
+    with _LOADED_LOCK:
+        k = _LOADED.get(device.ordinal)
+        if k is None:
+            k = _LOADED[device.ordinal] = Kernels(device)
+    return k

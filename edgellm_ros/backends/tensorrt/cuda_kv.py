@@ -20,6 +20,7 @@ from typing import List, Tuple
 import numpy as np
 
 from ...errors import BackendError
+from .cuda_kernels import device_kernels
 from .cuda_rt import Device, DeviceBuffer, PinnedBuffer, Stream, copy_device, pointer_table
 
 
@@ -55,7 +56,7 @@ class DeviceKVCache:
                  scratch_rows: int = 1):
         self.device = device
         self.stream = stream
-        self.kernels = device.kernels()
+        self.kernels = device_kernels(device)
         self.dtype = np.dtype(dtype)
         self.shape = (max_seq_len, kv_heads, head_dim)
         self.max_seq_len = max_seq_len

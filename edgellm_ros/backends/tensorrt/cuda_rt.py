@@ -10,7 +10,7 @@ Works with cuda-python 12.x (JetPack 6: CUDA 12.2) and 13.x (the H100 machine ha
 cuda-bindings 13.3.1): only calls whose signature is the same in both are used
 (the primary context instead of cuCtxCreate, cuGraphInstantiate(graph, flags)).
 
-Kernels: cuda_kernels.py.
+Kernels: cuda_kernels.py (device_kernels(device) compiles and loads them once per device).
 """
 
 from __future__ import annotations
@@ -120,7 +120,6 @@ class Device:
         self.driver_version = int(check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
         self.context = check(cu.cuDevicePrimaryCtxRetain(self.handle), "cuDevicePrimaryCtxRetain")
         self.make_current()
-        self._kernels: Any = None
 
     @classmethod
     def get(cls, ordinal: int = 0) -> "Device":
@@ -139,13 +138,6 @@ class Device:
     @property
     def sm(self) -> str:
         return f"sm_{self.capability[0]}{self.capability[1]}"
-
-    def kernels(self) -> Any:
-        """This device's compiled kernels (NVRTC, once)."""
-        if self._kernels is None:
-            from .cuda_kernels import Kernels
-            self._kernels = Kernels(self)
-        return self._kernels
 
     def info(self) -> Dict[str, Any]:
         return {"name": self.name, "compute_capability": f"{self.capability[0]}.{self.capability[1]}",

@@ -39,6 +39,7 @@ import numpy as np
 
 from ...errors import BackendError, ModelLoadError
 from ...models.spec import ModelConfig
+from .cuda_kernels import device_kernels
 from .cuda_kv import DeviceKVCache
 from .cuda_rt import Device, DeviceBuffer, GraphCache, PinnedBuffer, Stream
 from ..step_inputs import causal_upper, check_step, fill_step
@@ -347,7 +348,7 @@ class TrtDecoder:
                     and not self.extra_inputs:
                 return self._decode_graph(p)
             d["ids"].upload(h["ids"].array[:t], s)
-            self.device.kernels().gather_rows(self._table, d["ids"].ptr, t, d["inputs_embeds"].ptr, s)
+            device_kernels(self.device).gather_rows(self._table, d["ids"].ptr, t, d["inputs_embeds"].ptr, s)
         else:
             src = h["inputs_embeds"].array[:t]
             if "embeds_cast" in h:
@@ -430,7 +431,7 @@ class TrtDecoder:
 
     def _decode_ops(self, slot: Binding, pb: int, s: Stream) -> None:
         """The launches of a bucketed decode step (what the graph holds)."""
-        d, h, k = self._d, self._h, self.device.kernels()
+        d, h, k = self._d, self._h, device_kernels(self.device)
         d["ids"].upload(h["ids"].array[:1], s)
         d["args"].upload(h["args"].array, s)
         k.gather_rows(self._table, d["ids"].ptr, 1, d["inputs_embeds"].ptr, s)
