@@ -43,3 +43,42 @@ def test_models_raise_the_error_family_with_the_value():
         quantize_symmetric(np.zeros((2, 64), np.float32), 3)
     with pytest.raises(UnsupportedModelError, match="rope_scaling type 'yarn'"):
         rope_inv_freq(ModelConfig(**MODEL, rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+
+
+def _outside(value, step):
+    return value + step if isinstance(value, int) else value + step * 1e-6
+
+
+def test_every_descriptor_range_is_the_real_limit():
+    """Both ends of a declared range are accepted, just outside them refused (an open end says so)."""
+    from edgellm_ros.ros.params import PARAMETERS, settings_from_parameters
+
+    # the largest EAGLE limits with the smallest tree: the tree settings' limits depend on them
+    widest = {"eagle.max_top_k": 64, "eagle.max_step": 32, "eagle.max_tree": 512,
+              "eagle.drafting_top_k": 1, "eagle.drafting_step": 1, "eagle.verify_tree_size": 1}
+    for p in PARAMETERS:
+        if p.range is None:
+            continue
+        lo, hi = p.range
+        settings_from_parameters({**widest, p.name: hi})
+        with pytest.raises(ValueError):
+            settings_from_parameters({**widest, p.name: _outside(hi, 1)})
+        with pytest.raises(ValueError):
+            settings_from_parameters({**widest, p.name: _outside(lo, -1)})
+        if "(0 itself is refused)" in p.description:
+            with pytest.raises(ValueError):
+                settings_from_parameters({**widest, p.name: lo})
+        else:
+            settings_from_parameters({**widest, p.name: lo})
+
+
+def test_a_limit_that_depends_on_another_parameter_says_so():
+    from edgellm_ros.errors import ConfigError
+    from edgellm_ros.ros.params import SPECS, settings_from_parameters
+
+    for name, limit in (("eagle.drafting_top_k", "eagle.max_top_k"),
+                        ("eagle.drafting_step", "eagle.max_step"),
+                        ("eagle.verify_tree_size", "eagle.max_tree")):
+        assert limit in SPECS[name].description and SPECS[name].range[1] == SPECS[limit].range[1]
+        with pytest.raises(ConfigError, match=rf"{name} must be in \[1, {SPECS[limit].default}\]"):
+            settings_from_parameters({name: SPECS[limit].default + 1})

@@ -2,7 +2,8 @@
 
 ``PARAMETERS`` is the table the node declares (name, default, description,
 range, configure-time or not); ``config/edgellm.yaml`` repeats the defaults
-(a test keeps the two equal). :func:`settings_from_parameters` turns a
+(a test keeps the two equal). Defaults and ranges are read from the config
+dataclasses (:func:`~edgellm_ros.runtime.config.range_of`), never written here. :func:`settings_from_parameters` turns a
 name -> value mapping into the runtime's typed, validated configuration and
 raises the runtime's own :class:`~edgellm_ros.errors.ConfigError` /
 :class:`~edgellm_ros.errors.InvalidRequest` with a message naming the value,
@@ -12,11 +13,12 @@ message, and all of it is testable without ROS. No rclpy import here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from ..runtime.config import EagleConfig, EagleLimits, EngineConfig, GenerationRequest, SamplingConfig
+from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EagleLimits,
+                              EngineConfig, GenerationRequest, Range, SamplingConfig, check_ranges,
+                              range_of, ranged)
 from ..errors import ConfigError
 from ..runtime.lora import parse_adapter_spec
 from ..runtime.resources import share_dir
@@ -41,8 +43,49 @@ class ParamSpec:
     constraints: str = ""
 
 
+@dataclass(frozen=True)
+class RequestDefaults:
+    """What an Ask request's zero/empty fields mean; runtime parameters."""
+
+    # System message when the request has none; None = the template's default.
+    system_prompt: Optional[str] = None
+    # Generated-token bound when the request has 0.
+    max_new_tokens: int = 256
+    # Sampling when the request leaves a field at 0.
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # Requests that may wait behind the running one.
+    queue_size: int = ranged(8, 0, MAX_QUEUE_SIZE)
+
+    def __post_init__(self) -> None:
+        # The runtime's own request check names the bad value.
+        GenerationRequest(prompt="x", max_new_tokens=self.max_new_tokens)
+        check_ranges(self, ConfigError)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Everything the parameters decide."""
+
+    engine: EngineConfig      # configure-time
+    defaults: RequestDefaults  # runtime: applies to the next request
+    lora: str = ""            # runtime: adapter of the next requests
+    eagle: EagleConfig = field(default_factory=EagleConfig)  # runtime
+    max_image_age: float = ranged(2.0, 0.0, 3600.0, open_lo=True)  # runtime: seconds
+    image_compressed: bool = False  # configure-time
+
+    def __post_init__(self) -> None:
+        check_ranges(self, ConfigError)
+
+
+def _span(r: Range) -> Tuple[Number, Number]:
+    """A Range as a descriptor's inclusive (low, high); an open low end is stated in the text."""
+    return (r.lo, r.hi)
+
+
 _ENGINE = EngineConfig()
 _EAGLE = EagleConfig()
+_REQUEST = RequestDefaults()
+_NODE = NodeSettings(_ENGINE, _REQUEST)
 #: The shipped demo adapter of the embedded model (adapters/radiology).
 DEMO_ADAPTER = "radiology:adapters/radiology"
 
@@ -59,50 +102,51 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("backend", _ENGINE.backend,
               "inference backend: auto (TensorRT when usable, else ONNX Runtime), "
               "onnxruntime or tensorrt",
-              configure_time=True, constraints="one of: auto, onnxruntime, tensorrt"),
+              configure_time=True, constraints="one of: " + ", ".join(BACKENDS)),
     ParamSpec("quantization", _ENGINE.quantization,
               "decoder weights: int4 (block-wise INT4, the GGUF's own blocks where it has "
               "them: exact), int4-sym (Q4_1 re-quantized symmetric: faster, less accurate), "
               "int8 (8-bit blocks: twice int4's bytes, about as accurate, faster on a CPU) "
               "or none (float32)",
-              configure_time=True, constraints="one of: none, int4, int4-sym, int8"),
+              configure_time=True, constraints="one of: " + ", ".join(QUANTIZATIONS)),
     ParamSpec("int4_compute", _ENGINE.int4_compute,
               "ONNX Runtime INT4 kernels compute with int8 activations (fast) or in "
               "float32 (exact products, slow; EAGLE bit-exact)",
-              configure_time=True, constraints="one of: int8, float32"),
+              configure_time=True, constraints="one of: " + ", ".join(INT4_COMPUTE)),
     ParamSpec("fused_ops", _ENGINE.fused_ops,
               "ONNX Runtime: run the CPU graph with fused kernels (GroupQueryAttention, "
               "SkipSimplifiedLayerNormalization); false = the plain-op graph TensorRT builds",
               configure_time=True),
     ParamSpec("max_seq_len", _ENGINE.max_seq_len,
               "rows of the KV cache allocated at configure: prompt and answer together",
-              configure_time=True, range=(16, 131072)),
+              configure_time=True, range=_span(range_of(EngineConfig, "max_seq_len"))),
     ParamSpec("num_threads", _ENGINE.num_threads,
               "CPU threads of the backend; 0 = the backend's default",
-              configure_time=True, range=(0, 256)),
+              configure_time=True, range=_span(range_of(EngineConfig, "num_threads"))),
     ParamSpec("prompt_cache_bytes", _ENGINE.prompt_cache_bytes,
               "bytes of system-prompt KV rows kept for reuse (least recently used out "
               "first); 0 disables the cache",
-              configure_time=True, range=(0, 2**40)),
+              configure_time=True, range=_span(range_of(EngineConfig, "prompt_cache_bytes"))),
     ParamSpec("system_prompt", "",
               "system message of requests that give none; empty = the chat template's "
               "default"),
-    ParamSpec("max_new_tokens", 256,
+    ParamSpec("max_new_tokens", _REQUEST.max_new_tokens,
               "most tokens generated for a request that does not say",
-              range=(1, 32768)),
-    ParamSpec("sampling.temperature", 0.0,
+              range=_span(range_of(GenerationRequest, "max_new_tokens"))),
+    ParamSpec("sampling.temperature", _REQUEST.sampling.temperature,
               "default sampling temperature; 0 = greedy (deterministic)",
-              range=(0.0, 100.0)),
-    ParamSpec("sampling.top_k", 0,
-              "default top-k; 0 = no limit", range=(0, 1_000_000)),
-    ParamSpec("sampling.top_p", 1.0,
-              "default nucleus mass in (0, 1]; 1 = no limit", range=(0.0, 1.0)),
+              range=_span(range_of(SamplingConfig, "temperature"))),
+    ParamSpec("sampling.top_k", _REQUEST.sampling.top_k,
+              "default top-k; 0 = no limit", range=_span(range_of(SamplingConfig, "top_k"))),
+    ParamSpec("sampling.top_p", _REQUEST.sampling.top_p,
+              "default nucleus mass in (0, 1] (0 itself is refused); 1 = no limit",
+              range=_span(range_of(SamplingConfig, "top_p"))),
     ParamSpec("sampling.seed", -1,
               "default random seed; -1 = fresh entropy for every request",
-              range=(-1, 2**63 - 1)),
-    ParamSpec("queue_size", 8,
+              range=(-1, range_of(SamplingConfig, "seed").hi)),
+    ParamSpec("queue_size", _REQUEST.queue_size,
               "requests that may wait while one generates; more get QUEUE_FULL",
-              range=(0, MAX_QUEUE_SIZE)),
+              range=_span(range_of(RequestDefaults, "queue_size"))),
     ParamSpec("lora_adapters", [DEMO_ADAPTER],
               "LoRA adapters (PEFT folders) loaded at configure, as 'name:path'; relative "
               "paths resolve against the package's share folder; '' entries are ignored. "
@@ -110,7 +154,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               configure_time=True),
     ParamSpec("max_lora_rank", _ENGINE.max_lora_rank,
               "largest adapter rank accepted at configure", configure_time=True,
-              range=(1, 1024)),
+              range=_span(range_of(EngineConfig, "max_lora_rank"))),
     ParamSpec("lora", "",
               "LoRA adapter of the next requests ('' = the base model); must be one of "
               "lora_adapters"),
@@ -118,72 +162,49 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "EAGLE draft folder; 'default' = the shipped draft of the embedded model "
               "(none for other models); '' = no draft", configure_time=True),
     ParamSpec("eagle.max_top_k", _ENGINE.eagle_max_top_k,
-              "largest eagle.drafting_top_k (sizes buffers)", configure_time=True, range=(1, 64)),
+              "largest eagle.drafting_top_k (sizes buffers)", configure_time=True,
+              range=_span(range_of(EagleLimits, "max_top_k"))),
     ParamSpec("eagle.max_step", _ENGINE.eagle_max_step,
-              "largest eagle.drafting_step (sizes buffers)", configure_time=True, range=(1, 32)),
+              "largest eagle.drafting_step (sizes buffers)", configure_time=True,
+              range=_span(range_of(EagleLimits, "max_step"))),
     ParamSpec("eagle.max_tree", _ENGINE.eagle_max_tree,
               "largest eagle.verify_tree_size (sizes buffers)", configure_time=True,
-              range=(1, 512)),
-    ParamSpec("eagle.enabled", False,
+              range=_span(range_of(EagleLimits, "max_tree"))),
+    ParamSpec("eagle.enabled", _EAGLE.enabled,
               "speculative decoding with the EAGLE draft for the next requests"),
     ParamSpec("eagle.drafting_top_k", _EAGLE.drafting_top_k,
-              "children per expanded draft node (<= eagle.max_top_k)", range=(1, 64)),
+              "children per expanded draft node; at most eagle.max_top_k (fixed at configure): "
+              "the range is the largest eagle.max_top_k allows",
+              range=_span(EagleConfig.widest("drafting_top_k"))),
     ParamSpec("eagle.drafting_step", _EAGLE.drafting_step,
-              "levels of the draft tree (<= eagle.max_step)", range=(1, 32)),
+              "levels of the draft tree; at most eagle.max_step (fixed at configure): "
+              "the range is the largest eagle.max_step allows",
+              range=_span(EagleConfig.widest("drafting_step"))),
     ParamSpec("eagle.verify_tree_size", _EAGLE.verify_tree_size,
-              "draft nodes verified per base forward (<= eagle.max_tree)", range=(1, 512)),
+              "draft nodes verified per base forward; at most eagle.max_tree (fixed at "
+              "configure): the range is the largest eagle.max_tree allows",
+              range=_span(EagleConfig.widest("verify_tree_size"))),
     ParamSpec("eagle.confidence_threshold", _EAGLE.confidence_threshold,
               "draft nodes whose path probability under the draft is below this are neither "
-              "expanded nor verified (0 = the whole tree)", range=(0.0, 1.0)),
-    ParamSpec("split_images", False,
+              "expanded nor verified (0 = the whole tree)",
+              range=_span(range_of(EagleConfig, "confidence_threshold"))),
+    ParamSpec("split_images", _ENGINE.split_images,
               "vision models: split large frames into tiles as the model's processor does "
               "(more detail, ~15x the encoder work); false = one resized tile per image",
               configure_time=True),
-    ParamSpec("image_compressed", False,
+    ParamSpec("image_compressed", _NODE.image_compressed,
               "subscribe to image/compressed (sensor_msgs/CompressedImage) too",
               configure_time=True),
-    ParamSpec("max_image_age", 2.0,
-              "seconds after which the latest camera frame is too old for use_image",
-              range=(0.0, 3600.0)),
+    ParamSpec("max_image_age", _NODE.max_image_age,
+              "seconds after which the latest camera frame is too old for use_image; "
+              "more than 0 (0 itself is refused)",
+              range=_span(range_of(NodeSettings, "max_image_age"))),
 )
 
 SPECS = {p.name: p for p in PARAMETERS}
 #: Parameters read at configure only.
 CONFIGURE_TIME = frozenset(p.name for p in PARAMETERS if p.configure_time)
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
-
-
-@dataclass(frozen=True)
-class RequestDefaults:
-    """What an Ask request's zero/empty fields mean; runtime parameters."""
-
-    # System message when the request has none; None = the template's default.
-    system_prompt: Optional[str] = None
-    # Generated-token bound when the request has 0.
-    max_new_tokens: int = 256
-    # Sampling when the request leaves a field at 0.
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    # Requests that may wait behind the running one.
-    queue_size: int = 8
-
-    def __post_init__(self) -> None:
-        # The runtime's own request check names the bad value.
-        GenerationRequest(prompt="x", max_new_tokens=self.max_new_tokens)
-        if not 0 <= self.queue_size <= MAX_QUEUE_SIZE:
-            raise ConfigError(
-                f"queue_size must be in [0, {MAX_QUEUE_SIZE}], got {self.queue_size}")
-
-
-@dataclass(frozen=True)
-class NodeSettings:
-    """Everything the parameters decide."""
-
-    engine: EngineConfig      # configure-time
-    defaults: RequestDefaults  # runtime: applies to the next request
-    lora: str = ""            # runtime: adapter of the next requests
-    eagle: EagleConfig = field(default_factory=EagleConfig)  # runtime
-    max_image_age: float = 2.0  # runtime: seconds
-    image_compressed: bool = False  # configure-time
 
 
 def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
@@ -225,8 +246,6 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
     limits = EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"])
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
                         v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"])).check(limits)
-    if not (math.isfinite(v["max_image_age"]) and v["max_image_age"] > 0):
-        raise ConfigError(f"max_image_age must be > 0 seconds, got {v['max_image_age']}")
     seed = v["sampling.seed"]
     if seed < -1:
         raise ConfigError(f"sampling.seed must be -1 (fresh entropy) or >= 0, got {seed}")

@@ -3,15 +3,19 @@
 Frozen dataclasses with one comment per field; every check lives in
 ``__post_init__`` and raises :class:`~edgellm_ros.errors.ConfigError` (or
 :class:`~edgellm_ros.errors.InvalidRequest` for per-request values) naming the
-offending value. The ROS layer maps parameters onto these with one pure
+offending value. A numeric field's limits are written once, as a
+:class:`Range` in its metadata (:func:`ranged`): ``__post_init__`` checks
+them (:func:`check_ranges`) and the ROS parameter descriptors read them
+(:func:`range_of`). The ROS layer maps parameters onto these with one pure
 function, so validation is testable without ROS.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Optional, Tuple
+import numbers
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional, Tuple, Type, Union
 
 from ..errors import ConfigError, InvalidRequest
 
@@ -23,6 +27,106 @@ QUANTIZATIONS = ("none", "int4", "int4-sym", "int8")
 INT4_COMPUTE = ("int8", "float32")
 #: Largest number of tokens one request may add to the context.
 MAX_NEW_TOKENS_LIMIT = 32768
+
+Number = Union[int, float]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Limits of a numeric field: [lo, hi], or (lo, hi] when ``open_lo``."""
+
+    lo: Number
+    hi: Number
+    open_lo: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return False
+        return (self.lo < value if self.open_lo else self.lo <= value) and value <= self.hi
+
+    def __str__(self) -> str:
+        def num(x: Number) -> str:
+            return f"{x:g}" if isinstance(x, float) else str(x)
+        return f"{'(' if self.open_lo else '['}{num(self.lo)}, {num(self.hi)}]"
+
+
+def ranged(default: Any, lo: Number, hi: Number, open_lo: bool = False) -> Any:
+    """A dataclass field whose value must lie in ``Range(lo, hi, open_lo)``."""
+    return field(default=default, metadata={"range": Range(lo, hi, open_lo)})
+
+
+def range_of(cls: Type[Any], name: str) -> Range:
+    """The Range of field ``name`` of dataclass ``cls`` (KeyError when it has none)."""
+    return {f.name: f.metadata["range"] for f in fields(cls) if "range" in f.metadata}[name]
+
+
+def check_ranges(obj: Any, error: Type[Exception], prefix: str = "") -> None:
+    """Raise ``error`` naming the first ranged field of ``obj`` outside its Range (None passes)."""
+    for f in fields(obj):
+        limits = f.metadata.get("range")
+        value = getattr(obj, f.name)
+        if limits is not None and value is not None and value not in limits:
+            shown = value if isinstance(value, numbers.Real) else repr(value)
+            raise error(f"{prefix}{f.name} must be in {limits}, got {shown}")
+
+
+@dataclass(frozen=True)
+class EagleLimits:
+    """Largest tree, fixed at configure (it sizes buffers and engine profiles)."""
+
+    # Most children per expanded node.
+    max_top_k: int = ranged(8, 1, 64)
+    # Most levels of drafting.
+    max_step: int = ranged(8, 1, 32)
+    # Most nodes verified in one base forward (the root excluded).
+    max_tree: int = ranged(64, 1, 512)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, ConfigError, "eagle.")
+
+    @property
+    def max_expanded(self) -> int:
+        return self.max_top_k * max(self.max_step - 1, 0)
+
+
+@dataclass(frozen=True)
+class EagleConfig:
+    """Runtime EAGLE settings; take effect at the next request."""
+
+    # Draft and verify (False = plain decoding).
+    enabled: bool = False
+    # Children per expanded node, and nodes expanded per level (<= max_top_k).
+    drafting_top_k: int = field(default=2, metadata={"limit": "max_top_k"})
+    # Levels of drafting, the tree depth (<= max_step).
+    drafting_step: int = field(default=4, metadata={"limit": "max_step"})
+    # Nodes verified per step, the root excluded (<= max_tree). The defaults are
+    # the fastest balanced setting of benchmarks/eagle_bench.py on a 2-core CPU.
+    verify_tree_size: int = field(default=8, metadata={"limit": "max_tree"})
+    # Draft candidates whose path probability under the draft is below this
+    # are neither expanded nor verified (0 = the fixed-size tree). 0.2 was the
+    # fastest on the quantized CPU graphs (benchmarks/eagle_bench.py).
+    confidence_threshold: float = ranged(0.2, 0.0, 1.0)
+
+    def check(self, limits: EagleLimits) -> "EagleConfig":
+        """Return self when every value lies within ``limits``; else ConfigError naming it."""
+        for f in fields(self):
+            if "limit" in f.metadata:
+                v, hi = getattr(self, f.name), getattr(limits, f.metadata["limit"])
+                if not isinstance(v, int) or v not in Range(1, hi):
+                    raise ConfigError(f"eagle.{f.name} must be in [1, {hi}] (fixed at configure), got {v!r}")
+        check_ranges(self, ConfigError, "eagle.")
+        return self
+
+    @staticmethod
+    def widest(name: str) -> Range:
+        """The widest legal range of a tree setting: up to the largest limit allowed."""
+        limit = {f.name: f.metadata.get("limit") for f in fields(EagleConfig)}[name]
+        return range_of(EagleLimits, limit)
+
+    @property
+    def min_score(self) -> float:
+        """The least cumulative draft log-probability a candidate may have."""
+        return math.log(self.confidence_threshold) if self.confidence_threshold > 0 else -math.inf
 
 
 @dataclass(frozen=True)
@@ -38,19 +142,19 @@ class EngineConfig:
     # "auto" picks TensorRT when importable with a GPU, else ONNX Runtime.
     backend: str = "auto"
     # Rows of the KV cache, prompt and answer together.
-    max_seq_len: int = 2048
-    # Longest chunk of prompt run in one prefill pass (bounds mask buffers).
-    prefill_chunk: int = 512
+    max_seq_len: int = ranged(2048, 16, 131072)
+    # Longest chunk of prompt run in one prefill pass (bounds mask buffers); <= max_seq_len.
+    prefill_chunk: int = ranged(512, 1, 131072)
     # Bytes of KV rows the system-prompt cache may keep (0 disables it).
-    prompt_cache_bytes: int = 64 * 1024 * 1024
+    prompt_cache_bytes: int = ranged(64 * 1024 * 1024, 0, 2**40)
     # CPU threads for the backend; 0 = the backend's default.
-    num_threads: int = 0
+    num_threads: int = ranged(0, 0, 256)
     # LoRA adapters loaded at configure, "name:path" (PEFT folders).
     lora_adapters: Tuple[str, ...] = ()
     # Folder that relative adapter paths are resolved against ("" = cwd).
     lora_base_dir: str = ""
     # Largest adapter rank accepted (sizes TensorRT profiles).
-    max_lora_rank: int = 64
+    max_lora_rank: int = ranged(64, 1, 1024)
     # Adapter active at start ("" = the base model).
     lora: str = ""
     # EAGLE draft folder; "default" = the shipped draft when the model is the
@@ -80,18 +184,11 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not 16 <= self.max_seq_len <= 131072:
-            raise ConfigError(f"max_seq_len must be in [16, 131072], got {self.max_seq_len}")
-        if not 1 <= self.prefill_chunk <= self.max_seq_len:
+        check_ranges(self, ConfigError)
+        if self.prefill_chunk > self.max_seq_len:
             raise ConfigError(
                 f"prefill_chunk must be in [1, max_seq_len={self.max_seq_len}], "
                 f"got {self.prefill_chunk}")
-        if self.prompt_cache_bytes < 0:
-            raise ConfigError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
-        if not 0 <= self.num_threads <= 256:
-            raise ConfigError(f"num_threads must be in [0, 256], got {self.num_threads}")
-        if not 1 <= self.max_lora_rank <= 1024:
-            raise ConfigError(f"max_lora_rank must be in [1, 1024], got {self.max_lora_rank}")
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.int4_compute not in INT4_COMPUTE:
@@ -104,23 +201,16 @@ class SamplingConfig:
     """How the next token is chosen from the logits."""
 
     # 0 = greedy (argmax); otherwise logits are divided by it.
-    temperature: float = 0.0
+    temperature: float = ranged(0.0, 0.0, 100.0)
     # Keep only the k most likely tokens; 0 = no limit.
-    top_k: int = 0
+    top_k: int = ranged(0, 0, 1_000_000)
     # Keep the smallest set whose probability reaches top_p; 1.0 = no limit.
-    top_p: float = 1.0
+    top_p: float = ranged(1.0, 0.0, 1.0, open_lo=True)
     # Seed of the request's random generator; None = fresh entropy.
-    seed: Optional[int] = None
+    seed: Optional[int] = ranged(None, 0, 2**63 - 1)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 100.0):
-            raise InvalidRequest(f"temperature must be in [0, 100], got {self.temperature}")
-        if not 0 <= self.top_k <= 1_000_000:
-            raise InvalidRequest(f"top_k must be in [0, 1000000], got {self.top_k}")
-        if not (math.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
-            raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise InvalidRequest(f"seed must be in [0, 2**63), got {self.seed}")
+        check_ranges(self, InvalidRequest)
 
     @property
     def greedy(self) -> bool:
@@ -136,7 +226,7 @@ class GenerationRequest:
     # System message placed before the prompt; None = the template's default.
     system_prompt: Optional[str] = None
     # Upper bound of generated tokens.
-    max_new_tokens: int = 256
+    max_new_tokens: int = ranged(256, 1, MAX_NEW_TOKENS_LIMIT)
     # Token selection.
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Generation ends when the text contains any of these (not included).
@@ -153,9 +243,7 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidRequest(f"prompt must be a non-empty string, got {self.prompt!r}")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise InvalidRequest(
-                f"max_new_tokens must be in [1, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}")
+        check_ranges(self, InvalidRequest)
         if any((not isinstance(s, str)) or s == "" for s in self.stop):
             raise InvalidRequest(f"stop strings must be non-empty strings, got {self.stop!r}")
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -166,60 +254,3 @@ class GenerationRequest:
                     or min(shape[:2]) < 1:
                 raise InvalidRequest(f"image {i} must be an RGB uint8 array [H, W, 3], got "
                                      f"shape {shape} dtype {getattr(img, 'dtype', None)}")
-
-
-@dataclass(frozen=True)
-class EagleLimits:
-    """Largest tree, fixed at configure (it sizes buffers and engine profiles)."""
-
-    # Most children per expanded node.
-    max_top_k: int = 8
-    # Most levels of drafting.
-    max_step: int = 8
-    # Most nodes verified in one base forward (the root excluded).
-    max_tree: int = 64
-
-    def __post_init__(self) -> None:
-        for name, hi in (("max_top_k", 64), ("max_step", 32), ("max_tree", 512)):
-            v = getattr(self, name)
-            if not 1 <= v <= hi:
-                raise ConfigError(f"eagle {name} must be in [1, {hi}], got {v}")
-
-    @property
-    def max_expanded(self) -> int:
-        return self.max_top_k * max(self.max_step - 1, 0)
-
-
-@dataclass(frozen=True)
-class EagleConfig:
-    """Runtime EAGLE settings; take effect at the next request."""
-
-    # Draft and verify (False = plain decoding).
-    enabled: bool = False
-    # Children per expanded node, and nodes expanded per level.
-    drafting_top_k: int = 2
-    # Levels of drafting (tree depth).
-    drafting_step: int = 4
-    # Nodes verified per step (the root excluded). The defaults are the
-    # fastest balanced setting of benchmarks/eagle_bench.py on a 2-core CPU.
-    verify_tree_size: int = 8
-    # Draft candidates whose path probability under the draft is below this
-    # are neither expanded nor verified (0 = the fixed-size tree). 0.2 was the
-    # fastest on the quantized CPU graphs (benchmarks/eagle_bench.py).
-    confidence_threshold: float = 0.2
-
-    def check(self, limits: EagleLimits) -> "EagleConfig":
-        for name, hi in (("drafting_top_k", limits.max_top_k), ("drafting_step", limits.max_step),
-                         ("verify_tree_size", limits.max_tree)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or not 1 <= v <= hi:
-                raise ConfigError(f"eagle.{name} must be in [1, {hi}] (fixed at configure), got {v!r}")
-        t = self.confidence_threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 1.0:
-            raise ConfigError(f"eagle.confidence_threshold must be in [0, 1], got {t!r}")
-        return self
-
-    @property
-    def min_score(self) -> float:
-        """The least cumulative draft log-probability a candidate may have."""
-        return math.log(self.confidence_threshold) if self.confidence_threshold > 0 else -math.inf
