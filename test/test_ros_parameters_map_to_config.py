@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from edgellm_ros.runtime.resources import share_dir
-from edgellm_ros.runtime.config import EagleConfig, EngineConfig, SamplingConfig
+from edgellm_ros.runtime.config import EagleConfig, EagleLimits, EngineConfig, SamplingConfig
 from edgellm_ros.errors import ConfigError, InvalidRequest
 from edgellm_ros.ros.params import (CONFIGURE_TIME, DEFAULTS, PARAMETERS,
                                     settings_from_parameters)
@@ -110,6 +110,7 @@ def test_lora_and_eagle_parameters_are_validated_with_the_reason():
     s = settings_from_parameters({"eagle.max_top_k": 16, "eagle.drafting_top_k": 9,
                                   "eagle.enabled": True, "lora": "radiology"})
     assert s.eagle == EagleConfig(True, 9, 4, 8, 0.2) and s.lora == "radiology"
+    assert s.engine.eagle_limits == EagleLimits(16, 8, 64)   # eagle.max_* nest in EngineConfig
     assert settings_from_parameters({"eagle.confidence_threshold": 0.35}).eagle.confidence_threshold == 0.35
     with pytest.raises(ConfigError, match="eagle.confidence_threshold must be in \\[0, 1\\], got 1.5"):
         settings_from_parameters({"eagle.confidence_threshold": 1.5})

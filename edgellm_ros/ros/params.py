@@ -161,13 +161,13 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("eagle.draft", _ENGINE.eagle_draft,
               "EAGLE draft folder; 'default' = the shipped draft of the embedded model "
               "(none for other models); '' = no draft", configure_time=True),
-    ParamSpec("eagle.max_top_k", _ENGINE.eagle_max_top_k,
+    ParamSpec("eagle.max_top_k", _ENGINE.eagle_limits.max_top_k,
               "largest eagle.drafting_top_k (sizes buffers)", configure_time=True,
               range=_span(range_of(EagleLimits, "max_top_k"))),
-    ParamSpec("eagle.max_step", _ENGINE.eagle_max_step,
+    ParamSpec("eagle.max_step", _ENGINE.eagle_limits.max_step,
               "largest eagle.drafting_step (sizes buffers)", configure_time=True,
               range=_span(range_of(EagleLimits, "max_step"))),
-    ParamSpec("eagle.max_tree", _ENGINE.eagle_max_tree,
+    ParamSpec("eagle.max_tree", _ENGINE.eagle_limits.max_tree,
               "largest eagle.verify_tree_size (sizes buffers)", configure_time=True,
               range=_span(range_of(EagleLimits, "max_tree"))),
     ParamSpec("eagle.enabled", _EAGLE.enabled,
@@ -240,12 +240,11 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         prefill_chunk=max(1, min(_ENGINE.prefill_chunk, max_seq_len)),
         prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"],
         lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
-        lora=v["lora"], eagle_draft=v["eagle.draft"], eagle_max_top_k=v["eagle.max_top_k"],
-        eagle_max_step=v["eagle.max_step"], eagle_max_tree=v["eagle.max_tree"],
-        split_images=v["split_images"])
-    limits = EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"])
+        lora=v["lora"], eagle_draft=v["eagle.draft"], split_images=v["split_images"],
+        eagle_limits=EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"]))
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
-                        v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"])).check(limits)
+                        v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"]))
+    eagle.check(engine.eagle_limits)
     seed = v["sampling.seed"]
     if seed < -1:
         raise ConfigError(f"sampling.seed must be -1 (fresh entropy) or >= 0, got {seed}")

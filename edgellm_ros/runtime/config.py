@@ -161,9 +161,7 @@ class EngineConfig:
     # embedded default (none otherwise); "" = no draft.
     eagle_draft: str = "default"
     # Largest EAGLE tree: children per node, levels, verified nodes (size buffers).
-    eagle_max_top_k: int = 8
-    eagle_max_step: int = 8
-    eagle_max_tree: int = 64
+    eagle_limits: EagleLimits = field(default_factory=EagleLimits)
     # Decoder weights: "int4" = block-wise INT4 projections and an INT8 LM head,
     # the GGUF's own blocks where it has them (Q4_0, Q4_1 with its offsets,
     # Q8_0: exact), re-quantized otherwise; "int4-sym" = the same with Q4_1

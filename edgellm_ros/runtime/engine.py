@@ -174,8 +174,7 @@ class Engine:
         self.backend = backend
         self.prompt_cache = PromptCache(config.prompt_cache_bytes) \
             if config.prompt_cache_bytes else None
-        self.eagle_limits = EagleLimits(config.eagle_max_top_k, config.eagle_max_step,
-                                        config.eagle_max_tree)
+        self.eagle_limits = config.eagle_limits
         self.eagle = EagleConfig()
         self.eagle_totals = SpecStats()
         self.vision = vision            # VisionPipeline of a vision-language model
@@ -189,7 +188,7 @@ class Engine:
         allocate the KV cache. Nothing else chooses a backend."""
         t0 = time.perf_counter()
         backend = open_backend(config.backend, config.num_threads, config.int4_compute, log)
-        limits = EagleLimits(config.eagle_max_top_k, config.eagle_max_step, config.eagle_max_tree)
+        limits = config.eagle_limits
         art = resolve_artifacts(config, backend.name, limits, log)
         mcfg = art.model_config
         tokenizer = Tokenizer.from_hf_folder(art.folder)

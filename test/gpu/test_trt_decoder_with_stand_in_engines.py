@@ -24,12 +24,12 @@ PROMPTS = ["What is the capital of France?", "List three uses of a lidar.", "hi"
 
 
 def _config(**kw):
-    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.config import EagleLimits, EngineConfig
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     # the plain-op float graph: the one TensorRT builds (fields absent in older configs are skipped)
     family = {k: v for k, v in (("quantization", "none"), ("fused_ops", False)) if k in names}
-    return EngineConfig(backend="onnxruntime", max_seq_len=160, prefill_chunk=16, eagle_max_top_k=4,
-                        eagle_max_step=4, eagle_max_tree=12, **family, **kw)
+    return EngineConfig(backend="onnxruntime", max_seq_len=160, prefill_chunk=16,
+                        eagle_limits=EagleLimits(4, 4, 12), **family, **kw)
 
 
 @pytest.fixture(scope="module")

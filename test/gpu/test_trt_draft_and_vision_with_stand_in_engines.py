@@ -29,11 +29,11 @@ TOL = {"atol": 2e-4, "rtol": 1e-4}
 
 
 def _config(**kw):
-    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.config import EagleLimits, EngineConfig
     names = {f.name for f in dataclasses.fields(EngineConfig)}
     family = {k: v for k, v in (("quantization", "none"), ("fused_ops", False)) if k in names}
-    return EngineConfig(max_seq_len=160, prefill_chunk=16, eagle_max_top_k=4, eagle_max_step=4,
-                        eagle_max_tree=12, **family, **kw)
+    return EngineConfig(max_seq_len=160, prefill_chunk=16, eagle_limits=EagleLimits(4, 4, 12),
+                        **family, **kw)
 
 
 @pytest.fixture(scope="module")
