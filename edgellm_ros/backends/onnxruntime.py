@@ -41,9 +41,8 @@ def make_session(onnx_path: str, num_threads: int = 0, spin: bool = True,
     spin=False stops the session's threads from busy-waiting after a run:
     right for graphs that alternate with another session (the EAGLE draft),
     whose spinning threads would otherwise take the cores from the base
-    model's next step (measured on 2 cores: EAGLE 35 -> 61 tokens/s with the
-    draft not spinning; the base model keeps spinning, which plain decoding
-    needs: 34 vs 45 tokens/s).
+    model's next step; the base model keeps spinning, which plain decoding
+    needs (docs/EAGLE.md has the figures).
 
     int4_compute: INT4 graphs' DequantizeLinear + MatMul pairs are fused by
     the optimizer into MatMulNBits, which computes with int8-quantized

@@ -112,7 +112,7 @@ def _fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
     glibc raises its mmap threshold each time a large mmapped block is freed
     (up to 32 MiB), after which model-sized buffers (ONNX Runtime's prepacked
     INT4 weights, KV caches) come from the heap and stay resident across
-    configure/cleanup cycles (seen: +40 MiB over 20 cycles). A fixed
+    configure/cleanup cycles. A fixed
     threshold keeps them out of the heap.
     """
     try:
