@@ -19,7 +19,8 @@ DEFAULT_DRAFT = os.path.join("drafts", "smollm2-135m-eagle3")
 
 def share_dir() -> str:
     """The folder holding adapters/, drafts/, config/ and launch/."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # edgellm_ros/
+    here = os.path.dirname(package)
     if os.path.exists(os.path.join(here, "package.xml")):
         return here  # source checkout
     try:
@@ -27,7 +28,7 @@ def share_dir() -> str:
         return get_package_share_directory(PACKAGE)
     except Exception:
         pass
-    prefix = here
+    prefix = package
     for _ in range(5):  # <prefix>/lib/pythonX.Y/site-packages/edgellm_ros
         prefix = os.path.dirname(prefix)
         cand = os.path.join(prefix, "share", PACKAGE)

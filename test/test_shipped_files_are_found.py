@@ -1,0 +1,20 @@
+"""The files the package ships (drafts/, adapters/, config/, launch/) are found from the source tree."""
+
+import os
+
+from edgellm_ros.runtime.resources import DEFAULT_DRAFT, resolve_draft, share_dir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_share_dir_of_a_source_checkout_is_the_repository():
+    assert os.path.samefile(share_dir(), REPO)
+    for sub in ("config", "launch", "adapters", "drafts"):
+        assert os.path.isdir(os.path.join(share_dir(), sub)), sub
+
+
+def test_the_default_draft_resolves_for_the_embedded_model_only():
+    path = resolve_draft("default", "")
+    assert path and os.path.samefile(path, os.path.join(REPO, DEFAULT_DRAFT))
+    assert os.path.isfile(os.path.join(path, "config.json"))
+    assert resolve_draft("default", "/some/other/model.gguf") == "" and resolve_draft("", "") == ""
