@@ -34,8 +34,9 @@ from onnx import TensorProto
 from ..models.eagle import DraftConfig
 from ..models.quant import quantize_symmetric
 from ..models.spec import ModelWeights
-from .decoder import _Decoder
 from .graph import GraphBuilder, WeightFile
+from .layers import LayerBuilder
+from .projections import Projections
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -43,33 +44,33 @@ F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 DRAFT_QUANTIZATIONS = ("none", "int8")
 
 
-def draft_matmul(dec: _Decoder, x: str, scope: str, key: str, w: np.ndarray, int8: bool) -> str:
+def draft_matmul(p: Projections, x: str, scope: str, key: str, w: np.ndarray, int8: bool) -> str:
     """x @ w^T, w [out, in]: float32, or block-wise INT8 (32 per block, symmetric) through
     DequantizeLinear, which ONNX Runtime runs as one MatMulNBits kernel."""
     if int8:
-        return dec.quantized_matmul(x, scope, key, [quantize_symmetric(w, 8)])
-    return dec.g.op("MatMul", [x, dec.g.weight(key, w.T)], scope)
+        return p.quantized_matmul(x, scope, key, [quantize_symmetric(w, 8)])
+    return p.g.op("MatMul", [x, p.g.weight(key, w.T)], scope)
 
 
-class _Draft(_Decoder):
+class _Draft(LayerBuilder):
     def __init__(self, cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarray,
                  g: GraphBuilder, quantization: str = "none"):
         weights = ModelWeights(cfg.rope(), w, "draft")
         super().__init__(weights, g, quantization=quantization, fused=quantization == "int8")
         self.d, self.base_head = cfg, base_head
 
-    def proj(self, x: str, scope: str, *names: str) -> str:
+    def matmul(self, x: str, scope: str, *names: str) -> str:
         """x @ [W_1; W_2; ...]^T: one matmul over the named weights, packed."""
         w = np.concatenate([self.w[n] for n in names], axis=0) if len(names) > 1 else self.w[names[0]]
         key = "draft." + "+".join(names)
-        return draft_matmul(self, x, scope, key, w, self.quantization == "int8")
+        return draft_matmul(self.proj, x, scope, key, w, self.quantization == "int8")
 
-    def attention(self, x: str, pos: str, mask: str, past: tuple, p: str, A: str) -> tuple:
+    def self_attn(self, x: str, pos: str, mask: str, past: tuple, p: str, A: str) -> tuple:
         """(attention output [1, T, NH*D], present key, present value)."""
         names = [p + f"self_attn.{m}_proj.weight" for m in "qkv"]
         if self.fused:   # packed [q | k | v] straight into GroupQueryAttention
-            return self.fused_attention(pos, mask)(self.proj(x, f"{A}/qkv_proj", *names), "", "", past, A)
-        q, k, v = (self.proj(x, f"{A}/{m}_proj", n) for m, n in zip("qkv", names))
+            return self.fused_attention(pos, mask)(self.matmul(x, f"{A}/qkv_proj", *names), "", "", past, A)
+        q, k, v = (self.matmul(x, f"{A}/{m}_proj", n) for m, n in zip("qkv", names))
         return self.plain_attention(pos, mask)(q, k, v, past, A)
 
     def build(self) -> None:
@@ -92,26 +93,26 @@ class _Draft(_Decoder):
             residual = hid
         else:
             x = g.op("Concat", [emb, hid], S, axis=-1)                           # [1, T, 2H]
-            x = g.op("Add", [self.proj(x, f"{S}/fc", "fc.weight"),
+            x = g.op("Add", [self.matmul(x, f"{S}/fc", "fc.weight"),
                              g.weight("draft.fc.bias", self.w["fc.bias"])], f"{S}/fc")
             residual = x
         A = f"{S}/attn"
-        att, k, v = self.attention(x, pos, mask, (pk, pv), p, A)
+        att, k, v = self.self_attn(x, pos, mask, (pk, pv), p, A)
         M = f"{S}/mlp"
-        a, h = self.add_norm(residual, self.proj(att, f"{A}/o_proj", p + "self_attn.o_proj.weight"),
+        a, h = self.add_norm(residual, self.matmul(att, f"{A}/o_proj", p + "self_attn.o_proj.weight"),
                              f"{S}/post_attention_layernorm", p + "post_attention_layernorm.weight")
-        gate_up = self.proj(h, f"{M}/gate_up_proj", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
+        gate_up = self.matmul(h, f"{M}/gate_up_proj", p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight")
         gate, up = g.op("Split", [gate_up, g.const([d.intermediate_size] * 2)], M, n_out=2, axis=-1)
         gate = g.op("Mul", [gate, g.op("Sigmoid", [gate], M)], M)
-        out = g.op("Add", [a, self.proj(g.op("Mul", [gate, up], M), f"{M}/down_proj",
-                                        p + "mlp.down_proj.weight")], S)
+        out = g.op("Add", [a, self.matmul(g.op("Mul", [gate, up], M), f"{M}/down_proj",
+                                          p + "mlp.down_proj.weight")], S)
         picked = g.op("Gather", [out, lidx], f"{S}/lm_head", axis=1)            # [1, L, H]
         if d.layout == "eagle3":
             picked = self.rms_norm(picked, f"{S}/norm", "norm.weight")
             head = self.w["lm_head.weight"]
         else:
             head = self.base_head
-        logits = draft_matmul(self, picked, f"{S}/lm_head", "draft.lm_head.weight",
+        logits = draft_matmul(self.proj, picked, f"{S}/lm_head", "draft.lm_head.weight",
                               np.asarray(head), self.quantization == "int8")
         logits = g.op("Squeeze", [logits, g.const([0])], f"{S}/lm_head")
         g.output(logits, "logits", F32, ["num_logits", head.shape[0]])
@@ -143,8 +144,7 @@ def export_draft(cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarr
         if cfg.layout == "eagle3":
             g = GraphBuilder("edgellm_draft_fc", weights=wf, opset=opset)
             feats = g.input("features", F32, [1, "seq", cfg.feature_size])
-            y = draft_matmul(_Decoder(ModelWeights(cfg.rope(), w, "draft"), g,
-                                      quantization=quantization),
+            y = draft_matmul(Projections(ModelWeights(cfg.rope(), w, "draft"), g, quantization),
                              feats, "/draft/fc", "draft.fc.weight", w["fc.weight"],
                              quantization == "int8")
             g.output(y, "hidden", F32, [1, "seq", cfg.hidden_size])

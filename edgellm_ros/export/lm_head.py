@@ -1,0 +1,111 @@
+"""The LM head: logits [L, V] of the hidden rows picked by logits_index.
+
+Float graphs: one MatMul. Quantized graphs: the head's 8-bit blocks. The fused
+CPU graph of a tied model (its head is its embedding table) holds three modes
+and the runtime picks one per request (:func:`head_modes`).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+from onnx import TensorProto
+
+from ..contract import HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT
+from ..models.quant import BLOCK, BlockQuant
+from .projections import Projections
+
+F32 = TensorProto.FLOAT
+
+#: The fused CPU graph's LM head (see head_modes): exact logits for this
+#: many best tokens of a 4-bit pass over the vocabulary (0: the whole 8-bit
+#: head every step), its blocks HEAD_APPROX_BLOCK wide.
+HEAD_CANDIDATES = 64
+HEAD_APPROX_BLOCK = 64
+
+
+def lm_head(p: Projections, picked: str) -> Tuple[str, bool]:
+    """(logits [L, V] of the hidden rows ``picked`` [L, H], whether the graph reads lm_head_rows).
+
+    Float graphs: one MatMul. Quantized graphs: the head's 8-bit blocks
+    (the GGUF's Q8_0, or int8 re-quantized), except in the fused CPU graph
+    of a model whose head is its embedding table (tied, as the default
+    model's is): there the runtime picks the head per request through three
+    bool inputs (see head_modes).
+    """
+    g, s = p.g, "/model/lm_head"
+    tied = "lm_head.weight" not in p.w
+    head = "embed_tokens.weight" if tied else "lm_head.weight"
+    if p.quantization == "none":
+        return g.op("MatMul", [picked, g.weight("lm_head.weight", p.w[head].T)], s), False
+    exact = p.block_quant(head, 8)
+    if not (p.fused and tied and HEAD_CANDIDATES and exact.q.shape[1] % HEAD_APPROX_BLOCK == 0):
+        return p.quantized_matmul(picked, s, "lm_head.weight", [exact]), False
+    return head_modes(p, picked, exact), True
+
+
+def head_modes(p: Projections, picked: str, exact: BlockQuant) -> str:
+    """The fused CPU graph's LM head for a tied model, three ways in one graph.
+
+    A decode step on a CPU is bound by the bytes it reads, and the LM head
+    is the largest weight (SmolLM2: 28 M of the 134 M weights a step reads).
+
+    - ``lm_head_fast`` true (greedy requests): two passes. A 4-bit pass
+      over the whole vocabulary (symmetric blocks of HEAD_APPROX_BLOCK of
+      the head's own values, about half the 8-bit blocks' bytes) picks
+      each row's HEAD_CANDIDATES best tokens; their logits are recomputed
+      in float32 from their rows of the embedding table (the
+      ``lm_head_rows`` input, bound to the runtime's own table: no second
+      copy) and written over the 4-bit estimates. For a GGUF those rows
+      are the Q8_0 blocks' values, so greedy reads the 8-bit head's logits
+      with float32 activations; the rest of the row keeps the estimates.
+    - ``lm_head_int8``: the whole 8-bit head (MatMulNBits, int8 activations),
+      what the plain graph computes;
+    - ``lm_head_float``: the whole head in float32 from the table (the
+      exact mode of ``int4_compute: float32``).
+
+    Each is an ONNX ``If`` subgraph, so its matmuls are written as
+    MatMulNBits directly (ONNX Runtime fuses DequantizeLinear + MatMul only
+    in the main graph).
+    """
+    g, s = p.g, "/model/lm_head"
+    V, H = exact.q.shape
+    table = g.input(HEAD_ROWS_INPUT, F32, [V, H])
+    fast_flag = g.input(HEAD_FAST_INPUT, TensorProto.BOOL, [])
+    int8_flag = g.input(HEAD_INT8_INPUT, TensorProto.BOOL, [])
+    float_flag = g.input(HEAD_FLOAT_INPUT, TensorProto.BOOL, [])
+    with g.branch() as fast_nodes:
+        # pass 1: symmetric 4-bit blocks ([-7, 7]: the scale is max|w| / 7)
+        w = exact.dequantize().reshape(V, H // HEAD_APPROX_BLOCK, HEAD_APPROX_BLOCK)
+        scale = np.abs(w).max(axis=-1) / 7.0
+        q = np.clip(np.rint(w / np.where(scale == 0, 1.0, scale)[..., None]), -7, 7)
+        approx = p.matmul_nbits(picked, q.reshape(V, H).astype(np.int8), scale, 4,
+                                HEAD_APPROX_BLOCK, f"{s}/approx", "model.lm_head.approx")
+        # pass 2: the candidates' logits from their rows of the table, in float32
+        _, idx = g.op("TopK", [approx, g.const([min(HEAD_CANDIDATES, V)])], f"{s}/candidates",
+                      n_out=2, axis=-1)                                       # [L, k]
+        rows = g.op("Gather", [table, idx], f"{s}/rescore", axis=0)          # [L, k, H]
+        x = g.op("Unsqueeze", [picked, g.const([1])], f"{s}/rescore")        # [L, 1, H]
+        y = g.op("MatMul", [x, g.op("Transpose", [rows], f"{s}/rescore", perm=[0, 2, 1])],
+                 f"{s}/rescore")                                              # [L, 1, k]
+        y = g.op("Squeeze", [y, g.const([1])], f"{s}/rescore")               # [L, k]
+        fast = g.op("ScatterElements", [approx, idx, y], f"{s}/rescore", axis=-1)
+    with g.branch() as q8_nodes:
+        full8 = p.matmul_nbits(picked, exact.q, exact.scale, 8, BLOCK, f"{s}/int8",
+                               f"model.lm_head.{p.quantization}")
+    with g.branch() as f32_nodes:
+        full32 = g.op("Gemm", [picked, table], f"{s}/float32", transB=1)
+    # three Ifs side by side, each giving [L, V] when its flag is set and [0, V] when not,
+    # then one Concat: ONNX Runtime prepacks MatMulNBits weights for a subgraph one level
+    # deep, not two (nested, the 8-bit head ran ~100x slower)
+    parts = []
+    for flag, (nodes, out), kind in ((fast_flag, (fast_nodes, fast), "two_pass"),
+                                     (int8_flag, (q8_nodes, full8), "int8"),
+                                     (float_flag, (f32_nodes, full32), "float32")):
+        with g.branch() as none_nodes:
+            empty = g.op("Identity", [g.const(np.zeros((0, V), np.float32), np.float32)],
+                         f"{s}/{kind}/off")
+        parts.append(g.if_op(flag, [(nodes, out), (none_nodes, empty)], f"{s}/{kind}", F32,
+                             ["rows", V]))
+    return g.op("Concat", parts, s, axis=0)                                  # [L, V]
