@@ -82,3 +82,21 @@ def test_a_limit_that_depends_on_another_parameter_says_so():
         assert limit in SPECS[name].description and SPECS[name].range[1] == SPECS[limit].range[1]
         with pytest.raises(ConfigError, match=rf"{name} must be in \[1, {SPECS[limit].default}\]"):
             settings_from_parameters({name: SPECS[limit].default + 1})
+
+
+def test_adapter_names_are_checked_by_the_config_once():
+    from edgellm_ros.errors import ConfigError
+    from edgellm_ros.runtime.config import EngineConfig, check_adapter_name, parse_adapter_spec
+
+    assert check_adapter_name("radiology-v1.2_x") == "radiology-v1.2_x"
+    with pytest.raises(ConfigError, match="adapter name 'a b' may use letters"):
+        parse_adapter_spec("a b:/x")
+    with pytest.raises(ConfigError, match="'radiology' is not 'name:path'"):
+        EngineConfig(lora_adapters=("radiology",))
+    with pytest.raises(ConfigError, match="entries must be strings, got 3"):
+        EngineConfig(lora_adapters=(3,))
+    with pytest.raises(ConfigError, match="adapter name 'a' is used twice"):
+        EngineConfig(lora_adapters=("a:/x", "a:/y"))
+    with pytest.raises(ConfigError, match="unknown LoRA adapter 'b'; lora_adapters names: a"):
+        EngineConfig(lora_adapters=("a:/x",), lora="b")
+    assert EngineConfig(lora_adapters=("a:/x", " b : y"), lora="b").adapter_names == ("a", "b")

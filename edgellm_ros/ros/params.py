@@ -20,7 +20,6 @@ from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig
                               EngineConfig, GenerationRequest, Range, SamplingConfig, check_ranges,
                               range_of, ranged)
 from ..errors import ConfigError
-from ..runtime.lora import parse_adapter_spec
 from ..runtime.resources import share_dir
 
 Number = Union[int, float]
@@ -222,16 +221,9 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         if not ok:
             raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
     max_seq_len = v["max_seq_len"]
+    # EngineConfig checks each entry and that lora names one of them
     adapters = tuple(a for a in v["lora_adapters"]
                      if a and not (v["model"] and a == DEMO_ADAPTER))
-    for a in adapters:
-        if not isinstance(a, str):
-            raise ConfigError(f"lora_adapters entries must be strings, got {a!r}")
-        parse_adapter_spec(a)
-    names = [a.partition(":")[0].strip() for a in adapters]
-    if v["lora"] and v["lora"] not in names:
-        raise ConfigError(f"unknown LoRA adapter {v['lora']!r}; lora_adapters names: "
-                          f"{', '.join(names) or 'none'}")
     engine = EngineConfig(
         model=v["model"], engine_dir=v["engine_dir"], backend=v["backend"],
         quantization=v["quantization"], int4_compute=v["int4_compute"], fused_ops=v["fused_ops"],

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Tuple, Type, Union
 
@@ -27,6 +29,8 @@ QUANTIZATIONS = ("none", "int4", "int4-sym", "int8")
 INT4_COMPUTE = ("int8", "float32")
 #: Largest number of tokens one request may add to the context.
 MAX_NEW_TOKENS_LIMIT = 32768
+#: What a LoRA adapter name may be made of.
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 Number = Union[int, float]
 
@@ -68,6 +72,28 @@ def check_ranges(obj: Any, error: Type[Exception], prefix: str = "") -> None:
         if limits is not None and value is not None and value not in limits:
             shown = value if isinstance(value, numbers.Real) else repr(value)
             raise error(f"{prefix}{f.name} must be in {limits}, got {shown}")
+
+
+def check_adapter_name(name: str) -> str:
+    """Return ``name`` when it is a well-formed adapter name; else ConfigError naming it."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
+        raise ConfigError(f"adapter name {name!r} may use letters, digits, '_', '.', '-' only")
+    return name
+
+
+def parse_adapter_spec(spec: str, base_dir: str = "") -> Tuple[str, str]:
+    """'name:path' -> (name, absolute path); relative paths resolve against base_dir."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"lora_adapters entries must be strings, got {spec!r}")
+    name, sep, path = spec.partition(":")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise ConfigError(f"lora_adapters entry {spec!r} is not 'name:path'")
+    check_adapter_name(name)
+    path = os.path.expanduser(path)
+    if not os.path.isabs(path) and base_dir:
+        path = os.path.join(base_dir, path)
+    return name, os.path.abspath(path)
 
 
 @dataclass(frozen=True)
@@ -149,13 +175,13 @@ class EngineConfig:
     prompt_cache_bytes: int = ranged(64 * 1024 * 1024, 0, 2**40)
     # CPU threads for the backend; 0 = the backend's default.
     num_threads: int = ranged(0, 0, 256)
-    # LoRA adapters loaded at configure, "name:path" (PEFT folders).
+    # LoRA adapters loaded at configure, "name:path" (PEFT folders), names unique.
     lora_adapters: Tuple[str, ...] = ()
     # Folder that relative adapter paths are resolved against ("" = cwd).
     lora_base_dir: str = ""
     # Largest adapter rank accepted (sizes TensorRT profiles).
     max_lora_rank: int = ranged(64, 1, 1024)
-    # Adapter active at start ("" = the base model).
+    # Adapter active at start ("" = the base model), one of lora_adapters' names.
     lora: str = ""
     # EAGLE draft folder; "default" = the shipped draft when the model is the
     # embedded default (none otherwise); "" = no draft.
@@ -192,6 +218,18 @@ class EngineConfig:
         if self.int4_compute not in INT4_COMPUTE:
             raise ConfigError(f"int4_compute must be one of {INT4_COMPUTE}, got {self.int4_compute!r}")
         object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
+        names = self.adapter_names
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"adapter name {name!r} is used twice")
+        if self.lora and self.lora not in names:
+            raise ConfigError(f"unknown LoRA adapter {self.lora!r}; lora_adapters names: "
+                              f"{', '.join(names) or 'none'}")
+
+    @property
+    def adapter_names(self) -> Tuple[str, ...]:
+        """The names of lora_adapters, in order (each entry's format checked)."""
+        return tuple(parse_adapter_spec(spec)[0] for spec in self.lora_adapters)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from typing import Dict, Iterable, List, Sequence, Tuple
 import numpy as np
 
 from ..contract import module_shapes
-from ..errors import ConfigError, ModelLoadError, UnknownAdapter
+from ..errors import ModelLoadError, UnknownAdapter
 from ..models.spec import PROJECTIONS, ModelConfig
+from .config import parse_adapter_spec  # noqa: F401  (engine.py imports it from here)
 
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.\w+)?\.weight$")
 
@@ -39,20 +40,6 @@ class LoraAdapter:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes + b.nbytes for a, b in self.weights.values())
-
-
-def parse_adapter_spec(spec: str, base_dir: str = "") -> Tuple[str, str]:
-    """'name:path' -> (name, absolute path); relative paths resolve against base_dir."""
-    name, sep, path = spec.partition(":")
-    name, path = name.strip(), path.strip()
-    if not sep or not name or not path:
-        raise ConfigError(f"lora_adapters entry {spec!r} is not 'name:path'")
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"adapter name {name!r} may use letters, digits, '_', '.', '-' only")
-    path = os.path.expanduser(path)
-    if not os.path.isabs(path) and base_dir:
-        path = os.path.join(base_dir, path)
-    return name, os.path.abspath(path)
 
 
 def load_adapter(name: str, path: str, cfg: ModelConfig, max_rank: int,
@@ -115,18 +102,19 @@ class LoraRegistry:
     """Adapters loaded at configure, by name ("" is the base model)."""
 
     def __init__(self, adapters: Iterable[LoraAdapter] = ()):
-        self.adapters: Dict[str, LoraAdapter] = {}
-        for ad in adapters:
-            if ad.name in self.adapters or ad.name == "":
-                raise ConfigError(f"adapter name {ad.name!r} is used twice")
-            self.adapters[ad.name] = ad
+        # names are unique and well-formed: EngineConfig checked lora_adapters
+        self.adapters: Dict[str, LoraAdapter] = {ad.name: ad for ad in adapters}
 
     @property
     def names(self) -> List[str]:
         return sorted(self.adapters)
 
     def check(self, name: str) -> str:
-        """Return name when it is "" or loaded; else UnknownAdapter listing the loaded ones."""
+        """Return name when it is "" or loaded; else UnknownAdapter listing the loaded ones.
+
+        The one "is it loaded" check, made where a name enters the engine
+        (Engine.set_adapter, Engine.generate).
+        """
         if name != "" and name not in self.adapters:
             loaded = ", ".join(self.names) or "none"
             raise UnknownAdapter(f"unknown LoRA adapter {name!r}; loaded adapters: {loaded}")
