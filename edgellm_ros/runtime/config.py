@@ -17,7 +17,7 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Tuple, Type, Union
+from typing import Any, Optional, Tuple, Type, Union, cast
 
 from ..errors import ConfigError, InvalidRequest
 
@@ -46,7 +46,8 @@ class Range:
     def __contains__(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             return False
-        return (self.lo < value if self.open_lo else self.lo <= value) and value <= self.hi
+        v = cast(float, value)   # an int or a float; compared as it is (no rounding)
+        return (self.lo < v if self.open_lo else self.lo <= v) and v <= self.hi
 
     def __str__(self) -> str:
         def num(x: Number) -> str:
@@ -146,7 +147,7 @@ class EagleConfig:
     @staticmethod
     def widest(name: str) -> Range:
         """The widest legal range of a tree setting: up to the largest limit allowed."""
-        limit = {f.name: f.metadata.get("limit") for f in fields(EagleConfig)}[name]
+        limit = {f.name: f.metadata["limit"] for f in fields(EagleConfig) if "limit" in f.metadata}[name]
         return range_of(EagleLimits, limit)
 
     @property
