@@ -43,7 +43,7 @@ from __future__ import annotations
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from onnx import TensorProto
 
@@ -51,7 +51,7 @@ from ..runtime.config import QUANTIZATIONS
 from ..models.spec import ModelWeights
 from ..contract import decoder_io_names
 from .graph import GraphBuilder, WeightFile
-from .layers import LayerBuilder, rope_table_rows
+from .layers import Attend, LayerBuilder, rope_table_rows
 from .lm_head import HEAD_CANDIDATES, lm_head
 from .projections import Requantizer
 
@@ -62,49 +62,51 @@ F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
 class DecoderGraph(LayerBuilder):
-    """The decoder graph (see the module docstring), built by :meth:`build`."""
+    """The decoder graph of the module docstring, layer by layer as models/llama.py computes it.
+
+    One difference in form: each residual add is fused with the RMSNorm that
+    follows it (:meth:`add_norm`), so the first layer's input norm stands alone
+    and the last add carries the final norm. Shapes: T new tokens, P cached,
+    S = P + T, H hidden, NH / KVH query / key-value heads, D head dim, F MLP
+    width, L rows of logits_index, V vocabulary.
+    """
 
     def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
                  feature_layers: Sequence[int] = (), quantization: str = "none",
                  fused: bool = False, requant: Optional[Requantizer] = None):
         super().__init__(weights, g, quantization, fused, requant, lora_modules)
-        self.lora_modules = tuple(lora_modules)
         self.feature_layers = tuple(feature_layers)
+        #: whether the graph reads the embedding table as lm_head_rows (lm_head.head_modes)
         self.head_rows = False
 
     def build(self) -> None:
+        """Add the inputs, every layer, the LM head and the outputs to the graph."""
         g, c = self.g, self.c
         H, KVH, D = c.hidden_size, c.num_kv_heads, c.head_dim
-        x = g.input("inputs_embeds", F32, [1, "seq", H])
-        pos = g.input("position_ids", I64, [1, "seq"])
-        mask = g.input("attention_mask", F32, [1, 1, "seq", "total"])
-        lidx = g.input("logits_index", I64, ["num_logits"])
+        x = g.input("inputs_embeds", F32, [1, "seq", H])                          # [1, T, H]
+        pos = g.input("position_ids", I64, [1, "seq"])                            # [1, T]
+        mask = g.input("attention_mask", F32, [1, 1, "seq", "total"])             # [1, 1, T, S]
+        lidx = g.input("logits_index", I64, ["num_logits"])                       # [L]
+        # plain: rows [0, P) of the cache; fused: the whole buffer, written in place
         kv_shape = [1, KVH, "max_seq", D] if self.fused else [1, "past", KVH, D]
         past = []
         for i in range(c.num_layers):
             past.append((g.input(f"past_key.{i}", F32, kv_shape),
                          g.input(f"past_value.{i}", F32, kv_shape)))
-        attend = self.attention(pos, mask)
+        attend = self.attention(pos, mask)   # its rotary tables serve every layer
 
         presents = []
         layer_out = []
         h = self.rms_norm(x, "/model/layers.0/input_layernorm", "layers.0.input_layernorm.weight")
         for i in range(c.num_layers):
-            L, n = f"/model/layers.{i}", f"layers.{i}"
-            qkv = [f"{n}.self_attn.{m}" for m in ("q_proj", "k_proj", "v_proj")]
-            if self.fused and not {"q_proj", "k_proj", "v_proj"} & set(self.lora_modules):
-                q, k, v = self.proj.project(h, f"{L}/attn/qkv_proj", qkv, split=False)[0], "", ""
-            else:
-                q, k, v = self.proj.project(h, f"{L}/attn/qkv_proj", qkv)
-            A = f"{L}/attn"
-            att, k, v = attend(q, k, v, past[i], A)                                # [1, T, NH*D]
+            L = f"/model/layers.{i}"
+            att, k, v = self.self_attn(i, h, past[i], attend)                    # [1, T, H]
             presents.append((k, v))
-            x, h = self.add_norm(x, self.proj.linear(att, f"{A}/o_proj", f"{n}.self_attn.o_proj"),
-                                 f"{L}/post_attention_layernorm", f"{n}.post_attention_layernorm.weight")
-            M = f"{L}/mlp"
-            gate, up = self.proj.project(h, f"{M}/gate_up_proj", [f"{n}.mlp.gate_proj", f"{n}.mlp.up_proj"])
-            gate = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{M}/act")], f"{M}/act")
-            down = self.proj.linear(g.op("Mul", [gate, up], M), f"{M}/down_proj", f"{n}.mlp.down_proj")
+            # x = x + att; h = post_attention_layernorm(x)
+            x, h = self.add_norm(x, att, f"{L}/post_attention_layernorm",
+                                 f"layers.{i}.post_attention_layernorm.weight")  # [1, T, H] each
+            down = self.mlp(i, h)                                                 # [1, T, H]
+            # x = x + down; h = the next layer's input_layernorm(x), after the last layer norm(x)
             if i + 1 < c.num_layers:
                 x, h = self.add_norm(x, down, f"/model/layers.{i + 1}/input_layernorm",
                                      f"layers.{i + 1}.input_layernorm.weight")
@@ -116,17 +118,36 @@ class DecoderGraph(LayerBuilder):
         picked = g.op("Gather", [hidden, lidx], "/model/lm_head", axis=1)       # [1, L, H]
         # [L, H] before the head, so its last node writes the bound logits output itself
         picked = g.op("Squeeze", [picked, g.const([0])], "/model/lm_head")      # [L, H]
-        logits, self.head_rows = lm_head(self.proj, picked)                          # [L, V]
+        logits, self.head_rows = lm_head(self.proj, picked)                      # [L, V]
         g.output(logits, "logits", F32, ["num_logits", c.vocab_size])
         if self.feature_layers:   # EAGLE-3 features: residual stream after chosen layers
             feats = g.op("Concat", [layer_out[i] for i in self.feature_layers], "/model/features",
-                         axis=-1)
+                         axis=-1)                                                # [1, T, 3H]
             g.output(feats, "hidden_states", F32, [1, "seq", H * len(self.feature_layers)])
         else:
             g.output(hidden, "hidden_states", F32, [1, "seq", H])
         for i, (k, v) in enumerate(presents):
             g.output(k, f"present_key.{i}", F32, kv_shape if self.fused else [1, "seq", KVH, D])
             g.output(v, f"present_value.{i}", F32, kv_shape if self.fused else [1, "seq", KVH, D])
+
+    def self_attn(self, i: int, h: str, past: Tuple[str, str], attend: Attend) -> Tuple[str, str, str]:
+        """(o_proj(attention(q, k, v)) [1, T, H], present key, present value) of layer i."""
+        A, n = f"/model/layers.{i}/attn", f"layers.{i}.self_attn"
+        qkv = [f"{n}.{m}" for m in ("q_proj", "k_proj", "v_proj")]
+        if self.fused and not {"q_proj", "k_proj", "v_proj"} & set(self.proj.lora_modules):
+            # packed [q | k | v] [1, T, (NH + 2 KVH) * D], split inside GroupQueryAttention
+            q, k, v = self.proj.project(h, f"{A}/qkv_proj", qkv, split=False)[0], "", ""
+        else:
+            q, k, v = self.proj.project(h, f"{A}/qkv_proj", qkv)      # [1, T, NH*D], [1, T, KVH*D] x 2
+        att, k, v = attend(q, k, v, past, A)                                     # [1, T, NH*D]
+        return self.proj.linear(att, f"{A}/o_proj", f"{n}.o_proj"), k, v        # [1, T, H]
+
+    def mlp(self, i: int, h: str) -> str:
+        """down_proj(silu(gate_proj(h)) * up_proj(h)) [1, T, H] of layer i."""
+        g, M, n = self.g, f"/model/layers.{i}/mlp", f"layers.{i}.mlp"
+        gate, up = self.proj.project(h, f"{M}/gate_up_proj", [f"{n}.gate_proj", f"{n}.up_proj"])  # [1, T, F]
+        gate = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{M}/act")], f"{M}/act")  # silu
+        return self.proj.linear(g.op("Mul", [gate, up], M), f"{M}/down_proj", f"{n}.down_proj")
 
 
 def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,

@@ -73,7 +73,6 @@ class Projections:
         self.fused = fused
         self.blocks = weights.quantized
         self.lora_modules = tuple(lora_modules)
-        self.lora_inputs: List[str] = []
         self.quantization = quantization
         self.quant_origins: Dict[str, int] = {}
 
@@ -219,8 +218,8 @@ class Projections:
                 n_in, n_out = module_shapes(self.c)[module]
                 a_name, b_name = lora_input_names(layer, module)
                 rank = f"lora_rank.{layer}.{module}"
-                self.lora_inputs += [g.input(a_name, F32, [n_in, rank]),
-                                     g.input(b_name, F32, [rank, n_out])]
+                g.input(a_name, F32, [n_in, rank])                                # [in, r]
+                g.input(b_name, F32, [rank, n_out])                               # [r, out]
                 sc = f"{scope}/{module}"
                 low = g.op("MatMul", [x, a_name], f"{sc}/lora_a")
                 out = g.op("Add", [out, g.op("MatMul", [low, b_name], f"{sc}/lora_b")], f"{sc}/lora")
