@@ -13,7 +13,7 @@ import json
 import sys
 from typing import List, Optional
 
-from .runtime.config import INT4_COMPUTE, QUANTIZATIONS, EngineConfig, GenerationRequest, SamplingConfig
+from .runtime.config import INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EngineConfig, GenerationRequest, SamplingConfig
 from .errors import EdgeLLMError
 
 
@@ -64,7 +64,6 @@ def cmd_generate(a: argparse.Namespace) -> int:
         stop=tuple(a.stop or ()), raw=a.raw)
     engine = Engine.load(_engine_config(a), log=_log(a.verbose))
     if a.eagle:
-        from .runtime.speculative import EagleConfig   # numpy and onnx: not at CLI start-up
         given = {"drafting_top_k": a.eagle_top_k, "drafting_step": a.eagle_step,
                  "verify_tree_size": a.eagle_tree, "confidence_threshold": a.eagle_threshold}
         engine.set_eagle(EagleConfig(True, **{k: v for k, v in given.items() if v is not None}))

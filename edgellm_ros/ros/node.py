@@ -174,9 +174,9 @@ class EdgeLLMNode(LifecycleNode):
         try:
             settings = settings_from_parameters({**self._values(), **changes})
             engine = self._engine
-            if engine is not None:  # runtime settings against what configure loaded
-                engine.adapters.check(settings.lora)
-                settings.eagle.check(engine.eagle_limits)
+            # settings_from_parameters has checked lora and the EAGLE tree against the
+            # configure-time values; what configure loaded decides the rest
+            if engine is not None:
                 if settings.eagle.enabled and engine.drafter is None:
                     return SetParametersResult(successful=False, reason=(
                         "eagle.enabled: no EAGLE draft is loaded (eagle.draft)"))

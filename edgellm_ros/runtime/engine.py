@@ -20,10 +20,10 @@ from ..contract import Backend, DecoderStep, TextTokenizer, read_manifest
 from ..errors import ConfigError, ModelLoadError
 from ..models.eagle import load_draft
 from ..models.spec import ModelConfig
-from .config import EngineConfig, GenerationRequest
+from .config import EngineConfig, GenerationRequest, parse_adapter_spec
 from .engine_dir import EXPORT_FORMAT, ensure_engine, ensure_family, graph_name, source_hash
 from .generation import GenerationResult, Generator, TokenEvent
-from .lora import LoraRegistry, load_adapter, parse_adapter_spec
+from .lora import LoraRegistry, load_adapter
 from .prompt_cache import PromptCache
 from .resources import read_draft_config, resolve_draft
 from .speculative import Drafter, EagleConfig, EagleLimits, SpecStats
@@ -193,7 +193,6 @@ class Engine:
         mcfg = art.model_config
         tokenizer = Tokenizer.from_hf_folder(art.folder)
         registry = load_adapters(config, mcfg, log)
-        registry.check(config.lora)
         chunk = min(config.prefill_chunk, config.max_seq_len)
         mods = art.manifest["graphs"][art.graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]

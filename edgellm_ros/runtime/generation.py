@@ -242,8 +242,6 @@ class Generator:
         t0 = time.perf_counter()
         if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
-        elif adapter:
-            raise InvalidRequest(f"adapter {adapter!r} requested but no LoRA adapters are loaded")
         ids, prefix = self.build_prompt(req)
         # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly
         self.decoder.set_fast_head(req.sampling.greedy)

@@ -23,7 +23,6 @@ import numpy as np
 from ..contract import module_shapes
 from ..errors import ModelLoadError, UnknownAdapter
 from ..models.spec import PROJECTIONS, ModelConfig
-from .config import parse_adapter_spec  # noqa: F401  (engine.py imports it from here)
 
 _KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_([AB])(?:\.\w+)?\.weight$")
 
