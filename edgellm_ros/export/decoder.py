@@ -50,6 +50,7 @@ from onnx import TensorProto
 from ..runtime.config import QUANTIZATIONS
 from ..models.spec import ModelWeights
 from ..contract import decoder_io_names
+from ..errors import ConfigError
 from .graph import GraphBuilder, WeightFile
 from .layers import Attend, LayerBuilder, rope_table_rows
 from .lm_head import HEAD_CANDIDATES, lm_head
@@ -170,7 +171,7 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
     cache shared by the variants of one family); plain round to nearest if None.
     """
     if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+        raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
     g = GraphBuilder(name, weights=weight_file, opset=17 if quantization == "none" else 21)

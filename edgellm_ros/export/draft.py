@@ -31,6 +31,7 @@ from typing import Dict
 import numpy as np
 from onnx import TensorProto
 
+from ..errors import ConfigError
 from ..models.eagle import DraftConfig
 from ..models.quant import quantize_symmetric
 from ..models.spec import ModelWeights
@@ -130,8 +131,8 @@ def export_draft(cfg: DraftConfig, w: Dict[str, np.ndarray], base_head: np.ndarr
     draft only proposes tokens, so its rounding never changes the output).
     """
     if quantization not in DRAFT_QUANTIZATIONS:
-        raise ValueError(f"draft quantization must be one of {DRAFT_QUANTIZATIONS}, "
-                         f"got {quantization!r}")
+        raise ConfigError(f"draft quantization must be one of {DRAFT_QUANTIZATIONS}, "
+                          f"got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     wf = WeightFile(os.path.join(out_dir, "draft.data"))
     paths = {}

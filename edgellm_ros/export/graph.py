@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..errors import ConfigError, UnsupportedModelError
+
 ALIGN = 4096
 
 
@@ -24,8 +26,10 @@ def pack_int(q: np.ndarray, bits: int) -> np.ndarray:
     flat = np.ascontiguousarray(q, dtype=np.int8).reshape(-1)
     if bits == 8:
         return flat
-    if bits != 4 or flat.size % 2:
-        raise ValueError(f"cannot pack {flat.size} values of {bits} bits")
+    if bits != 4:
+        raise ConfigError(f"packed integers have 4 or 8 bits, got {bits}")
+    if flat.size % 2:
+        raise UnsupportedModelError(f"cannot pack an odd number of 4-bit values ({flat.size})")
     u = flat.view(np.uint8) & 0x0F
     return (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
 
@@ -133,7 +137,7 @@ class GraphBuilder:
             self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
             return name
         if self._data is None:
-            raise ValueError(f"{name}: packed weights need an external weights file")
+            raise ConfigError(f"{name}: packed weights need an external weights file")
         offset, length = self._data.put(name, arr)
         t = TensorProto()
         t.name = name
