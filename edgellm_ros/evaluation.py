@@ -19,6 +19,8 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from .errors import InvalidRequest
+
 
 def log_softmax_rows(x: np.ndarray) -> np.ndarray:
     """[N, V] logits -> [N, V] log-probabilities (float64)."""
@@ -55,7 +57,7 @@ def compare_decoders(reference: Any, variant: Any, ids: Sequence[int], chunk: in
     """
     ids = [int(t) for t in ids]
     if len(ids) < 2:
-        raise ValueError("need at least two tokens")
+        raise InvalidRequest(f"need at least two tokens, got {len(ids)}")
     agree = 0
     nll_ref = nll_var = kl = 0.0
     worst = 0.0

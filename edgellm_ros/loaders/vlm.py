@@ -197,11 +197,11 @@ def processor_config_from_hf(folder: str, cfg: Mapping[str, Any],
     return pc
 
 
-def _three(value: Any, name: str, folder: str) -> Tuple[float, ...]:
+def _three(value: Any, name: str, folder: str) -> Tuple[float, float, float]:
     if isinstance(value, (int, float)):
         return (float(value),) * 3
     if isinstance(value, (list, tuple)) and len(value) == 3:
-        return tuple(float(x) for x in value)
+        return float(value[0]), float(value[1]), float(value[2])
     raise ModelLoadError(f"{folder}: {name} must be a number or 3 numbers, got {value!r}")
 
 

@@ -129,7 +129,7 @@ class LlamaReference:
         pos = 0
         cur = list(ids)
         for _ in range(n):
-            logits, _, kv = self.forward(self.embed(cur), np.arange(pos, pos + len(cur)), past)
+            logits, _, kv = self.forward(self.embed(np.asarray(cur)), np.arange(pos, pos + len(cur)), past)
             past = kv if not past else [
                 (np.concatenate([pk, k]), np.concatenate([pv, v])) for (pk, pv), (k, v) in zip(past, kv)]
             pos += len(cur)

@@ -22,6 +22,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from ..errors import ConfigError, ModelLoadError
 from .tiny_models import tiny_weights
 
 #: SmolVLM-Instruct's chat template (images as {"type": "image"} content parts).
@@ -122,12 +123,12 @@ def write_vlm_tokenizer(folder: str, tokenizer_from: str) -> None:
 
     tok = Tokenizer.from_file(os.path.join(tokenizer_from, "tokenizer.json"))
     if tok.get_vocab_size(with_added_tokens=True) != BASE_VOCAB:
-        raise ValueError(f"{tokenizer_from}: expected the {BASE_VOCAB}-token SmolLM2 tokenizer, "
-                         f"got {tok.get_vocab_size(with_added_tokens=True)} tokens")
+        raise ConfigError(f"{tokenizer_from}: expected the {BASE_VOCAB}-token SmolLM2 tokenizer, "
+                          f"got {tok.get_vocab_size(with_added_tokens=True)} tokens")
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ADDED_TOKENS])
     for i, t in enumerate(ADDED_TOKENS):
         if tok.token_to_id(t) != BASE_VOCAB + i:
-            raise ValueError(
+            raise ConfigError(
                 f"added token {t} got id {tok.token_to_id(t)}, expected {BASE_VOCAB + i}")
     tok.save(os.path.join(folder, "tokenizer.json"))
     config = {
@@ -174,7 +175,10 @@ def unpack_u8(packed: Dict) -> np.ndarray:
     import cv2
 
     data = np.frombuffer(base64.b64decode(packed["png_b64"]), np.uint8)
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED).reshape(packed["shape"])
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ModelLoadError("a packed test image is not a PNG")
+    return img.reshape(packed["shape"])
 
 
 def synthetic_image(seed: int, height: int, width: int) -> np.ndarray:

@@ -27,7 +27,7 @@ import os
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ...errors import BackendUnavailable, ModelLoadError
+from ...errors import BackendUnavailable, ConfigError, ModelLoadError
 
 Shape = Tuple[int, ...]
 Profile = Dict[str, Tuple[Shape, Shape, Shape]]
@@ -87,7 +87,7 @@ def trt_version(trt: Any) -> str:
 
 def _decoder_like(inputs: Iterable[str], kv: Tuple[int, int], hidden: int,
                   max_seq_len: int, max_chunk: int, max_logits: int, max_lora_rank: int,
-                  lora_shapes: Mapping[str, Tuple[int, int]] = (), extra_hidden: Sequence[str] = ()
+                  lora_shapes: Mapping[str, Tuple[int, int]] = {}, extra_hidden: Sequence[str] = ()
                   ) -> Profile:
     """min/opt/max for the decoder and draft graphs (batch 1).
 
@@ -119,7 +119,7 @@ def _decoder_like(inputs: Iterable[str], kv: Tuple[int, int], hidden: int,
             else:
                 prof[name] = ((1, n_out), (r, n_out), (r, n_out))
         else:
-            raise ValueError(f"no profile rule for input {name!r}")
+            raise ConfigError(f"no profile rule for input {name!r}")
     return prof
 
 
@@ -269,10 +269,10 @@ def build_engine(onnx_path: str, out_path: str, profiles: Sequence[Profile],
     failed build raises ModelLoadError with TensorRT's own error lines.
     """
     if precision not in ("fp16", "bf16", "fp32"):
-        raise ValueError(f"precision must be fp16, bf16 or fp32, not {precision!r}")
+        raise ConfigError(f"precision must be fp16, bf16 or fp32, not {precision!r}")
     trt = trt or import_tensorrt()
     if isinstance(profiles, Mapping):
-        profiles = [profiles]
+        profiles = [dict(profiles)]
     t0 = time.perf_counter()
     logger = make_logger(trt, log)
     builder = trt.Builder(logger)
@@ -323,11 +323,11 @@ def build_engine(onnx_path: str, out_path: str, profiles: Sequence[Profile],
     for prof in profiles:
         missing = sorted(n for n, s in shapes.items() if n not in prof and any(d < 0 for d in s))
         if missing:
-            raise ValueError(f"{onnx_path}: profile has no shapes for dynamic inputs {missing}")
+            raise ConfigError(f"{onnx_path}: profile has no shapes for dynamic inputs {missing}")
         p = builder.create_optimization_profile()
         for name, (mn, opt, mx) in prof.items():
             if name not in names:
-                raise ValueError(f"{onnx_path}: profile names {name!r}, which is not an input")
+                raise ConfigError(f"{onnx_path}: profile names {name!r}, which is not an input")
             p.set_shape(name, tuple(mn), tuple(opt), tuple(mx))
         config.add_optimization_profile(p)
 

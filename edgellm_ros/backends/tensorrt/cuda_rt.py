@@ -234,7 +234,7 @@ class PinnedBuffer:
     def free(self) -> None:
         if self.addr:
             addr, self.addr = self.addr, 0
-            self.array = None  # type: ignore[assignment]
+            self.array = None
             try:
                 _CU.cuMemFreeHost(addr)
             except Exception:

@@ -137,8 +137,8 @@ class TrtDecoder:
         # device tensors
         want = (embeddings.shape, np.dtype(dt("inputs_embeds")))
         self.owns_table = table is None or (tuple(table.shape), table.dtype) != want
-        self._table = DeviceBuffer.from_host(np.asarray(embeddings, dt("inputs_embeds"))) \
-            if self.owns_table else table                                                    # [V, H]
+        self._table: DeviceBuffer = DeviceBuffer.from_host(np.asarray(embeddings, dt("inputs_embeds"))) \
+            if self.owns_table or table is None else table                                   # [V, H]
         self._d = {
             "ids": DeviceBuffer.empty((T,), np.int64),
             "inputs_embeds": DeviceBuffer.empty((T, H), dt("inputs_embeds")),
