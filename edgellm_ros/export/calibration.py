@@ -8,8 +8,8 @@ quality sample the benchmarks score), so that
 :func:`edgellm_ros.models.quant.quantize_symmetric` can weight each input
 feature's error by how much energy it carries.
 
-The text runs once through the NumPy reference on the float weights (3.1 s
-for SmolLM2-135M on 2 cores, its LM head skipped; at export time only).
+The text runs once through the NumPy reference on the float weights (its LM
+head skipped; at export time only).
 """
 
 from __future__ import annotations

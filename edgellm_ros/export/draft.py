@@ -46,8 +46,10 @@ DRAFT_QUANTIZATIONS = ("none", "int8")
 
 
 def draft_matmul(p: Projections, x: str, scope: str, key: str, w: np.ndarray, int8: bool) -> str:
-    """x @ w^T, w [out, in]: float32, or block-wise INT8 (32 per block, symmetric) through
-    DequantizeLinear, which ONNX Runtime runs as one MatMulNBits kernel."""
+    """The product x @ w^T, w [out, in]: float32, or block-wise INT8 (32 per block, symmetric).
+
+    INT8 through DequantizeLinear, which ONNX Runtime runs as one MatMulNBits kernel.
+    """
     if int8:
         return p.quantized_matmul(x, scope, key, [quantize_symmetric(w, 8)])
     return p.g.op("MatMul", [x, p.g.weight(key, w.T)], scope)
@@ -61,7 +63,7 @@ class _Draft(LayerBuilder):
         self.d, self.base_head = cfg, base_head
 
     def matmul(self, x: str, scope: str, *names: str) -> str:
-        """x @ [W_1; W_2; ...]^T: one matmul over the named weights, packed."""
+        """The product x @ [W_1; W_2; ...]^T: one matmul over the named weights, packed."""
         w = np.concatenate([self.w[n] for n in names], axis=0) if len(names) > 1 else self.w[names[0]]
         key = "draft." + "+".join(names)
         return draft_matmul(self.proj, x, scope, key, w, self.quantization == "int8")

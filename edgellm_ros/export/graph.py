@@ -21,8 +21,11 @@ ALIGN = 4096
 
 
 def pack_int(q: np.ndarray, bits: int) -> np.ndarray:
-    """Signed values as ONNX stores them: int8 as is; INT4 two per byte, element 2i
-    in the low nibble and 2i+1 in the high nibble of byte i (row-major order)."""
+    """Signed values as ONNX stores them.
+
+    int8 as is; INT4 two per byte, element 2i in the low nibble and 2i+1 in the
+    high nibble of byte i (row-major order).
+    """
     flat = np.ascontiguousarray(q, dtype=np.int8).reshape(-1)
     if bits == 8:
         return flat
@@ -95,8 +98,10 @@ class GraphBuilder:
 
     @contextmanager
     def branch(self) -> Iterator[List[onnx.NodeProto]]:
-        """Collect the nodes added inside the ``with`` block as a subgraph's (for ``if_op``);
-        constants and weights still go to the main graph, which the branch reads."""
+        """Collect the nodes added inside the ``with`` block as a subgraph's (for ``if_op``).
+
+        Constants and weights still go to the main graph, which the branch reads.
+        """
         saved, self.nodes = self.nodes, []
         try:
             yield self.nodes

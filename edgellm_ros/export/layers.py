@@ -1,7 +1,7 @@
-"""The parts of a Llama layer, built into one ONNX graph: RMSNorm, residual add + norm,
-rotary embedding, attention; the projections in projections.py.
+"""The parts of a Llama layer other than its projections, built into one ONNX graph.
 
-Two attentions: plain ONNX ops (every backend: KV rows [1, S, KVH, D], past and
+RMSNorm, residual add + norm, rotary embedding and attention; the projections
+are in projections.py. Two attentions: plain ONNX ops (every backend: KV rows [1, S, KVH, D], past and
 new concatenated), or ONNX Runtime's GroupQueryAttention in the fused CPU
 graphs (head-major KV buffers [1, KVH, max_seq, D], rotary inside the kernel).
 
@@ -36,10 +36,10 @@ def rope_table_rows(config: Any) -> int:
 
 
 class LayerBuilder:
-    """Builds Llama layer parts into the graph ``g``: norms, attention, and ``proj``, the
-    :class:`Projections` in the graph's weight format.
+    """Builds the parts of Llama layers into the graph ``g``.
 
-    fused: the fused CPU graph (GroupQueryAttention, SkipSimplifiedLayerNormalization,
+    Norms and attention here; ``proj`` is the :class:`Projections` in the
+    graph's weight format. fused: the fused CPU graph (GroupQueryAttention, SkipSimplifiedLayerNormalization,
     packed matmuls); quantization, requant, lora_modules: see Projections.
     """
 
@@ -53,7 +53,10 @@ class LayerBuilder:
         self.proj = Projections(weights, g, quantization, fused, requant, lora_modules)
 
     def attention(self, pos: str, mask: str) -> Attend:
-        """The graph's attention (fused or plain), its rotary tables built once for every layer."""
+        """Return the graph's attention function (fused or plain), built once for every layer.
+
+        Its rotary tables (of ``pos``) are built here, before the first layer.
+        """
         return self.fused_attention(pos, mask) if self.fused else self.plain_attention(pos, mask)
 
     def add_norm(self, x: str, delta: str, scope: str, name: str) -> Tuple[str, str]:
@@ -72,7 +75,7 @@ class LayerBuilder:
         return x, h
 
     def rms_norm(self, x: str, scope: str, name: str) -> str:
-        """x / sqrt(mean(x^2) + eps) * w, in the op pattern ONNX Runtime fuses into one kernel."""
+        """RMSNorm, x / sqrt(mean(x^2) + eps) * w, in the op pattern ONNX Runtime fuses."""
         g = self.g
         sq = g.op("Pow", [x, g.const(2.0, np.float32)], scope)
         if g.opset >= 18:
@@ -84,7 +87,7 @@ class LayerBuilder:
         return g.op("Mul", [y, g.weight(f"model.{name}", self.w[name])], scope)
 
     def rotate(self, x: str, cos: str, sin: str, scope: str) -> str:
-        """x * cos + rotate_half(x) * sin; x [1, T, heads, D], cos/sin [1, T, 1, D]."""
+        """Rotary embedding: x * cos + rotate_half(x) * sin; x [1, T, heads, D], cos/sin [1, T, 1, D]."""
         g, half = self.g, self.c.head_dim // 2
         x1 = g.op("Slice", [x, g.const([0]), g.const([half]), g.const([-1])], scope)
         x2 = g.op("Slice", [x, g.const([half]), g.const([2 * half]), g.const([-1])], scope)

@@ -49,7 +49,7 @@ def head_modes(p: Projections, picked: str, exact: BlockQuant) -> str:
     """The fused CPU graph's LM head for a tied model, three ways in one graph.
 
     A decode step on a CPU is bound by the bytes it reads, and the LM head
-    is the largest weight (SmolLM2: 28 M of the 134 M weights a step reads).
+    is the largest weight a step reads.
 
     - ``lm_head_fast`` true (greedy requests): two passes. A 4-bit pass
       over the whole vocabulary (symmetric blocks of HEAD_APPROX_BLOCK of
@@ -98,7 +98,7 @@ def head_modes(p: Projections, picked: str, exact: BlockQuant) -> str:
         full32 = g.op("Gemm", [picked, table], f"{s}/float32", transB=1)
     # three Ifs side by side, each giving [L, V] when its flag is set and [0, V] when not,
     # then one Concat: ONNX Runtime prepacks MatMulNBits weights for a subgraph one level
-    # deep, not two (nested, the 8-bit head ran ~100x slower)
+    # deep, not two (nested, the 8-bit head runs unpacked, many times slower)
     parts = []
     for flag, (nodes, out), kind in ((fast_flag, (fast_nodes, fast), "two_pass"),
                                      (int8_flag, (q8_nodes, full8), "int8"),

@@ -77,7 +77,7 @@ class Projections:
         self.quant_origins: Dict[str, int] = {}
 
     def matmul_weight(self, x: str, scope: str, key: str, names: Sequence[str]) -> str:
-        """x @ [W_1; W_2; ...]^T for the weights ``names`` (each [out_i, in]), stored as one.
+        """The product x @ [W_1; W_2; ...]^T for the weights ``names`` (each [out_i, in]), stored as one.
 
         quantization "int4" / "int4-sym": the weights go in as block-wise
         signed INT4 through DequantizeLinear (opset 21), see block_quant, plus
@@ -133,7 +133,9 @@ class Projections:
 
     def offset_augmented_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, off: np.ndarray,
                                 scope: str, key: str) -> str:
-        """x @ (q * scale + offsets)^T for Q4_1-style blocks in one 4-bit MatMulNBits (fused graph).
+        """The product x @ (q * scale + offsets)^T for Q4_1-style blocks in one 4-bit MatMulNBits.
+
+        The fused graph's form.
 
         A block's offset adds ``offset[n, b] * S_b`` to output n, S_b being the
         sum of the input over block b. So the input is widened to [x, S, S]
@@ -165,9 +167,11 @@ class Projections:
         return self.dq_matmul(wide, wq, ws, 4, scope, f"{key}.offset.augmented")
 
     def dq_matmul(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, scope: str, key: str) -> str:
-        """x @ (q * scale)^T for signed INT4 / INT8 blocks (q [N, K], scale [N, K/32]) as
-        block-wise DequantizeLinear + MatMul (opset 21; ONNX Runtime fuses the pair into
-        MatMulNBits with the session's accuracy level, int4_compute)."""
+        """The product x @ (q * scale)^T for signed INT4 / INT8 blocks (q [N, K], scale [N, K/32]).
+
+        Block-wise DequantizeLinear + MatMul (opset 21; ONNX Runtime fuses the
+        pair into MatMulNBits with the session's accuracy level, int4_compute).
+        """
         g = self.g
         elem = TensorProto.INT4 if bits == 4 else TensorProto.INT8
         qt = g.weight(f"{key}.q{bits}", pack_int(q.T, bits), elem_type=elem, dims=[q.shape[1], q.shape[0]])
@@ -177,11 +181,14 @@ class Projections:
 
     def matmul_nbits(self, x: str, q: np.ndarray, scale: np.ndarray, bits: int, block: int,
                      scope: str, key: str) -> str:
-        """x @ W^T as ONNX Runtime's MatMulNBits (int8 activations) for W [N, K] = q * scale
-        in blocks of ``block`` (q signed, scale [N, K/block]), written directly (If branches,
-        which ONNX Runtime's DequantizeLinear + MatMul fusion does not reach)."""
+        """The product x @ W^T as ONNX Runtime's MatMulNBits (int8 activations).
+
+        W [N, K] = q * scale in blocks of ``block`` (q signed, scale [N, K/block]),
+        written directly: for If branches, which ONNX Runtime's DequantizeLinear +
+        MatMul fusion does not reach.
+        """
         n, width = q.shape
-        u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, width // block, block)
+        u: np.ndarray = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8).reshape(n, width // block, block)
         if bits == 4:   # two per byte, the lower index in the low nibble
             u = u[..., 0::2] | (u[..., 1::2] << 4)
         qb = self.g.weight(f"{key}.mnb{bits}", np.ascontiguousarray(u))
@@ -190,7 +197,7 @@ class Projections:
                          bits=bits, block_size=block, accuracy_level=4)
 
     def project(self, x: str, scope: str, names: Sequence[str], split: bool = True) -> List[str]:
-        """x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots) for each projection in ``names``.
+        """Each projection in ``names``: x @ W^T (+ b) (+ (x @ a) @ b for LoRA slots).
 
         Projections of one input (q/k/v, gate/up) run as one MatMul and a Split:
         fewer, larger kernels. Each name is a module path like

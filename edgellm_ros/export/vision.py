@@ -51,7 +51,7 @@ class _Vision:
         return self.g.weight(f"vision.{name}", np.ascontiguousarray(arr, dtype=np.float32))
 
     def linear(self, x: str, scope: str, name: str) -> str:
-        """x @ W^T (+ b); W stored as [in, out]."""
+        """The product x @ W^T (+ b); W stored as [in, out]."""
         g = self.g
         y = g.op("MatMul", [x, self.weight(name + ".weight", self.w[name + ".weight"].T)], scope)
         if name + ".bias" in self.w:
@@ -129,8 +129,7 @@ class _Vision:
 
 def export_vision(vision: VisionWeights, out_dir: str, weight_file: Optional[WeightFile] = None,
                   name: str = "vision") -> str:
-    """Write ``{name}.onnx`` into out_dir (weights into weight_file, else inline); return
-    its path."""
+    """Write ``{name}.onnx`` into out_dir (weights into weight_file, else inline); return its path."""
     vision.check()
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
