@@ -26,6 +26,9 @@ LoraSlots = Sequence[Tuple[int, str]]
 #: An adapter's graph-ready tensors: (layer, module) -> (A^T [in, r], scale * B^T [r, out]).
 AdapterWeights = Dict[Tuple[int, str], Tuple[np.ndarray, np.ndarray]]
 
+#: Weight formats of the decoder graph (export/projections.py explains each).
+QUANTIZATIONS = ("none", "int4", "int4-sym", "int8")
+
 #: Additive mask value for dropped positions (finite in float16 too).
 MASK_VALUE = -65504.0
 

@@ -47,9 +47,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from onnx import TensorProto
 
-from ..runtime.config import QUANTIZATIONS
 from ..models.spec import ModelWeights
-from ..contract import decoder_io_names
+from ..contract import QUANTIZATIONS, decoder_io_names
 from ..errors import ConfigError
 from .graph import GraphBuilder, WeightFile
 from .layers import Attend, LayerBuilder, rope_table_rows

@@ -58,7 +58,7 @@ class Requantizer:
 class Projections:
     """The projections of one graph, in its weight format (see the module docstring).
 
-    quantization: one of runtime.config.QUANTIZATIONS; fused: the fused CPU
+    quantization: one of contract.QUANTIZATIONS; fused: the fused CPU
     graph (offset rows instead of the block-sum correction); requant: how
     weights without usable file blocks are re-quantized; lora_modules: the
     modules given LoRA slots. quant_origins counts the weights per origin

@@ -19,11 +19,10 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Tuple, Type, Union, cast
 
+from ..contract import QUANTIZATIONS
 from ..errors import ConfigError, InvalidRequest
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-#: Weight formats of the decoder graph (export/decoder.py explains each).
-QUANTIZATIONS = ("none", "int4", "int4-sym", "int8")
 #: What ONNX Runtime's INT4 kernels compute in: int8 activations per block
 #: (accuracy level 4, fastest) or float32 (accuracy level 1, exact products).
 INT4_COMPUTE = ("int8", "float32")

@@ -43,7 +43,8 @@ from ..models.spec import PROJECTIONS
 EXPORT_FORMAT = 8
 #: Source files whose content decides the exported graphs (relative to the package).
 EXPORTER_SOURCES = ("export/decoder.py", "export/draft.py", "export/graph.py", "export/vision.py", "models/quant.py",
-                    "export/calibration.py", "models/llama.py",
+                    "export/calibration.py", "export/layers.py", "export/lm_head.py", "export/projections.py",
+                    "models/llama.py",
                     "loaders/gguf.py", "loaders/hf.py", "loaders/vlm.py", "runtime/engine_dir.py",
                     "contract.py")
 
