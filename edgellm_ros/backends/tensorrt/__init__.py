@@ -34,8 +34,9 @@ class TrtBackend:
                    max_seq_len: int, max_chunk: int, decoder: Optional[DecoderStep] = None
                    ) -> Tuple[DraftStep, Optional[ArrayFunction]]:
         """The draft's engines, sharing the decoder's device embedding table when it has one."""
+        from .decoder import TrtDecoder
         from .draft import load_trt_draft
-        table = getattr(decoder, "embedding_table", None)   # only a TrtDecoder has one
+        table = decoder.embedding_table if isinstance(decoder, TrtDecoder) else None
         return load_trt_draft(folder, draft_sub, draft_cfg, embeddings, max_seq_len, max_chunk,
                               self.log, table)
 
