@@ -113,7 +113,7 @@ class _BoundStep:
                          for i, (k, v) in enumerate(zip(self.kv.keys, self.kv.values))]
         # the fused graph of a tied model reads the embedding table as lm_head_rows and
         # chooses its LM head by three bound flags
-        # (export.decoder._Decoder.head_modes): the whole head until set_fast_head(True)
+        # (export.lm_head.head_modes): the whole head until set_fast_head(True)
         self._head_rows = None
         self._head_float_compute = int4_compute == "float32"
         self._head_flags = {HEAD_FAST_INPUT: np.zeros((), np.bool_),
@@ -124,8 +124,11 @@ class _BoundStep:
         self._bind_static(self._binding)
 
     def _bind_static(self, binding: Any) -> None:
-        """Bindings that never change: the whole KV buffers of a fused graph (past = present)
-        and the embedding table as the LM head's rescoring rows."""
+        """Bind what never changes.
+
+        That is the whole KV buffers of a fused graph (past = present) and the
+        embedding table as the LM head's rescoring rows.
+        """
         if self._head_rows is not None:
             binding.bind_input(HEAD_ROWS_INPUT, "cpu", 0, np.float32, self._head_rows.shape,
                                self._head_rows.ctypes.data)
@@ -147,13 +150,16 @@ class _BoundStep:
 
     @property
     def has_fast_head(self) -> bool:
-        """Whether this graph has the two-pass LM head (export.decoder._Decoder.head_modes)."""
+        """Whether this graph has the two-pass LM head (export.lm_head.head_modes)."""
         return self._head_rows is not None
 
     def set_fast_head(self, fast: bool) -> None:
-        """The next steps' LM head: two-pass (exact logits for the HEAD_CANDIDATES best
-        tokens, 4-bit estimates for the rest: enough for greedy decoding) or whole
-        (every logit exact). Writes the bound flag: no rebinding. No-op without one."""
+        """The next steps' LM head: two-pass or whole.
+
+        Two-pass: exact logits for the HEAD_CANDIDATES best tokens, 4-bit
+        estimates for the rest (enough for greedy decoding); whole: every logit
+        exact. Writes the bound flag: no rebinding. No-op without one.
+        """
         fast = bool(fast) and self._head_rows is not None
         f = self._head_flags
         f[HEAD_FAST_INPUT][()] = fast
@@ -233,7 +239,7 @@ class _BoundStep:
             raise BackendError(f"ONNX Runtime step failed (P={p}, T={t}): {exc}") from exc
 
     def _bind_kv_rows(self, b: Any, p: int, t: int) -> None:
-        """past = cache rows [0, P), present = rows [P, P+T) of each layer's buffer (C binder)."""
+        """Past is cache rows [0, P), present rows [P, P+T) of each layer's buffer (C binder)."""
         f32, dev = np.float32, self._cpu
         offset = p * self.kv.row_nbytes
         past_shape = (1, p) + self._kv_shape
@@ -333,8 +339,11 @@ class OrtDraft(_BoundStep):
 
 
 class OrtFunction:
-    """A one-input, one-output graph as a function (contract.ArrayFunction): the vision
-    encoder and EAGLE-3's fc. Batch-first input; the batch dimension is the graph's own."""
+    """A one-input, one-output graph as a function (contract.ArrayFunction).
+
+    The vision encoder and EAGLE-3's fc. Batch-first input; the batch dimension
+    is the graph's own.
+    """
 
     def __init__(self, onnx_path: str, input_name: str, output_name: str, num_threads: int = 0,
                  batch_axis: int = 0, spin: bool = False):

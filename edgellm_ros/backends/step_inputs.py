@@ -29,9 +29,12 @@ def causal_upper(max_chunk: int) -> np.ndarray:
 def fill_step(pos: np.ndarray, mask_flat: np.ndarray, lidx: np.ndarray, tri: np.ndarray, p: int, t: int,
               positions: Optional[np.ndarray], mask: Optional[np.ndarray],
               logits_rows: Union[str, Sequence[int]]) -> int:
-    """Write positions [T], the additive mask [T, P+T] (row-major, at the start of mask_flat) and
-    the logits index; returns L, the number of logits rows. Defaults: positions P..P+T-1, a
-    causal mask, the last row's logits ("all" = every row)."""
+    """Write positions [T], the additive mask [T, P+T] and the logits index.
+
+    The mask is row-major, at the start of mask_flat. Returns L, the number of
+    logits rows. Defaults: positions P..P+T-1, a causal mask, the last row's
+    logits ("all" = every row).
+    """
     if positions is not None:
         pos[:t] = positions
     elif t == 1:   # the decode step: no temporary array

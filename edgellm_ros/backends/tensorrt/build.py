@@ -36,7 +36,7 @@ _TRT: Any = None
 
 
 def _preload_rtx_libs() -> None:
-    """dlopen the TensorRT-RTX shared libraries from their wheel, so LD_LIBRARY_PATH is not needed."""
+    """Load (dlopen) the TensorRT-RTX shared libraries from their wheel, so LD_LIBRARY_PATH is not needed."""
     try:
         import tensorrt_rtx_libs  # noqa: F401  (its __init__ already tries to load them)
         folder = os.path.dirname(tensorrt_rtx_libs.__file__)

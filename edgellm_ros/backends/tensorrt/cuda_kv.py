@@ -145,8 +145,11 @@ class DeviceKVCache:
 
     # -- what the decoder uses ----------------------------------------------------
     def commit_scratch(self, args_ptr: int) -> None:
-        """Enqueue: scratch rows [0, n) -> cache rows [p, p+n) of every layer, (n, p) read from
-        the device int32 array at ``args_ptr`` (so a captured graph replays with new values)."""
+        """Enqueue the copy of scratch rows [0, n) to cache rows [p, p+n) of every layer.
+
+        (n, p) are read from the device int32 array at ``args_ptr`` (so a
+        captured graph replays with new values).
+        """
         self.kernels.copy_rows(self._table.ptr, self._scratch_table.ptr, 2 * len(self.keys), args_ptr,
                                self.row_nbytes, self.scratch_rows, self.stream)
 

@@ -170,8 +170,11 @@ class DeviceBuffer:
         return buf
 
     def upload(self, array: np.ndarray, stream: Optional["Stream"] = None, offset: int = 0) -> None:
-        """Host -> device at byte ``offset``; async on ``stream`` (the host memory must then be pinned
-        or kept alive and unchanged until the stream passes this point)."""
+        """Host -> device at byte ``offset``.
+
+        Async on ``stream`` (the host memory must then be pinned or kept alive
+        and unchanged until the stream passes this point).
+        """
         a = np.ascontiguousarray(array)
         self._check_range(offset, a.nbytes)
         if stream is None:

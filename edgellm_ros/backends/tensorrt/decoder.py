@@ -95,7 +95,8 @@ class TrtDecoder:
 
     Subclasses (TrtDraft) name their own KV tensors (``kv_names``), hidden output and
     ``extra_inputs``: [1, T, H] inputs with a device buffer and pinned host staging each,
-    which the caller fills (``self._h[name]``) and each plain step uploads and binds."""
+    which the caller fills (``self._h[name]``) and each plain step uploads and binds.
+    """
 
     hidden_output = "hidden_states"
     #: Inputs of [1, T, H] besides inputs_embeds that the caller fills per step (the draft's hidden_in).
@@ -110,8 +111,11 @@ class TrtDecoder:
                  max_chunk: int, lora_slots: Sequence[Tuple[int, str]] = (), trt: Any = None,
                  log: Callable[[str], None] = print, cuda_graphs: bool = True, graph_bucket: int = 64,
                  device: Optional[Device] = None, runtime: Any = None, table: Optional[DeviceBuffer] = None):
-        """``table``: a device copy of ``embeddings`` to share (another engine's
-        ``embedding_table``, same dtype), instead of uploading one more."""
+        """Open the engine's contexts and buffers.
+
+        ``table``: a device copy of ``embeddings`` to share (another engine's
+        ``embedding_table``, same dtype), instead of uploading one more.
+        """
         if trt is None:
             from .build import import_tensorrt
             trt = import_tensorrt()
@@ -237,8 +241,11 @@ class TrtDecoder:
             raise ModelLoadError("the engine's past and present KV dtypes differ")
 
     def _new_context(self, shared: bool = False) -> Any:
-        """An execution context. ``shared``: a graph-key context; those share one activation
-        memory (they run one at a time on one stream) when TensorRT offers user-managed memory."""
+        """An execution context.
+
+        ``shared``: a graph-key context; those share one activation memory (they
+        run one at a time on one stream) when TensorRT offers user-managed memory.
+        """
         strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
         if not shared or strategy is None:
             ctx = self.engine.create_execution_context()
@@ -295,7 +302,7 @@ class TrtDecoder:
     # -- buffers the caller may fill before a step --------------------------------
     @property
     def has_fast_head(self) -> bool:
-        """TensorRT builds the plain graph, whose LM head is always whole."""
+        """Never: TensorRT builds the plain graph, whose LM head is always whole."""
         return False
 
     def set_fast_head(self, fast: bool) -> None:

@@ -39,8 +39,11 @@ KEY_FIELDS = ("trt", "version", "gpu", "compute_capability", "precision", "profi
 
 
 def tensorrt_availability() -> Tuple[bool, str]:
-    """(True, what was found) when full TensorRT imports and a CUDA GPU is present; else
-    (False, every reason it cannot run)."""
+    """Whether TensorRT can run here, and what was found or why not.
+
+    (True, what was found) when full TensorRT imports and a CUDA GPU is
+    present; else (False, every reason it cannot run).
+    """
     from .cuda_rt import Device, gpu_count
 
     reasons: List[str] = []

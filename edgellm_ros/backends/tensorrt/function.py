@@ -100,8 +100,11 @@ class TrtFunction:
 
 
 def load_trt_vision(folder: str, vision_cfg: Any, max_tiles: int, log: Callable[[str], None] = print) -> TrtFunction:
-    """The engine folder's vision encoder on TensorRT: trt/vision.plan built when missing or stale
-    (tiles 1..max_tiles a run), loaded as pixel_values [n, C, S, S] -> image_embeds [n, Q, H]."""
+    """The engine folder's vision encoder on TensorRT.
+
+    trt/vision.plan is built when missing or stale (tiles 1..max_tiles a run)
+    and loaded as pixel_values [n, C, S, S] -> image_embeds [n, Q, H].
+    """
     from .engines import ensure_vision_plan
 
     plan = ensure_vision_plan(folder, vision_cfg, max_tiles, log=log)
