@@ -1,5 +1,7 @@
 """``edgellm``: the runtime from a terminal, without ROS.
 
+Commands:
+
     edgellm generate "What should a robot do near stairs?"
     edgellm generate --system "Answer in one sentence." --temperature 0.7 --seed 1 "hi"
     edgellm export [--model PATH] [--engine-dir DIR]

@@ -175,9 +175,11 @@ class DraftStep(GraphStep, Protocol):
 
 @runtime_checkable
 class ArrayFunction(Protocol):
-    """A graph of one input and one output over a batch axis: the vision encoder
-    (pixel_values [n, 3, S, S] -> image_embeds [n, Q, H]) and EAGLE-3's fc
-    (features [n, F] -> [n, H])."""
+    """A graph of one input and one output over a batch axis.
+
+    The vision encoder (pixel_values [n, 3, S, S] -> image_embeds [n, Q, H])
+    and EAGLE-3's fc (features [n, F] -> [n, H]).
+    """
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """The output for ``x`` (a new array)."""
@@ -203,8 +205,10 @@ class Backend(Protocol):
     def open_draft(self, folder: str, draft_sub: str, draft_cfg: Any, vocab: int, embeddings: np.ndarray,
                    max_seq_len: int, max_chunk: int, decoder: Optional[DecoderStep] = None
                    ) -> Tuple[DraftStep, Optional[ArrayFunction]]:
-        """The EAGLE draft exported under ``folder/draft_sub``: (step, EAGLE-3 fc or None);
-        ``decoder``: the base decoder it runs beside (a backend may share its buffers)."""
+        """The EAGLE draft exported under ``folder/draft_sub``: (step, EAGLE-3 fc or None).
+
+        ``decoder``: the base decoder it runs beside (a backend may share its buffers).
+        """
 
     def open_vision(self, folder: str, vision_cfg: Any, max_tiles: int) -> ArrayFunction:
         """The engine folder's vision encoder, up to ``max_tiles`` tiles a run."""

@@ -140,7 +140,7 @@ def vision_config_from_hf(cfg: Mapping[str, Any], folder: str) -> VisionConfig:
 
 
 def _added_token_ids(folder: str) -> Dict[str, int]:
-    """content -> id of the tokenizer's added tokens (tokenizer.json)."""
+    """The tokenizer's added tokens (tokenizer.json), content -> id."""
     tok = _read_json(os.path.join(folder, "tokenizer.json"))
     added = tok.get("added_tokens")
     if not isinstance(added, list):

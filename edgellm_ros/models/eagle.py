@@ -204,7 +204,7 @@ class DraftReference:
     def forward(self, ids: np.ndarray, hidden: np.ndarray, positions: np.ndarray,
                 past: Tuple[np.ndarray, np.ndarray], mask: Optional[np.ndarray] = None
                 ) -> Tuple[np.ndarray, np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-        """ids [T], hidden [T, H] (EAGLE-3: already projected; EAGLE-1: the feature).
+        """One draft step over ids [T], hidden [T, H] (EAGLE-3: already projected; EAGLE-1: the feature).
 
         Returns (logits [T, Vd] over the draft vocabulary, out [T, H] (the next
         step's hidden), (k, v) [T, KVH, D]).

@@ -94,7 +94,7 @@ class VisionConfig(FromDict):
 
     @property
     def patches_per_side(self) -> int:
-        """n = S // P."""
+        """Patches along a side of the image: n = S // P."""
         return self.image_size // self.patch_size
 
     @property
@@ -168,7 +168,8 @@ def patchify(pixel_values: np.ndarray, patch: int) -> np.ndarray:
     """[N, C, S, S] -> [N, L, C*P*P], patches in row-major order, each flattened (C, P, P).
 
     Pixels past the last whole patch are dropped, as the stride-P convolution
-    drops them (SmolVLM-Instruct: 384 px tiles, 14 px patches, 27 per side)."""
+    drops them (SmolVLM-Instruct: 384 px tiles, 14 px patches, 27 per side).
+    """
     n_img, c, h, w = pixel_values.shape
     h, w = h - h % patch, w - w % patch
     x = pixel_values[:, :, :h, :w].reshape(n_img, c, h // patch, patch, w // patch, patch)

@@ -60,7 +60,7 @@ def exporter_digest() -> str:
 
 
 def family_suffix(quantization: str = "none", fused: bool = False) -> str:
-    """"" for the float plain-op family, else e.g. "_int4_fused"."""
+    """The graph family's file-name suffix: "" for the float plain-op family, else e.g. "_int4_fused"."""
     return ("" if quantization == "none" else "_" + quantization.replace("-", "_")) + \
         ("_fused" if fused else "")
 
