@@ -1,4 +1,4 @@
-"""Images into the prompt: conversion, SmolVLM preprocessing, encoding and the embedding merge.
+r"""Images into the prompt: conversion, SmolVLM preprocessing, encoding and the embedding merge.
 
 No rclpy here: the ROS layer hands over the fields of a ``sensor_msgs/Image``
 (:func:`image_from_raw`) or a ``CompressedImage`` (:func:`image_from_compressed`)
@@ -14,7 +14,7 @@ OpenCV for the resizes:
 3. rescale and normalise (``cv2.LUT``, one table per channel: inputs are uint8);
 4. expand each ``<image>`` of the prompt into
    ``<fake_token_around_image><row_r_col_c><image>*Q`` per tile (a newline
-   after each row), then ``\\n<fake_token_around_image><global-img><image>*Q
+   after each row), then ``\n<fake_token_around_image><global-img><image>*Q
    <fake_token_around_image>`` (only the last part when the image was not split).
 
 The model was trained on PIL's LANCZOS resampling; OpenCV has none with the
@@ -160,7 +160,7 @@ def resize_to_tiles(height: int, width: int, tile: int) -> Tuple[int, int]:
 
 
 def _flag(cv2: Any, shrink: bool, resample: int) -> int:
-    """OpenCV interpolation standing in for PIL filter ``resample`` when shrinking or enlarging."""
+    """The OpenCV interpolation standing in for PIL filter ``resample`` when shrinking or enlarging."""
     if resample == 0:
         return cv2.INTER_NEAREST
     if shrink:
@@ -169,8 +169,10 @@ def _flag(cv2: Any, shrink: bool, resample: int) -> int:
 
 
 def resize(img: np.ndarray, height: int, width: int, resample: int = 1) -> np.ndarray:
-    """Resize ``img`` [h, w, C] to [height, width, C]; axis by axis when one grows and the other
-    shrinks."""
+    """Resize ``img`` [h, w, C] to [height, width, C].
+
+    Axis by axis when one grows and the other shrinks.
+    """
     cv2 = _cv2()
     h0, w0 = img.shape[:2]
     if (h0, w0) == (height, width):
@@ -235,9 +237,11 @@ class VisionPipeline:
     @classmethod
     def from_folder(cls, folder: str, max_tiles_per_run: int = 8, split_images: Optional[bool] = None,
                     backend: Optional[Backend] = None) -> "VisionPipeline":
-        """An engine folder (vision.json + vision.onnx, opened on ``backend``; None = ONNX
-        Runtime on the CPU) or a SmolVLM / Idefics3 Hugging Face folder (the NumPy
-        reference encoder: for tests and tools).
+        """The pipeline of an engine folder or of a SmolVLM / Idefics3 Hugging Face folder.
+
+        An engine folder: vision.json + vision.onnx, opened on ``backend`` (None =
+        ONNX Runtime on the CPU). A Hugging Face folder: the NumPy reference
+        encoder (for tests and tools).
 
         ``split_images`` overrides the model's ``do_image_splitting`` (None keeps it):
         a split 640 x 480 frame is 13 tiles for SmolVLM-256M, unsplit it is one.
@@ -329,8 +333,8 @@ class VisionPipeline:
             grids.append(grid)
         S = self.proc.tile_size
         out = np.empty((len(tiles), 3, S, S), np.float32)                       # [N, 3, S, S]
-        for n, t in enumerate(tiles):
-            out[n] = cv2.LUT(np.ascontiguousarray(t), self._cv_lut).transpose(2, 0, 1)
+        for n, tile in enumerate(tiles):
+            out[n] = cv2.LUT(np.ascontiguousarray(tile), self._cv_lut).transpose(2, 0, 1)
         self.last_timings["preprocess_s"] = time.perf_counter() - t0
         return out, ImageLayout(tuple(grids), self.proc.image_seq_len)
 
@@ -378,14 +382,18 @@ class VisionPipeline:
             b = min(a + self.max_tiles_per_run, px.shape[0])
             if self.encoder is not None:
                 out[a:b] = self.encoder(px[a:b])
-            else:
+            elif self.reference is not None:
                 out[a:b] = self.reference.forward(px[a:b])
+            else:
+                raise BackendUnavailable("the VisionPipeline is closed: it has no encoder left")
         self.last_timings["encode_s"] = time.perf_counter() - t0
         return out
 
     def check_image_tokens(self, ids: Sequence[int], image_embeds: np.ndarray) -> int:
-        """Raise InvalidRequest unless ``ids`` holds one image token per embedding row;
-        returns the count."""
+        """The number of image tokens in ``ids``, which must be one per embedding row.
+
+        Raises InvalidRequest otherwise.
+        """
         n = int(np.count_nonzero(np.asarray(ids) == self.image_token_id))
         rows = int(np.prod(image_embeds.shape[:-1])) if image_embeds.ndim > 1 else 0
         if n != rows:
@@ -395,14 +403,16 @@ class VisionPipeline:
 
     def merge_chunk(self, embeds: np.ndarray, ids: Sequence[int], image_embeds: np.ndarray,
                     first_row: int = 0) -> int:
-        """Write image rows first_row.. over the rows of ``embeds`` [T, H] whose id is the image
-        token; returns the next first_row (for prefill in chunks)."""
+        """Write image rows first_row.. over the rows of ``embeds`` [T, H] whose id is the image token.
+
+        Returns the next first_row (for prefill in chunks).
+        """
         rows = image_embeds.reshape(-1, image_embeds.shape[-1])                 # [M, H]
-        ids = np.asarray(ids)
-        if embeds.ndim != 2 or embeds.shape[0] != ids.shape[0] or embeds.shape[1] != rows.shape[1]:
-            raise InvalidRequest(f"embeds {list(embeds.shape)} do not fit {ids.shape[0]} ids and "
+        id_array = np.asarray(ids)
+        if embeds.ndim != 2 or embeds.shape[0] != id_array.shape[0] or embeds.shape[1] != rows.shape[1]:
+            raise InvalidRequest(f"embeds {list(embeds.shape)} do not fit {id_array.shape[0]} ids and "
                                  f"image rows of width {rows.shape[1]}")
-        where = np.flatnonzero(ids == self.image_token_id)
+        where = np.flatnonzero(id_array == self.image_token_id)
         if first_row + where.size > rows.shape[0]:
             raise InvalidRequest(f"the prompt holds more image tokens ({first_row + where.size}) "
                                  f"than the images give embedding rows ({rows.shape[0]})")
@@ -410,14 +420,13 @@ class VisionPipeline:
         return first_row + int(where.size)
 
     def merge(self, embeds: np.ndarray, ids: Sequence[int], image_embeds: np.ndarray) -> None:
-        """Write all image rows over the image-token rows of a whole prompt's ``embeds``
-        [T, H]."""
+        """Write all image rows over the image-token rows of a whole prompt's ``embeds`` [T, H]."""
         self.check_image_tokens(ids, image_embeds)
         self.merge_chunk(embeds, ids, image_embeds, 0)
 
     def prepare(self, text: str, images: Sequence[np.ndarray], tokenizer: Any,
                 max_tokens: int = 0) -> Tuple[List[int], np.ndarray]:
-        """preprocess + expand_prompt + tokenize + encode: (ids, image embeddings [N*Q, H]).
+        """Preprocess + expand_prompt + tokenize + encode: (ids, image embeddings [N*Q, H]).
 
         With ``max_tokens``, a prompt longer than that raises ContextFull before
         the (costly) encoder runs.
