@@ -25,7 +25,7 @@ import glob
 import importlib
 import os
 import time
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ...errors import BackendUnavailable, ConfigError, ModelLoadError
 
@@ -257,7 +257,7 @@ def _check_external_data(onnx_path: str) -> None:
                                      f"{kv.value} (initializer {t.name}) is not in {folder}")
 
 
-def build_engine(onnx_path: str, out_path: str, profiles: Sequence[Profile],
+def build_engine(onnx_path: str, out_path: str, profiles: Union[Profile, Sequence[Profile]],
                  precision: str = "fp16", timing_cache: str = "",
                  log: Callable[[str], None] = print, compute_capability: str = "",
                  workspace_mib: int = 0, trt: Any = None) -> Dict[str, Any]:
