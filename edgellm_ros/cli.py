@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .runtime.config import INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EngineConfig, GenerationRequest, SamplingConfig
 from .errors import EdgeLLMError
+
+if TYPE_CHECKING:
+    from .runtime.generation import TokenEvent
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -69,8 +72,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         given = {"drafting_top_k": a.eagle_top_k, "drafting_step": a.eagle_step,
                  "verify_tree_size": a.eagle_tree, "confidence_threshold": a.eagle_threshold}
         engine.set_eagle(EagleConfig(True, **{k: v for k, v in given.items() if v is not None}))
+
+    def print_token(ev: TokenEvent) -> None:
+        sys.stdout.write(ev.text)
+        sys.stdout.flush()
+
     try:
-        res = engine.generate(req, on_token=lambda ev: (sys.stdout.write(ev.text), sys.stdout.flush()))
+        res = engine.generate(req, on_token=print_token)
     finally:
         engine.close()
     sys.stdout.write("\n")

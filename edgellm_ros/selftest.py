@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .errors import EdgeLLMError
+from .errors import EdgeLLMError, ModelLoadError
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -297,6 +297,7 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
         feats = rng.standard_normal((n, cfg.feature_size)).astype(np.float32)
         hidden = feats
         if fc is not None:
+            assert ref_fc is not None       # both backends open the fc of an EAGLE-3 draft
             hidden = fc(feats)
             want = ref_fc(feats)
             fc_diff = float(np.abs(hidden - want).max())
@@ -330,7 +331,10 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
             from .synthetic.tiny_vlm import write_tiny_vlm_once
             vlm = write_tiny_vlm_once(own, folder)
             vfolder, what = ensure_engine(vlm, os.path.join(own, "tiny_vlm_engine"), log), "a tiny SmolVLM encoder"
-        vcfg = (read_vision_json(vfolder) or (None,))[0]
+        configs = read_vision_json(vfolder)
+        if configs is None:
+            raise ModelLoadError(f"{vfolder} has no vision.json: no vision encoder to check")
+        vcfg = configs[0]
         enc = gpu.open_vision(vfolder, vcfg, 4)
         px = rng.standard_normal((6, vcfg.num_channels, vcfg.image_size, vcfg.image_size)).astype(np.float32)
         got = enc(px)
