@@ -14,7 +14,7 @@ with random weights, and times it for each row count. Kernels:
 - ``int4-zp``: the same with a 4-bit zero point per block (Q4_1 with its
   offsets rounded to whole steps would run this).
 - ``int4-q4_1``: what the fused ``int4`` graph runs for a Q4_1 projection
-  (export.decoder._Decoder.offset_augmented_matmul): the block sums S from a
+  (export.projections.Projections.offset_augmented_matmul): the block sums S from a
   0/1 INT4 MatMulNBits, a Concat to [x, S, S], one INT4 MatMulNBits over
   K + 2 * 32 * ceil(K / 1024) inputs (the offsets as hi/lo 4-bit rows).
 - ``int4-fzp``: Q4_1 in one MatMulNBits with float zero points (scale d,
