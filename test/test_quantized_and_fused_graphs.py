@@ -117,8 +117,9 @@ def tiny_q4_1(tmp_path_factory, default_engine_dir):
 def _graph_vs_reference(weights, folder, quantization, fused, channel_weights=None):
     """channel_weights: export with activation-weighted INT4 scales (the reference re-quantizes alike)."""
     from edgellm_ros.backends.onnxruntime import OrtDecoder
-    from edgellm_ros.export.decoder import Requantizer, export_decoder
+    from edgellm_ros.export.decoder import export_decoder
     from edgellm_ros.export.graph import WeightFile
+    from edgellm_ros.export.projections import Requantizer
     from edgellm_ros.models.llama import LlamaReference
 
     name = f"g_{quantization}_{int(fused)}_{int(channel_weights is not None)}"
@@ -259,8 +260,9 @@ def test_fused_graph_of_a_tied_model_has_three_lm_heads(tiny_tied, quantization)
     int8 activations (close); the two-pass head gives the table's exact logits for its
     HEAD_CANDIDATES best tokens, so greedy's argmax is the reference's."""
     from edgellm_ros.backends.onnxruntime import OrtDecoder
-    from edgellm_ros.export.decoder import HEAD_CANDIDATES, export_decoder
+    from edgellm_ros.export.decoder import export_decoder
     from edgellm_ros.export.graph import WeightFile
+    from edgellm_ros.export.lm_head import HEAD_CANDIDATES
     weights, folder = tiny_tied
     name = f"tied_{quantization}"
     wf = WeightFile(os.path.join(folder, name + ".data"))

@@ -116,8 +116,10 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
     """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries."""
     # the exporter (and onnx) is imported only when something is exported
     from ..export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
-    from ..export.decoder import Requantizer, export_decoder, rope_table_rows
+    from ..export.decoder import export_decoder
     from ..export.graph import WeightFile
+    from ..export.layers import rope_table_rows
+    from ..export.projections import Requantizer
 
     calibration: Dict[str, Any] = {}
 
