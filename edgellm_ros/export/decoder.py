@@ -40,8 +40,6 @@ land in the KV cache with no copy.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -51,12 +49,9 @@ from ..models.spec import ModelWeights
 from ..contract import QUANTIZATIONS, decoder_io_names
 from ..errors import ConfigError
 from .graph import GraphBuilder, WeightFile
-from .layers import Attend, LayerBuilder, rope_table_rows
-from .lm_head import HEAD_CANDIDATES, lm_head
+from .layers import Attend, LayerBuilder
+from .lm_head import lm_head
 from .projections import Requantizer
-
-#: Imported from here by the engine folder (runtime/engine_dir.py) and the tests.
-__all__ = ["HEAD_CANDIDATES", "Requantizer", "export_decoder", "rope_table_rows"]
 
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
