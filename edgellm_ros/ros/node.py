@@ -57,7 +57,7 @@ from ..srv import Ask
 from .ask import (ImageUnavailable, NotActive, error_code_name, error_message, fill_error,
                   fill_result, generation_request)
 from .camera import LatestFrame
-from .generate import GenerateServer, rejection_text
+from .generate import GENERATE_ACTION, GenerateServer, rejection_text
 from .memory import fix_mmap_threshold, trim_heap
 from .params import (CONFIGURE_TIME, MAX_QUEUE_SIZE, PARAMETERS, SPECS, ParamSpec,
                      RequestDefaults, settings_from_parameters)
@@ -178,12 +178,12 @@ class EdgeLLMNode(LifecycleNode):
     @property
     def ask_service_name(self) -> str:
         """The resolved name of /ask (``/robot1/ask`` in namespace robot1)."""
-        return self._ask.srv_name
+        return self.resolve_service_name(ASK_SERVICE)
 
     @property
     def generate_action_name(self) -> str:
         """The resolved name of ~/generate (``/robot1/edgellm/generate``)."""
-        return f"{self.get_fully_qualified_name()}/generate"
+        return self.resolve_topic_name(GENERATE_ACTION)
 
     def _hint_once(self) -> None:
         """Say once, while still unconfigured after start, how to start the node."""
