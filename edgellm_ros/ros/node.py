@@ -149,6 +149,7 @@ class EdgeLLMNode(LifecycleNode):
         self._inflight = 0
         self._inflight_cond = threading.Condition()
         self._closing = ""                   # why the node is going away ("" = it is not)
+        self._configure_tried = False
         self._cancel_reason = "the node was cleaned up or shut down"
         #: Done when the node reaches the finalized state (main() then exits).
         self.finalized: Future = Future()
@@ -190,7 +191,7 @@ class EdgeLLMNode(LifecycleNode):
         self._hint_timer.cancel()
         with self._lock:
             state = self._state
-        if state == "unconfigured" and not self._closing:
+        if state == "unconfigured" and not self._closing and not self._configure_tried:
             name = self.get_fully_qualified_name()
             self.get_logger().info(
                 f"unconfigured: {self.ask_service_name} answers once the node is configured and "
@@ -282,6 +283,7 @@ class EdgeLLMNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the engine. SUCCESS -> inactive; FAILURE -> unconfigured (retry possible)."""
         log = self.get_logger()
+        self._configure_tried = True      # a lifecycle manager is at work: no start hint
         with self._lock:
             self._state = "configuring"
         try:
