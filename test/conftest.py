@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import random
@@ -75,6 +76,43 @@ def ros_graph(request):
         spinner.join(timeout=30)
         node.destroy_node()
         client_node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def active(ros_graph):
+    """ros_graph's client, with the node configured and active and the token stream matched."""
+    c = ros_graph.client
+    assert c.transition("configure") and c.transition("activate")
+    c.wait_for_token_publisher()
+    return c
+
+
+@contextlib.contextmanager
+def ros_client(domain: int, namespace: str, name: str = "test_client"):
+    """An EdgeLLMClient on a node of its own Context (domain ``domain``), spun on a thread:
+    for tests that talk to an edgellm_node subprocess."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    from edgellm_ros.ros.client import EdgeLLMClient
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    cn = rclpy.create_node(name, context=context, namespace=namespace)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(cn)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        client = EdgeLLMClient(cn)
+        client.wait_for_node()
+        yield client
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10)
+        cn.destroy_node()
         rclpy.shutdown(context=context)
 
 

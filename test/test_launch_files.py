@@ -9,22 +9,22 @@ transitions requested through the node's lifecycle services, then a question.
 """
 
 import importlib.util
+import json
 import os
 import random
 import subprocess
 import sys
-import threading
 import types
 
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
-from conftest import REPO
+from conftest import REPO, ros_client
 from lifecycle_msgs.msg import Transition
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 
-from edgellm_ros.ros.client import EdgeLLMClient
+from edgellm_ros.ros.launch_description import (FETCH_VLM, find_vision_model,
+                                                resolve_vision_model)
 from edgellm_ros.ros.node import EdgeLLMNode
 
 
@@ -44,7 +44,8 @@ class Recorded:
 
 NAMES = {
     "launch": ["LaunchDescription"],
-    "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "RegisterEventHandler"],
+    "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "LogInfo", "OpaqueFunction",
+                       "RegisterEventHandler", "SetLaunchConfiguration"],
     "launch.conditions": ["IfCondition"],
     "launch.events": [],
     "launch.substitutions": ["LaunchConfiguration", "PathJoinSubstitution"],
@@ -154,8 +155,46 @@ def test_launch_describes_a_self_starting_lifecycle_node(shims, name):
     assert defaults["namespace"] == "" and defaults["autostart"] == "true"
     if name.startswith("vlm"):
         assert kw["parameters"][1] == {"model": shims.LaunchConfiguration("model")}
-        with pytest.raises(KeyError, match="'model' is required"):
-            resolve(shims.LaunchConfiguration("model"), arguments, {})
+        assert resolve(shims.LaunchConfiguration("model"), arguments, {}) == ""
+        # the model is resolved (from the Hugging Face cache when empty) before the node
+        opaque, = entities(d, shims.OpaqueFunction)
+        assert order.index("OpaqueFunction") < order.index("LifecycleNode")
+        assert opaque.kwargs["function"] is resolve_vision_model
+
+
+def _snapshot(hub, repo, model_type="idefics3", weights=True):
+    folder = hub / f"models--{repo.replace('/', '--')}" / "snapshots" / "0123abc"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    if weights:
+        (folder / "model.safetensors").write_bytes(b"")
+    return str(folder)
+
+
+def test_vlm_launch_finds_a_smolvlm_in_the_hf_cache_or_names_the_fetch_command(
+        tmp_path, monkeypatch):
+    shims = install_shims(monkeypatch, "iron_or_newer")
+    for var in ("HF_HUB_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    hub = tmp_path / "hub"
+    _snapshot(hub, "HuggingFaceTB/SmolLM2-135M-Instruct", model_type="llama")  # text-only
+    _snapshot(hub, "someone/SmolVLM-no-weights", weights=False)
+    context = types.SimpleNamespace(launch_configurations={"model": ""})
+    # model:="" (or no model) with no VLM in the cache fails, naming the fetch command
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_vision_model(context)
+    line = str(err.value)
+    assert "\n" not in line and FETCH_VLM in line and str(hub) in line
+    assert FETCH_VLM == "huggingface-cli download HuggingFaceTB/SmolVLM-256M-Instruct"
+    vlm = _snapshot(hub, "HuggingFaceTB/SmolVLM-256M-Instruct")
+    log, chosen = resolve_vision_model(context)
+    assert chosen == shims.SetLaunchConfiguration("model", vlm)
+    assert type(log) is shims.LogInfo and vlm in log.kwargs["msg"]
+    # a given model is used as is
+    context.launch_configurations["model"] = "/models/mine"
+    assert resolve_vision_model(context) == [shims.SetLaunchConfiguration("model", "/models/mine")]
+    assert find_vision_model("", {"HF_HUB_CACHE": str(hub)}) == vlm
 
 
 def test_the_described_launch_runs_and_answers(monkeypatch):
@@ -176,34 +215,22 @@ def test_the_described_launch_runs_and_answers(monkeypatch):
     domain = random.randint(1, 101)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     proc = subprocess.Popen(cmd, env=env)
-    context = Context()
-    rclpy.init(context=context, domain_id=domain)
-    cn = rclpy.create_node("launch_test_client", context=context, namespace=ns)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(cn)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
     try:
-        c = EdgeLLMClient(cn)
-        c.wait_for_node()
-        labels = {Transition.TRANSITION_CONFIGURE: "configure",
-                  Transition.TRANSITION_ACTIVATE: "activate"}
-        for tid in described_transitions(d, shims, node):
-            assert c.transition(labels[tid])
-        assert c.state() == "active"
-        # the node runs with the packaged params file (the defaults)
-        assert c.get_parameters("max_new_tokens", "queue_size") == [256, 8]
-        res = c.ask("Say hi.", max_new_tokens=4)
-        assert res.success, res.message
-        assert c.transition("shutdown")
-        assert proc.wait(timeout=30) == 0             # finalized: the executable exits
+        with ros_client(domain, ns, "launch_test_client") as c:
+            labels = {Transition.TRANSITION_CONFIGURE: "configure",
+                      Transition.TRANSITION_ACTIVATE: "activate"}
+            for tid in described_transitions(d, shims, node):
+                assert c.transition(labels[tid])
+            assert c.state() == "active"
+            # the node runs with the packaged params file (the defaults)
+            assert c.get_parameters("max_new_tokens", "queue_size") == [256, 8]
+            res = c.ask("Say hi.", max_new_tokens=4)
+            assert res.success, res.message
+            assert c.transition("shutdown")
+            assert proc.wait(timeout=30) == 0             # finalized: the executable exits
     finally:
         if proc.poll() is None:
             proc.kill()
-        executor.shutdown()
-        spinner.join(timeout=10)
-        cn.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def test_a_params_file_loads_into_the_node(tmp_path):

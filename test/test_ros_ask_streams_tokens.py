@@ -12,14 +12,6 @@ NODE_PARAMETERS = {"max_seq_len": 512, "max_new_tokens": 24}
 QUESTION = "What should a robot do near stairs?"
 
 
-@pytest.fixture(scope="module")
-def active(ros_graph):
-    c = ros_graph.client
-    assert c.transition("configure") and c.transition("activate")
-    c.wait_for_token_publisher()
-    return c
-
-
 def check_stream(client, res):
     """The Token messages of res concatenate to its text; indices 0..n-1; one done, last."""
     tokens = client.tokens(res.request_id)

@@ -3,7 +3,6 @@ per-request adapters, EAGLE settings between requests, refusals with reasons."""
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
@@ -26,19 +25,18 @@ Q = "What do you see in front of the robot?"
 
 
 def _latest_status(graph, timeout=10.0):
-    """The node's latched ~/status JSON, read by a fresh subscription."""
+    """The node's latched ~/status (msg/Status), read by a fresh subscription."""
     import threading
 
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-    from std_msgs.msg import String
+    from edgellm_ros.msg import Status
+    from edgellm_ros.ros.node import STATUS_QOS
     got, ev = [], threading.Event()
-    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
     sub = graph.client_node.create_subscription(
-        String, f"{graph.namespace}/edgellm/status", lambda m: (got.append(m.data), ev.set()), qos)
+        Status, f"{graph.namespace}/edgellm/status", lambda m: (got.append(m), ev.set()),
+        STATUS_QOS)
     try:
         assert ev.wait(timeout), "no status message"
-        return json.loads(got[-1])
+        return got[-1]
     finally:
         graph.client_node.destroy_subscription(sub)
 
@@ -88,14 +86,15 @@ def test_eagle_parameters_apply_between_requests_and_are_checked(ros_graph):
         assert spec.draft_steps > 0 and spec.drafted_tokens <= 6 * spec.draft_steps
         assert spec.mean_acceptance_length >= 1.0
         (r,) = c.set_parameters(eagle__verify_tree_size=65)
-        assert not r.successful and "verify_tree_size must be in [1, 64]" in r.reason
+        assert not r.successful and "verify_tree_size out of range" in r.reason
+        assert "Max: 64" in r.reason                     # the descriptor states eagle.max_tree
         (r,) = c.set_parameters(eagle__confidence_threshold=-0.5)
         assert not r.successful and "confidence_threshold" in r.reason
         (r,) = c.set_parameters(eagle__max_tree=128)
         assert not r.successful and "configure-time" in r.reason
         status = _latest_status(ros_graph)
-        assert status["eagle"]["enabled"] and status["eagle"]["drafts"] >= spec.draft_steps
-        assert status["eagle"]["mean_acceptance_length"] >= 1.0
+        assert status.eagle_enabled and status.eagle_drafts >= spec.draft_steps
+        assert status.eagle_mean_acceptance_length >= 1.0
         (r,) = c.set_parameters(eagle__enabled=False)
         assert r.successful and c.ask(Q, max_new_tokens=8, top_k=1).draft_steps == 0
     finally:

@@ -30,7 +30,9 @@ def test_colcon_installed_the_executable_launch_config_and_interfaces():
         assert os.path.isfile(os.path.join(share, rel)), rel
     with open(os.path.join(prefix, "share", "ament_index", "resource_index",
                            "rosidl_interfaces", "edgellm_ros")) as f:
-        assert set(f.read().split()) >= {"msg/Token.msg", "srv/Ask.srv"}
+        assert set(f.read().split()) >= {"msg/Token.msg", "msg/ChatMessage.msg",
+                                         "msg/Status.msg", "msg/GoalRejection.msg",
+                                         "srv/Ask.srv", "action/Generate.action"}
     # one Python package: the generated interfaces beside our modules
     import edgellm_ros.msg
     installed = os.path.dirname(os.path.dirname(edgellm_ros.msg.__file__))
@@ -41,7 +43,7 @@ def test_colcon_installed_the_executable_launch_config_and_interfaces():
 def test_interfaces_have_the_fields_of_the_contract():
     assert set(Ask.Request.get_fields_and_field_types()) == {
         "prompt", "system_prompt", "use_image", "image", "max_new_tokens", "temperature",
-        "top_k", "top_p", "seed", "stop", "lora", "images"}
+        "top_k", "top_p", "seed", "stop", "lora", "images", "messages", "json_schema", "grammar"}
     assert Ask.Request.get_fields_and_field_types()["image"] == "sensor_msgs/Image"
     assert set(Ask.Response.get_fields_and_field_types()) == {
         "success", "error_code", "message", "text", "request_id", "finish_reason",

@@ -7,7 +7,9 @@ node is unconfigured.
 
 from rcl_interfaces.msg import ParameterType
 
+from edgellm_ros.ros.node import LIMITED_BY
 from edgellm_ros.ros.params import CONFIGURE_TIME, PARAMETERS
+from edgellm_ros.runtime.config import EagleLimits
 
 NODE_PARAMETERS = {"max_seq_len": 256}
 
@@ -24,9 +26,12 @@ def test_every_parameter_is_declared_with_its_descriptor(ros_graph):
         elif d.type == ParameterType.PARAMETER_DOUBLE:
             r = d.floating_point_range[0]
             assert (r.from_value, r.to_value) == spec.range
-        else:
+        else:       # the EAGLE tree's ranges end at the eagle.max_* in force
             r = d.integer_range[0]
-            assert (r.from_value, r.to_value) == spec.range
+            lo, hi = spec.range
+            if spec.name in LIMITED_BY:
+                hi = getattr(EagleLimits(), LIMITED_BY[spec.name])
+            assert (r.from_value, r.to_value) == (lo, hi)
     assert c.get_parameters("max_seq_len", "sampling.temperature") == [256, 0.0]
 
 

@@ -9,12 +9,17 @@ Pure functions over duck-typed objects (anything with the fields of
 - every exception maps to an error-code constant of Ask.Response through its
   ``code`` (the runtime's :class:`~edgellm_ros.errors.EdgeLLMError` family
   plus the node's own refusals below); anything else is INTERNAL.
+
+The Generate action's goal and result have the same fields as the Ask
+request and response, so the same functions serve both.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import fields
+from typing import Any, Dict, Optional, Tuple
 
+from ..runtime import config as runtime_config
 from ..runtime.config import GenerationRequest, SamplingConfig
 from ..errors import EdgeLLMError, InvalidRequest
 from ..runtime.generation import GenerationResult
@@ -40,9 +45,14 @@ class ImageUnavailable(EdgeLLMError):
 
 
 class Cancelled(EdgeLLMError):
-    """The generation was stopped before it finished (cleanup, shutdown)."""
+    """The generation was stopped before it finished (a client's cancel, cleanup, shutdown)."""
 
     code = "cancelled"
+
+
+#: Fields of GenerationRequest the runtime has (``messages``, ``json_schema``
+#: and ``grammar`` arrive with the conversation and constrained-decoding work).
+RUNTIME_FIELDS = frozenset(f.name for f in fields(GenerationRequest))
 
 
 #: EdgeLLMError.code -> name of the Ask.Response constant.
@@ -74,8 +84,54 @@ def error_message(exc: BaseException) -> str:
     return str(exc)
 
 
-def generation_request(ask: Any, defaults: RequestDefaults) -> GenerationRequest:
-    """Build the runtime request from Ask request fields and the node's defaults.
+def chat_messages(ask: Any, n_images: int) -> Tuple[Tuple[str, str, Tuple[int, ...]], ...]:
+    """The request's ``messages`` as checked (role, content, image indices) triples.
+
+    ``image_indices`` point into the request's images (``n_images`` of them,
+    collected with use_image). Raises InvalidRequest naming the message.
+    """
+    out = []
+    for i, m in enumerate(ask.messages):
+        if m.role not in ("system", "user", "assistant"):
+            raise InvalidRequest(
+                f"messages[{i}].role must be system, user or assistant, got {m.role!r}")
+        idx = tuple(int(k) for k in m.image_indices)
+        if idx and not ask.use_image:
+            raise InvalidRequest(f"messages[{i}].image_indices {list(idx)} need use_image: true")
+        bad = [k for k in idx if k >= n_images]
+        if bad:
+            raise InvalidRequest(f"messages[{i}].image_indices: {bad[0]} is out of range "
+                                 f"(the request has {n_images} image(s))")
+        out.append((m.role, m.content, idx))
+    return tuple(out)
+
+
+def _new_fields(ask: Any, n_images: int) -> Dict[str, Any]:
+    """GenerationRequest keywords of the conversation and constraint fields that are set."""
+    wanted: Dict[str, Any] = {}
+    if len(ask.messages):
+        if ask.prompt:
+            raise InvalidRequest("prompt and messages: give one of the two (the question "
+                                 "goes into the last user message)")
+        wanted["messages"] = chat_messages(ask, n_images)
+    if ask.json_schema:
+        wanted["json_schema"] = ask.json_schema
+    if ask.grammar:
+        wanted["grammar"] = ask.grammar
+    missing = sorted(set(wanted) - RUNTIME_FIELDS)
+    if missing:
+        raise InvalidRequest(f"{', '.join(missing)}: not supported by this runtime yet")
+    if "messages" in wanted:
+        message = getattr(runtime_config, "ChatMessage")
+        wanted["messages"] = tuple(message(role=r, content=c, images=i)
+                                   for r, c, i in wanted["messages"])
+    return wanted
+
+
+def generation_request(ask: Any, defaults: RequestDefaults,
+                       images: Tuple[Any, ...] = ()) -> GenerationRequest:
+    """Build the runtime request from Ask request (or Generate goal) fields, the node's
+    defaults and the images already collected for it.
 
     Raises InvalidRequest naming the offending field and value.
     """
@@ -87,6 +143,8 @@ def generation_request(ask: Any, defaults: RequestDefaults) -> GenerationRequest
     if seed < -1:
         raise InvalidRequest(
             f"seed must be -1 (fresh entropy), 0 (node default) or > 0, got {seed}")
+    if ask.json_schema and ask.grammar:
+        raise InvalidRequest("json_schema and grammar: give at most one of the two")
     sampling = SamplingConfig(
         temperature=float(ask.temperature) if ask.temperature != 0 else base.temperature,
         top_k={0: base.top_k, -1: 0}.get(top_k, top_k),
@@ -98,7 +156,9 @@ def generation_request(ask: Any, defaults: RequestDefaults) -> GenerationRequest
         max_new_tokens=int(ask.max_new_tokens) or defaults.max_new_tokens,
         sampling=sampling,
         stop=tuple(ask.stop),
-        adapter=ask.lora or None)
+        adapter=ask.lora or None,
+        images=tuple(images),
+        **_new_fields(ask, len(images)))
 
 
 def fill_error(response: Any, exc: BaseException) -> Any:
@@ -109,8 +169,10 @@ def fill_error(response: Any, exc: BaseException) -> Any:
     return response
 
 
-def fill_result(response: Any, result: GenerationResult) -> Any:
-    """Copy the answer and its statistics; a cancelled generation is a failure."""
+def fill_result(response: Any, result: GenerationResult,
+                cancelled_because: Optional[str] = None) -> Any:
+    """Copy the answer and its statistics; a cancelled generation is a failure
+    (CANCELLED, ``cancelled_because`` saying who stopped it)."""
     response.text = result.text
     response.finish_reason = result.finish_reason
     response.prompt_tokens = int(result.prompt_tokens)
@@ -124,8 +186,9 @@ def fill_result(response: Any, result: GenerationResult) -> Any:
         response.accepted_tokens = int(result.eagle.accepted_tokens)
         response.mean_acceptance_length = float(result.eagle.mean_acceptance_length)
     if result.finish_reason == "cancelled":
+        why = cancelled_because or "the node was cleaned up or shut down"
         return fill_error(response, Cancelled(
-            "the generation was cancelled (node cleaned up or shut down); "
+            f"the generation was cancelled ({why}); "
             f"text holds the {result.generated_tokens} tokens generated before"))
     response.success = True
     response.error_code = type(response).OK

@@ -1,4 +1,4 @@
-"""The ``edgellm`` lifecycle node: /ask answers, ~/tokens streams.
+"""The ``edgellm`` lifecycle node: /ask and ~/generate answer, ~/tokens streams.
 
 Lifecycle (ros2/demos lifecycle_py style: create in configure, destroy in
 cleanup; the heavy work happens in configure only):
@@ -7,55 +7,73 @@ cleanup; the heavy work happens in configure only):
   the engine, allocate the KV cache, create the token publisher and the
   worker thread. Any failure is logged and returns FAILURE: the node stays
   unconfigured and can be configured again.
-- activate: /ask starts taking requests.
-- deactivate: /ask stops taking requests; requests still waiting in the queue
+- activate: /ask and ~/generate start taking requests.
+- deactivate: they stop taking requests; requests still waiting in the queue
   are answered NOT_ACTIVE; the running generation completes and is answered
   normally (its tokens keep streaming).
 - cleanup / shutdown: waiting requests are answered NOT_ACTIVE, the running
   generation is cancelled (answered CANCELLED with its partial text), the
   worker thread ends and the engine (sessions, KV cache, prompt cache) is freed.
 
-Threading: /ask is an async callback in a reentrant callback group. It
-validates the request, hands it to the worker (a bounded queue, one generation
-at a time) and awaits a future the worker completes, so any number of queued
-requests hold no executor thread. Lifecycle and parameter services stay in the
-default mutually exclusive group.
+Every call and goal is answered before the node's context goes away:
+``edgellm_node`` handles SIGINT and SIGTERM itself (rclpy's own handlers would
+shut the context down first, leaving callers waiting forever) and runs
+:meth:`EdgeLLMNode.close`, which answers everything, then shuts down.
+
+~/status (msg/Status, latched) and /diagnostics (diagnostic_msgs) report the
+state and metrics once a second in every state, and ~/status also at every
+change.
+
+Threading: /ask is an async callback in a reentrant callback group, as are
+the action's callbacks. They validate the request, hand it to the worker (a
+bounded queue, one generation at a time) and await a future the worker
+completes, so any number of queued requests hold no executor thread.
+Lifecycle and parameter services stay in the default mutually exclusive group.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import itertools
-import json
 import threading
-from dataclasses import replace
+import time
+from dataclasses import fields
 from typing import Any, Dict, List, Optional, Tuple
 
-import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import String
 from rclpy.task import Future
+from diagnostic_msgs.msg import DiagnosticArray
 
 from ..errors import EdgeLLMError, InvalidRequest
-from ..runtime.generation import GenerationResult, TokenEvent
-from ..msg import Token
+from ..runtime.config import EagleConfig, EagleLimits
+from ..runtime.generation import GenerationResult
+from ..msg import GoalRejection, Status, Token
 from ..srv import Ask
-from .ask import (ImageUnavailable, NotActive, error_message, fill_error, fill_result,
-                  generation_request)
+from .ask import (ImageUnavailable, NotActive, error_code_name, error_message, fill_error,
+                  fill_result, generation_request)
 from .camera import LatestFrame
+from .generate import GENERATE_ACTION, GenerateServer, rejection_text
+from .memory import fix_mmap_threshold, trim_heap
 from .params import (CONFIGURE_TIME, MAX_QUEUE_SIZE, PARAMETERS, SPECS, ParamSpec,
                      RequestDefaults, settings_from_parameters)
+from .process import run_node
+from .status import Counters, diagnostic_status, fill_status
+from .stream import TokenStream
 from .worker import GenerationWorker, Job
 
 NODE_NAME = "edgellm"
-STATUS_TOPIC = "~/status"     # /edgellm/status: JSON, latched
+STATUS_TOPIC = "~/status"     # /edgellm/status: msg/Status, latched
+DIAGNOSTICS_TOPIC = "/diagnostics"
+REJECTIONS_TOPIC = "~/goal_rejections"   # msg/GoalRejection
+#: Recent rejections stay readable by a client that subscribes just after.
+REJECTIONS_QOS = QoSProfile(depth=32, reliability=ReliabilityPolicy.RELIABLE,
+                            history=HistoryPolicy.KEEP_LAST,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 STATUS_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -71,10 +89,23 @@ ASK_QOS = QoSProfile(depth=2 * MAX_QUEUE_SIZE, reliability=ReliabilityPolicy.REL
                      history=HistoryPolicy.KEEP_LAST)
 #: How long cleanup waits for a cancelled generation to return.
 STOP_TIMEOUT_S = 60.0
+#: Seconds between ~/status and /diagnostics messages.
+REPORT_PERIOD_S = 1.0
+#: Seconds after start, while still unconfigured, before the node says how to start it.
+HINT_DELAY_S = 3.0
+#: How long close() waits for every call and goal to be answered.
+CLOSE_TIMEOUT_S = 10.0
 
 
-def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ROS descriptor of one parameter of the table."""
+#: EAGLE tree parameters -> the EagleLimits field (a configure-time parameter) bounding them.
+LIMITED_BY = {f"eagle.{f.name}": f.metadata["limit"] for f in fields(EagleConfig)
+              if "limit" in f.metadata}
+
+
+def parameter_descriptor(spec: ParamSpec,
+                         limits: Optional[EagleLimits] = None) -> ParameterDescriptor:
+    """The ROS descriptor of one parameter of the table; the EAGLE tree parameters'
+    ranges end at ``limits`` (the eagle.max_* values) when given."""
     d = ParameterDescriptor(name=spec.name, description=spec.description)
     constraints = [spec.constraints] if spec.constraints else []
     if spec.configure_time:
@@ -85,6 +116,8 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
     d.additional_constraints = "; ".join(constraints)
     if spec.range is not None:
         lo, hi = spec.range
+        if limits is not None and spec.name in LIMITED_BY:
+            hi = getattr(limits, LIMITED_BY[spec.name])
         if isinstance(spec.default, float):
             d.floating_point_range = [FloatingPointRange(
                 from_value=float(lo), to_value=float(hi), step=0.0)]
@@ -93,53 +126,31 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return d
 
 
-def _trim_heap() -> None:
-    """Give freed heap pages back to the system.
-
-    glibc keeps freed memory in per-thread arenas, and configure runs on
-    whichever executor thread takes the transition: without this, each
-    configure/cleanup on a new thread leaves a model-sized heap resident.
-    """
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def _fix_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Serve every allocation of ``nbytes`` or more with its own mmap, returned on free.
-
-    glibc raises its mmap threshold each time a large mmapped block is freed
-    (up to 32 MiB), after which model-sized buffers (ONNX Runtime's prepacked
-    INT4 weights, KV caches) come from the heap and stay resident across
-    configure/cleanup cycles. A fixed
-    threshold keeps them out of the heap.
-    """
-    try:
-        ctypes.CDLL(None).mallopt(-3, nbytes)   # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 class EdgeLLMNode(LifecycleNode):
     """Lifecycle node owning one engine; see the module docstring."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
-        _fix_mmap_threshold()
+        fix_mmap_threshold()
         super().__init__(node_name, **kwargs)
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec))
+        self._limit_descriptors()
         # Guards _state, _worker and _defaults; /ask queues requests under it.
         self._lock = threading.Lock()
         self._state = "unconfigured"        # what /ask checks; mirrors the lifecycle
         self._engine: Any = None
         self._worker: Optional[GenerationWorker] = None
         self._tokens: Any = None
-        self._status: Any = None
         self._camera: Optional[LatestFrame] = None
         self._image_age = 2.0
-        self._served = 0
+        self._counters = Counters()
         self._ids = itertools.count(1)
+        # Calls and goals admitted but not answered yet; close() waits for none.
+        self._inflight = 0
+        self._inflight_cond = threading.Condition()
+        self._closing = ""                   # why the node is going away ("" = it is not)
+        self._configure_tried = False
+        self._cancel_reason = "the node was cleaned up or shut down"
         #: Done when the node reaches the finalized state (main() then exits).
         self.finalized: Future = Future()
         try:
@@ -149,8 +160,57 @@ class EdgeLLMNode(LifecycleNode):
             self._defaults = RequestDefaults()
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
+        group = ReentrantCallbackGroup()
         self._ask = self.create_service(Ask, ASK_SERVICE, self._on_ask, qos_profile=ASK_QOS,
-                                        callback_group=ReentrantCallbackGroup())
+                                        callback_group=group)
+        self._generate = GenerateServer(
+            self, self._admit, self._cancel_job, self._goal_rejected,
+            finished=self._answered, cancelled_because=lambda: self._cancel_reason)
+        # Reports in every state: a robot monitor sees an unconfigured node too.
+        self._status = self.create_publisher(Status, STATUS_TOPIC, STATUS_QOS)
+        self._diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._rejections = self.create_publisher(GoalRejection, REJECTIONS_TOPIC,
+                                                 REJECTIONS_QOS)
+        self._report_timer = self.create_timer(REPORT_PERIOD_S, self._report,
+                                               callback_group=group)
+        self._hint_timer = self.create_timer(HINT_DELAY_S, self._hint_once)
+        self._publish_status()
+
+    @property
+    def ask_service_name(self) -> str:
+        """The resolved name of /ask (``/robot1/ask`` in namespace robot1)."""
+        return self.resolve_service_name(ASK_SERVICE)
+
+    @property
+    def generate_action_name(self) -> str:
+        """The resolved name of ~/generate (``/robot1/edgellm/generate``)."""
+        return self.resolve_topic_name(GENERATE_ACTION)
+
+    def _hint_once(self) -> None:
+        """Say once, while still unconfigured after start, how to start the node."""
+        self._hint_timer.cancel()
+        with self._lock:
+            state = self._state
+        if state == "unconfigured" and not self._closing and not self._configure_tried:
+            name = self.get_fully_qualified_name()
+            self.get_logger().info(
+                f"unconfigured: {self.ask_service_name} answers once the node is configured and "
+                f"activated, e.g. `ros2 lifecycle set {name} configure` then "
+                f"`ros2 lifecycle set {name} activate` (or start it with "
+                "`ros2 launch edgellm_ros llm.launch.py`, which does both)")
+
+    def _not_active_message(self) -> str:
+        """NOT_ACTIVE's reason, saying what would make the node take requests (lock held)."""
+        name = self.get_fully_qualified_name()
+        if self._closing:
+            return f"the node is {self._closing}; no request is taken"
+        if self._state == "inactive":
+            return (f"the node is inactive, not active: activate it "
+                    f"(ros2 lifecycle set {name} activate) before asking")
+        if self._state == "configuring":
+            return "the node is configuring, not active: activate it once configure is done"
+        return (f"the node is {self._state}, not active: configure and activate it "
+                f"(ros2 lifecycle set {name} configure, then activate) before asking")
 
     # -- parameters ----------------------------------------------------------
     def _values(self) -> Dict[str, Any]:
@@ -184,8 +244,25 @@ class EdgeLLMNode(LifecycleNode):
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
+    def _limit_descriptors(self) -> None:
+        """Make the EAGLE tree parameters' ranges state the eagle.max_* in force."""
+        try:
+            limits = settings_from_parameters(self._values()).engine.eagle_limits
+        except EdgeLLMError:  # configure will say why
+            return
+        for name in LIMITED_BY:
+            try:
+                desc = parameter_descriptor(SPECS[name], limits)
+                desc.type = self.describe_parameter(name).type
+                self.set_descriptor(name, desc)
+            except Exception as exc:  # a value beyond the limit: configure will refuse it
+                self.get_logger().warning(f"{name}: descriptor range not narrowed: {exc}")
+
     def _apply_parameters(self, params: List[Parameter]) -> None:
         """Runtime parameters apply to the next request."""
+        if any(p.name in ("eagle.max_top_k", "eagle.max_step", "eagle.max_tree")
+               for p in params):
+            self._limit_descriptors()
         if any(p.name in SPECS for p in params):
             try:
                 defaults = settings_from_parameters(self._values()).defaults
@@ -206,6 +283,7 @@ class EdgeLLMNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load the engine. SUCCESS -> inactive; FAILURE -> unconfigured (retry possible)."""
         log = self.get_logger()
+        self._configure_tried = True      # a lifecycle manager is at work: no start hint
         with self._lock:
             self._state = "configuring"
         try:
@@ -226,11 +304,9 @@ class EdgeLLMNode(LifecycleNode):
                 self._state = "unconfigured"
             return TransitionCallbackReturn.FAILURE
         self._engine = engine
+        self._counters.reset()
         self._tokens = self.create_publisher(Token, TOKENS_TOPIC, TOKENS_QOS)
-        self._status = self.create_publisher(String, STATUS_TOPIC, STATUS_QOS)
         self._camera = LatestFrame(self, compressed=settings.image_compressed)
-        if engine.vision is None:
-            log.info("text-only model: use_image requests are answered IMAGE_ERROR")
         worker = GenerationWorker(engine, lambda: self._defaults.queue_size,
                                   log=log.error, name=f"{self.get_name()}-worker")
         with self._lock:
@@ -246,7 +322,9 @@ class EdgeLLMNode(LifecycleNode):
         """Start taking requests. SUCCESS -> active."""
         with self._lock:
             self._state = "active"
-        self.get_logger().info("active: /ask takes requests")
+        self._publish_status()
+        self.get_logger().info(f"active: {self.ask_service_name} and "
+                               f"{self.generate_action_name} take requests")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -256,9 +334,11 @@ class EdgeLLMNode(LifecycleNode):
             worker = self._worker
         dropped = worker.drop_waiting(NotActive(
             "the node was deactivated before this request started")) if worker else 0
+        self._publish_status()
         self.get_logger().info(
-            f"inactive: /ask refuses requests; {dropped} waiting request(s) answered "
-            "NOT_ACTIVE, a running generation completes")
+            f"inactive: {self.ask_service_name} and {self.generate_action_name} refuse "
+            f"requests; {dropped} waiting request(s) answered NOT_ACTIVE, a running "
+            "generation completes")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -279,11 +359,40 @@ class EdgeLLMNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         self._release("destroyed")
+        self._generate.destroy()
         super().destroy_node()
+
+    def close(self, why: str = "shutting down", timeout: float = CLOSE_TIMEOUT_S) -> bool:
+        """Answer every pending call and goal, then free the engine; call before the
+        context goes away (edgellm_node does on SIGINT, SIGTERM and after shutdown).
+
+        New requests get NOT_ACTIVE ("the node is <why>"), waiting ones too, the running
+        generation stops at its next token and is answered CANCELLED with its partial
+        text. Returns once every answer has been handed to the executor (which must
+        still spin), False if that took longer than ``timeout`` seconds.
+        """
+        with self._lock:
+            self._closing = why
+        self._release(why)
+        deadline = time.monotonic() + timeout
+        with self._inflight_cond:
+            while self._inflight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.get_logger().error(
+                        f"{why}: {self._inflight} call(s) or goal(s) still unanswered after "
+                        f"{timeout:.0f} s")
+                    return False
+                self._inflight_cond.wait(left)
+        # The executor sends a response right after its callback returns.
+        time.sleep(0.2)
+        return True
 
     def _release(self, why: str) -> None:
         with self._lock:
             self._state = "unconfigured"
+            self._cancel_reason = f"the node was {why}" if not self._closing \
+                else f"the node is {why}"
             worker, self._worker = self._worker, None
         engine, self._engine = self._engine, None
         if worker is not None and not worker.stop(
@@ -298,59 +407,104 @@ class EdgeLLMNode(LifecycleNode):
         if self._tokens is not None:
             self.destroy_publisher(self._tokens)
             self._tokens = None
-        if self._status is not None:
-            self.destroy_publisher(self._status)
-            self._status = None
         if self._camera is not None:
             self._camera.destroy()
             self._camera = None
+        self._publish_status()
         if engine is not None:
             engine.close()
             del engine
             gc.collect()
-            _trim_heap()
+            trim_heap()
             self.get_logger().info(f"{why}: engine freed")
 
-    # -- /ask ----------------------------------------------------------------
-    async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
-        """Answer one request; nothing raised here reaches the executor."""
-        try:
-            return await self._answer(request, response)
-        except Exception as exc:
-            if not isinstance(exc, EdgeLLMError):
-                self.get_logger().error(f"/ask failed: {exc!r}")
-            return fill_error(response, exc)
+    # -- requests: /ask and ~/generate --------------------------------------
+    def _admit(self, request: Any) -> TokenStream:
+        """Check and queue one request (an Ask request or a Generate goal).
 
-    async def _answer(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        Raises EdgeLLMError when it cannot be queued: nothing was queued then.
+        Checked and queued under the lock deactivate/cleanup take: no request
+        slips into the queue after the node left the active state.
+        """
         executor = self.executor
-        done: Future = Future(executor=executor)
-        # Checked and queued under the lock deactivate/cleanup take: no request
-        # slips into the queue after the node left the active state.
         with self._lock:
-            if self._state != "active" or self._worker is None:
-                raise NotActive(f"the node is {self._state}, not active: configure and "
-                                "activate it (lifecycle transitions) before asking")
+            if self._state != "active" or self._worker is None or self._closing:
+                raise NotActive(self._not_active_message())
             engine = self._engine
             if request.lora:
                 engine.adapters.check(request.lora)
-            job_request = generation_request(request, self._defaults)
-            if request.use_image:
-                job_request = replace(job_request, images=self._images_for(request))
-            stream = _TokenStream(self, next(self._ids), done, executor)
-            self._worker.submit(Job(stream.request_id, job_request, stream.on_token,
-                                    stream.on_done))
-        response.request_id = stream.request_id
-        result, error = await done
-        self._served += 1
-        self._publish_status()
-        if error is not None:
-            if not isinstance(error, EdgeLLMError):
-                self.get_logger().error(
-                    f"request {stream.request_id} failed: {error_message(error)}")
-            return fill_error(response, error)
-        return fill_result(response, result)
+            images = self._images_for(request) if request.use_image else ()
+            job_request = generation_request(request, self._defaults, images)
+            stream = TokenStream(next(self._ids), self._publish, Future(executor=executor),
+                                 executor, self._record, self.get_logger().warning)
+            stream.job = Job(stream.request_id, job_request, stream.on_token, stream.on_done)
+            with self._inflight_cond:
+                self._inflight += 1
+            try:
+                self._worker.submit(stream.job)
+            except BaseException:
+                self._answered()
+                raise
+        return stream
 
-    def _images_for(self, request: Ask.Request) -> Tuple[Any, ...]:
+    def _answered(self) -> None:
+        """One admitted call or goal has its answer."""
+        with self._inflight_cond:
+            self._inflight -= 1
+            self._inflight_cond.notify_all()
+
+    def _cancel_job(self, job: Job) -> None:
+        with self._lock:
+            worker = self._worker
+        if worker is not None:
+            worker.cancel(job)
+        else:
+            job.cancel.set()
+
+    def _record(self, outcome: Tuple[Optional[GenerationResult], Optional[BaseException]]) -> None:
+        """Count one finished request (worker thread) and report it."""
+        self._counters.record(*outcome)
+        self._publish_status()
+
+    def _goal_rejected(self, goal_id: bytes, exc: BaseException) -> None:
+        """Log and publish why a goal of ~/generate was rejected."""
+        self._counters.refused()
+        if not isinstance(exc, EdgeLLMError):
+            self.get_logger().error(f"goal check failed: {exc!r}")
+        hex_id = goal_id.hex() if goal_id else "(unknown id)"
+        self.get_logger().warning(f"goal {hex_id} rejected: {rejection_text(exc)}")
+        msg = GoalRejection(error_code=getattr(Ask.Response, error_code_name(exc)),
+                            message=error_message(exc))
+        msg.header.stamp = self.get_clock().now().to_msg()
+        if len(goal_id) == 16:
+            msg.goal_id.uuid = list(goal_id)
+        self._safe_publish(self._rejections, msg)
+
+    async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
+        """Answer one request; nothing raised here reaches the executor."""
+        try:
+            stream = self._admit(request)
+        except Exception as exc:
+            self._counters.refused()
+            if not isinstance(exc, EdgeLLMError):
+                self.get_logger().error(f"{self.ask_service_name} failed: {exc!r}")
+            return fill_error(response, exc)
+        try:
+            response.request_id = stream.request_id
+            result, error = await stream.done
+            if error is not None:
+                if not isinstance(error, EdgeLLMError):
+                    self.get_logger().error(
+                        f"request {stream.request_id} failed: {error_message(error)}")
+                return fill_error(response, error)
+            return fill_result(response, result, self._cancel_reason)
+        except Exception as exc:
+            self.get_logger().error(f"{self.ask_service_name} failed: {exc!r}")
+            return fill_error(response, exc)
+        finally:
+            self._answered()
+
+    def _images_for(self, request: Any) -> Tuple[Any, ...]:
         """The inline image (else the latest camera frame if young enough) and the
         request's further inline images, as RGB uint8 arrays."""
         from ..runtime.vision import image_from_raw
@@ -376,94 +530,57 @@ class EdgeLLMNode(LifecycleNode):
         except InvalidRequest as exc:  # unknown encoding, bad step... from the converter
             raise ImageUnavailable(str(exc)) from exc
 
-    def _publish_status(self) -> None:
-        """Latched JSON on ~/status: state, adapters, EAGLE settings and cumulative metrics."""
-        pub, engine = self._status, self._engine
-        if pub is None or engine is None:
+    # -- reports ---------------------------------------------------------------
+    def status(self) -> Status:
+        """The node's Status now (what ~/status publishes)."""
+        with self._lock:
+            state, worker, engine = self._state, self._worker, self._engine
+            queue_size = self._defaults.queue_size
+        msg = fill_status(Status(), state, engine, worker.pending if worker else 0,
+                          queue_size, self._counters)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        return msg
+
+    def _publish_status(self) -> Optional[Status]:
+        """Latched msg/Status on ~/status."""
+        try:
+            msg = self.status()
+        except Exception:   # engine freed under us: the next report will do
+            return None
+        self._safe_publish(self._status, msg)
+        return msg
+
+    def _report(self) -> None:
+        """Once a second: ~/status and /diagnostics."""
+        msg = self._publish_status()
+        if msg is None:
             return
-        status = {
-            "state": self._state, "model": engine.config.model or "(embedded default)",
-            "backend": engine.backend, "lora": engine.adapter,
-            "lora_adapters": engine.adapters.names,
-            "vision": engine.vision is not None, "requests_served": self._served,
-            "eagle": {"draft_loaded": engine.drafter is not None,
-                      "enabled": engine.eagle.enabled,
-                      "drafting_top_k": engine.eagle.drafting_top_k,
-                      "drafting_step": engine.eagle.drafting_step,
-                      "verify_tree_size": engine.eagle.verify_tree_size,
-                      "confidence_threshold": engine.eagle.confidence_threshold,
-                      **engine.eagle_totals.as_dict()},
-        }
-        pub.publish(String(data=json.dumps(status)))
+        array = DiagnosticArray(status=[diagnostic_status(msg, self.get_fully_qualified_name())])
+        array.header.stamp = msg.header.stamp
+        self._safe_publish(self._diagnostics, array)
+
+    def _safe_publish(self, pub: Any, msg: Any) -> None:
+        """Publish unless the context is already gone (nothing can be sent then)."""
+        if pub is None or not self.context.ok():
+            return
+        try:
+            pub.publish(msg)
+        except Exception as exc:  # RCLError of a publisher being destroyed
+            if self.context.ok():
+                self.get_logger().warning(f"publishing on {pub.topic_name} failed: {exc!r}")
 
     def _publish(self, msg: Token) -> None:
         pub = self._tokens
         if pub is not None:
             msg.header.stamp = self.get_clock().now().to_msg()
-            pub.publish(msg)
-
-
-class _TokenStream:
-    """Publishes one request's Token messages from the worker thread.
-
-    Indices are contiguous from 0; the last message has done=true and carries
-    whatever part of the final text was not streamed yet, so the texts always
-    concatenate to the response text.
-    """
-
-    def __init__(self, node: EdgeLLMNode, request_id: int, done: Future, executor: Any):
-        self.node = node
-        self.request_id = request_id
-        self.done = done
-        self.executor = executor
-        self.index = 0
-        self.streamed: List[str] = []
-
-    def _send(self, text: str, done: bool = False, finish_reason: str = "") -> None:
-        msg = Token(request_id=self.request_id, index=self.index, text=text, done=done,
-                    finish_reason=finish_reason)
-        self.index += 1
-        self.node._publish(msg)
-
-    def on_token(self, event: TokenEvent) -> None:
-        self.streamed.append(event.text)
-        self._send(event.text)
-
-    def on_done(self, result: Optional[GenerationResult],
-                error: Optional[BaseException]) -> None:
-        tail, reason = "", "error"
-        if result is not None:
-            reason = result.finish_reason
-            sent = "".join(self.streamed)
-            if result.text.startswith(sent):
-                tail = result.text[len(sent):]
-            else:
-                self.node.get_logger().warning(
-                    f"request {self.request_id}: streamed text is not a prefix of the answer")
-        try:
-            self._send(tail, done=True, finish_reason=reason)
-        finally:
-            outcome: Tuple[Optional[GenerationResult], Optional[BaseException]] = (result, error)
-            self.done.set_result(outcome)
-            if self.executor is not None:
-                self.executor.wake()  # resume the awaiting /ask callback
+            self._safe_publish(pub, msg)
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Entry point of ``edgellm_node`` (``ros2 run edgellm_ros edgellm_node``)."""
-    rclpy.init(args=args)
-    node = EdgeLLMNode()
-    executor = MultiThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin_until_future_complete(node.finalized)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Entry point of ``edgellm_node`` (``ros2 run edgellm_ros edgellm_node``): spin the
+    node until it is finalized or a SIGINT / SIGTERM comes, answering every pending
+    call and goal before the context goes (:func:`~edgellm_ros.ros.process.run_node`)."""
+    return run_node(EdgeLLMNode, args)
 
 
 if __name__ == "__main__":

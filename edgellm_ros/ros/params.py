@@ -172,16 +172,14 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("eagle.enabled", _EAGLE.enabled,
               "speculative decoding with the EAGLE draft for the next requests"),
     ParamSpec("eagle.drafting_top_k", _EAGLE.drafting_top_k,
-              "children per expanded draft node; at most eagle.max_top_k (fixed at configure): "
-              "the range is the largest eagle.max_top_k allows",
+              "children per expanded draft node; at most eagle.max_top_k (the range follows it)",
               range=_span(EagleConfig.widest("drafting_top_k"))),
     ParamSpec("eagle.drafting_step", _EAGLE.drafting_step,
-              "levels of the draft tree; at most eagle.max_step (fixed at configure): "
-              "the range is the largest eagle.max_step allows",
+              "levels of the draft tree; at most eagle.max_step (the range follows it)",
               range=_span(EagleConfig.widest("drafting_step"))),
     ParamSpec("eagle.verify_tree_size", _EAGLE.verify_tree_size,
-              "draft nodes verified per base forward; at most eagle.max_tree (fixed at "
-              "configure): the range is the largest eagle.max_tree allows",
+              "draft nodes verified per base forward; at most eagle.max_tree (the range "
+              "follows it)",
               range=_span(EagleConfig.widest("verify_tree_size"))),
     ParamSpec("eagle.confidence_threshold", _EAGLE.confidence_threshold,
               "draft nodes whose path probability under the draft is below this are neither "

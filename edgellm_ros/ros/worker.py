@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, List, Optional
 
 from ..runtime.config import GenerationRequest
-from ..runtime.generation import GenerationResult, TokenEvent
+from ..runtime.generation import FINISH_CANCELLED, GenerationResult, TokenEvent
 from .ask import NotActive, QueueFull
 
 #: on_done(result, error): exactly one of the two is None.
@@ -88,6 +88,18 @@ class GenerationWorker:
         self.drop_waiting(error)
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def cancel(self, job: Job) -> None:
+        """Stop ``job``: a running one at its next token (its outcome is a "cancelled"
+        result with the partial text), a waiting one at once (an empty "cancelled" result)."""
+        job.cancel.set()
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:  # running or already finished: the event stops it
+                return
+        self._finish(job, GenerationResult(text="", token_ids=[], finish_reason=FINISH_CANCELLED,
+                                           prompt_tokens=0, generated_tokens=0), None)
 
     @property
     def pending(self) -> int:

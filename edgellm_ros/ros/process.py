@@ -1,0 +1,61 @@
+"""How ``edgellm_node`` runs: one node, its executor, and the signals that end it.
+
+rclpy's own SIGINT/SIGTERM handlers shut every context down at once, before a
+node could answer its pending calls (a caller of /ask then waits forever, and
+the worker's last messages fail with "publisher's context is invalid"). A
+context's ``on_shutdown`` callbacks run after that, too late as well. So the
+process installs its own handlers (``rclpy.init(signal_handler_options=NO)``)
+and lets the node answer everything before the context goes.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any, Callable, List, Optional
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+
+def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> int:
+    """Spin ``make_node()`` until its ``finalized`` future is done or a signal comes.
+
+    The node must offer ``finalized`` (a Future) and ``close(why)``. SIGINT and
+    SIGTERM (Ctrl-C, ``ros2 launch`` stopping) are handled here, not by rclpy:
+    the executor keeps spinning while ``close`` answers every pending call and
+    goal; only then is the context shut down. A second signal ends the process
+    at once.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = make_node()
+    executor = MultiThreadedExecutor()
+    executor.add_node(node)
+    stop = threading.Event()
+    caught: List[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        caught.append(signal.Signals(signum).name)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        stop.set()
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, on_signal)
+    node.finalized.add_done_callback(lambda _f: stop.set())
+    spinner = threading.Thread(target=executor.spin, name="edgellm-executor", daemon=True)
+    spinner.start()
+    try:
+        while not stop.wait(0.5) and spinner.is_alive():
+            pass
+        if caught:
+            node.get_logger().info(f"{caught[0]}: answering pending requests, then exiting")
+        node.close(f"shutting down ({caught[0]})" if caught else "shut down")
+    except ExternalShutdownException:
+        pass
+    finally:
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,99 @@
+"""SIGINT / SIGTERM to edgellm_node during a generation: every caller is answered
+before the node exits, and nothing is published on a dead context.
+
+A real subprocess, as ``ros2 run`` / ``ros2 launch`` start it; an /ask in
+flight and a goal waiting behind it when the signal comes.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from action_msgs.msg import GoalStatus
+from ament_index_python.packages import get_package_prefix
+from conftest import ros_client
+
+from edgellm_ros.action import Generate
+from edgellm_ros.srv import Ask
+
+STORY = "Tell me a long story about a robot."
+
+
+@pytest.fixture()
+def node_process(tmp_path):
+    """edgellm_node in namespace /sig<pid>, its stderr in a file, and a client of it."""
+    ns = f"/sig{os.getpid()}_{random.randint(0, 9999)}"
+    exe = os.path.join(get_package_prefix("edgellm_ros"), "lib", "edgellm_ros", "edgellm_node")
+    domain = random.randint(1, 101)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONUNBUFFERED="1")
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([exe, "--ros-args", "-r", f"__ns:={ns}",
+                                 "-p", "max_seq_len:=512"], env=env, stdout=out, stderr=out)
+    try:
+        with ros_client(domain, ns, "signal_test_client") as client:
+            yield proc, client, log, ns
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_line(log, text, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in the node's log:\n{log.read_text()}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_a_generation_answers_every_caller(node_process, signum):
+    proc, client, log, ns = node_process
+    # unconfigured, the node says once how to start it, with its real name
+    wait_for_line(log, f"ros2 lifecycle set {ns}/edgellm configure")
+    assert client.transition("configure") and client.transition("activate")
+    client.wait_for_token_publisher()
+    wait_for_line(log, f"active: {ns}/ask and {ns}/edgellm/generate take requests")
+    started = threading.Event()
+    client.on_token = lambda m: started.set()
+    call = client.ask_async(STORY, max_new_tokens=400)
+    assert started.wait(60), "the generation did not start"
+    waiting = client.generate_async("Say hi.", max_new_tokens=4)
+    assert waiting.accepted()
+    proc.send_signal(signum)
+
+    res = client.result(call, timeout=20)        # the caller is answered
+    assert not res.success and res.error_code == Ask.Response.CANCELLED
+    assert res.finish_reason == "cancelled" and res.text and res.generated_tokens < 400
+    assert f"shutting down ({signum.name})" in res.message
+    goal = waiting.result(timeout=20)
+    assert waiting.status == GoalStatus.STATUS_ABORTED
+    assert goal.error_code == Generate.Result.NOT_ACTIVE and "shutting down" in goal.message
+    assert proc.wait(timeout=30) == 0
+    text = log.read_text()
+    for bad in ("RCLError", "Failed to publish", "context is invalid", "Traceback"):
+        assert bad not in text, text
+    assert text.count("ros2 lifecycle set") == 2       # the hint came once (two commands)
+    assert text.count("text-only model") == 1
+
+
+def test_the_shutdown_transition_answers_the_running_call_before_exiting(node_process):
+    proc, client, log, ns = node_process
+    assert client.transition("configure") and client.transition("activate")
+    client.wait_for_token_publisher()
+    started = threading.Event()
+    client.on_token = lambda m: started.set()
+    call = client.ask_async(STORY, max_new_tokens=400)
+    assert started.wait(60)
+    assert client.transition("shutdown")
+    res = client.result(call, timeout=20)
+    assert res.error_code == Ask.Response.CANCELLED and res.text
+    assert proc.wait(timeout=30) == 0
+    assert "RCLError" not in log.read_text()
