@@ -230,5 +230,5 @@ class TextTokenizer(Protocol):
         """An incremental detokenizer: push(id) -> new text, flush() -> the rest."""
 
 
-#: A log line sink (the node's logger, print, a list's append).
-Log = Callable[[str], None]
+#: A log line sink (the node's logger, print, a list's append); what it returns is ignored.
+Log = Callable[[str], object]

@@ -35,7 +35,7 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
 
 class _Report:
-    def __init__(self, out: Callable[[str], None]):
+    def __init__(self, out: Callable[[str], object]):
         self.out = out
         self.checks: List[Dict[str, Any]] = []
 
@@ -138,7 +138,7 @@ def _kernel_checks(rep: _Report, device: Any) -> None:
     rep.run("cuda_graph", graph)
 
 
-def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, log: Callable[[str], None],
+def _engine_checks(rep: _Report, model: str, engine_dir: str, max_seq_len: int, log: Callable[[str], object],
                    needs: Optional[str]) -> None:
     names = ("engine_build", "trt_decode", "lora_switch", "trt_cuda_graphs")
     if needs:
@@ -264,7 +264,7 @@ AUX_CHECKS = ("draft_engines", "vision_engine")
 
 
 def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, emb: np.ndarray,
-                             max_seq_len: int, chunk: int, log: Callable[[str], None]) -> None:
+                             max_seq_len: int, chunk: int, log: Callable[[str], object]) -> None:
     """The EAGLE draft's and the vision encoder's engines against ONNX Runtime, same inputs."""
     from .backends.onnxruntime import OrtBackend
     from .backends.tensorrt import TrtBackend
@@ -356,7 +356,7 @@ def _draft_and_vision_checks(rep: _Report, model: str, folder: str, mcfg: Any, e
 
 
 def run_selftest(model: str = "", engine_dir: str = "", max_seq_len: int = 256,
-                 out: Callable[[str], None] = print, log: Callable[[str], None] = lambda m: None) -> int:
+                 out: Callable[[str], object] = print, log: Callable[[str], object] = lambda m: None) -> int:
     """Run every check; print the lines and the JSON; return the exit code."""
     from .backends.tensorrt.cuda_kernels import compile_kernels
     from .backends.tensorrt.cuda_rt import Device, bindings_version, gpu_count, import_cuda

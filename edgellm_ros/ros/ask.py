@@ -107,7 +107,7 @@ def chat_messages(ask: Any, n_images: int) -> Tuple[Tuple[str, str, Tuple[int, .
 
 
 def _new_fields(ask: Any, n_images: int) -> Dict[str, Any]:
-    """GenerationRequest keywords of the conversation and constraint fields that are set."""
+    """The GenerationRequest keywords of the conversation and constraint fields that are set."""
     wanted: Dict[str, Any] = {}
     if len(ask.messages):
         if ask.prompt:
@@ -130,8 +130,9 @@ def _new_fields(ask: Any, n_images: int) -> Dict[str, Any]:
 
 def generation_request(ask: Any, defaults: RequestDefaults,
                        images: Tuple[Any, ...] = ()) -> GenerationRequest:
-    """Build the runtime request from Ask request (or Generate goal) fields, the node's
-    defaults and the images already collected for it.
+    """Build the runtime request of an Ask request (or Generate goal).
+
+    From its fields, the node's defaults and the images already collected for it.
 
     Raises InvalidRequest naming the offending field and value.
     """
@@ -171,8 +172,11 @@ def fill_error(response: Any, exc: BaseException) -> Any:
 
 def fill_result(response: Any, result: GenerationResult,
                 cancelled_because: Optional[str] = None) -> Any:
-    """Copy the answer and its statistics; a cancelled generation is a failure
-    (CANCELLED, ``cancelled_because`` saying who stopped it)."""
+    """Copy the answer and its statistics.
+
+    A cancelled generation is a failure (CANCELLED, ``cancelled_because`` saying who
+    stopped it).
+    """
     response.text = result.text
     response.finish_reason = result.finish_reason
     response.prompt_tokens = int(result.prompt_tokens)

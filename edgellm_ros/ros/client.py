@@ -1,5 +1,6 @@
-"""A small client of the edgellm node: lifecycle transitions, /ask, ~/generate, the
-token stream and ~/status.
+"""A small client of the edgellm node.
+
+It drives lifecycle transitions, /ask, ~/generate, the token stream and ~/status.
 
 Used by the demo and the tests, and an example for your own rclpy code. The
 blocking methods wait on futures that the client node's executor completes,
@@ -18,6 +19,7 @@ from action_msgs.msg import GoalStatus
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.action import ActionClient
+from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
@@ -63,8 +65,11 @@ class GoalRun:
         return self.client._wait(self._handle.cancel_goal_async(), timeout, "cancel_goal")
 
     def result(self, timeout: float = 300.0) -> Generate.Result:
-        """The goal's result. A rejected goal gets one too, built from its
-        GoalRejection (success false, its error code and message)."""
+        """The goal's result.
+
+        A rejected goal gets one too, built from its GoalRejection (success false,
+        its error code and message).
+        """
         if self._result is not None:
             return self._result
         if not self.accepted(timeout):
@@ -92,14 +97,14 @@ class EdgeLLMClient:
                  on_token: Optional[Callable[[Token], None]] = None):
         self.node = node
         self.on_token = on_token
-        self._change_state = node.create_client(ChangeState, f"{target}/change_state")
-        self._get_state = node.create_client(GetState, f"{target}/get_state")
+        self._change_state: Client = node.create_client(ChangeState, f"{target}/change_state")
+        self._get_state: Client = node.create_client(GetState, f"{target}/get_state")
         # deep enough for a burst of responses (QUEUE_FULL answers come at once)
-        self._ask = node.create_client(Ask, ask_service, qos_profile=ASK_QOS)
+        self._ask: Client = node.create_client(Ask, ask_service, qos_profile=ASK_QOS)
         self._params = AsyncParameterClient(node, target)
         self._tokens = node.create_subscription(Token, f"{target}/tokens", self._on_token_msg,
                                                 TOKENS_QOS)
-        self._generate = ActionClient(node, Generate, f"{target}/generate")
+        self._generate: ActionClient = ActionClient(node, Generate, f"{target}/generate")
         self._rejections_sub = node.create_subscription(
             GoalRejection, f"{target}/goal_rejections", self._on_rejection, REJECTIONS_QOS)
         self._status_sub = node.create_subscription(Status, f"{target}/status",
@@ -166,7 +171,7 @@ class EdgeLLMClient:
         return [parameter_value_to_python(v) for v in res.values]
 
     def describe_parameters(self, *names: str, timeout: float = 10.0) -> List[Any]:
-        """ParameterDescriptor of each named parameter."""
+        """The ParameterDescriptor of each named parameter."""
         res = self._wait(self._params.describe_parameters(list(names)), timeout,
                          "describe_parameters")
         return list(res.descriptors)

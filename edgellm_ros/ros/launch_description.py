@@ -26,7 +26,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Any, List, Optional
+from typing import Any, List, Mapping, Optional
 
 PACKAGE = "edgellm_ros"
 EXECUTABLE = "edgellm_node"
@@ -38,9 +38,10 @@ DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 FETCH_VLM = "huggingface-cli download HuggingFaceTB/SmolVLM-256M-Instruct"
 
 
-def hf_hub_cache(env: Optional[dict] = None) -> str:
+def hf_hub_cache(env: Optional[Mapping[str, str]] = None) -> str:
     """The Hugging Face hub cache folder, as huggingface_hub finds it."""
-    env = os.environ if env is None else env
+    if env is None:
+        env = os.environ
     if env.get("HF_HUB_CACHE"):
         return env["HF_HUB_CACHE"]
     if env.get("HF_HOME"):
@@ -62,8 +63,10 @@ def _is_vision_model(folder: str) -> bool:
 
 
 def find_vision_model(given: str = "", env: Optional[dict] = None) -> str:
-    """The model folder for vlm.launch.py: ``given`` when not empty, else the most
-    recently fetched SmolVLM / Idefics3 snapshot of the Hugging Face cache.
+    """The model folder for vlm.launch.py.
+
+    ``given`` when not empty, else the most recently fetched SmolVLM / Idefics3
+    snapshot of the Hugging Face cache.
 
     Raises FileNotFoundError with one line naming the command that fetches one.
     """
@@ -81,7 +84,7 @@ def find_vision_model(given: str = "", env: Optional[dict] = None) -> str:
 
 
 def resolve_vision_model(context: Any) -> List[Any]:
-    """OpaqueFunction body: set the ``model`` launch configuration to a real folder."""
+    """Set the ``model`` launch configuration to a real folder (an OpaqueFunction body)."""
     from launch.actions import LogInfo, SetLaunchConfiguration
     given = context.launch_configurations.get("model", "")
     model = find_vision_model(given)
@@ -122,7 +125,8 @@ def lifecycle_startup(node: Any, node_name: List[Any], condition: Any) -> List[A
 
 def generate(vision: bool = False) -> Any:
     """The LaunchDescription of one edgellm node (``vision``: the VLM variant)."""
-    from launch import LaunchDescription
+    # ROS 2's launch (a robot's install); PyPI's unrelated 'launch' package has no such name
+    from launch import LaunchDescription  # type: ignore[attr-defined]
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch.conditions import IfCondition
     from launch.substitutions import LaunchConfiguration, PathJoinSubstitution

@@ -104,8 +104,10 @@ LIMITED_BY = {f"eagle.{f.name}": f.metadata["limit"] for f in fields(EagleConfig
 
 def parameter_descriptor(spec: ParamSpec,
                          limits: Optional[EagleLimits] = None) -> ParameterDescriptor:
-    """The ROS descriptor of one parameter of the table; the EAGLE tree parameters'
-    ranges end at ``limits`` (the eagle.max_* values) when given."""
+    """The ROS descriptor of one parameter of the table.
+
+    The EAGLE tree parameters' ranges end at ``limits`` (the eagle.max_* values) when given.
+    """
     d = ParameterDescriptor(name=spec.name, description=spec.description)
     constraints = [spec.constraints] if spec.constraints else []
     if spec.configure_time:
@@ -363,8 +365,10 @@ class EdgeLLMNode(LifecycleNode):
         super().destroy_node()
 
     def close(self, why: str = "shutting down", timeout: float = CLOSE_TIMEOUT_S) -> bool:
-        """Answer every pending call and goal, then free the engine; call before the
-        context goes away (edgellm_node does on SIGINT, SIGTERM and after shutdown).
+        """Answer every pending call and goal, then free the engine.
+
+        Call it before the context goes away (edgellm_node does on SIGINT, SIGTERM and
+        after shutdown).
 
         New requests get NOT_ACTIVE ("the node is <why>"), waiting ones too, the running
         generation stops at its next token and is answered CANCELLED with its partial
@@ -505,8 +509,11 @@ class EdgeLLMNode(LifecycleNode):
             self._answered()
 
     def _images_for(self, request: Any) -> Tuple[Any, ...]:
-        """The inline image (else the latest camera frame if young enough) and the
-        request's further inline images, as RGB uint8 arrays."""
+        """The request's images, as RGB uint8 arrays.
+
+        The inline image (else the latest camera frame if young enough), then the
+        request's further inline images.
+        """
         from ..runtime.vision import image_from_raw
         if self._engine.vision is None:
             raise ImageUnavailable("use_image is set, but this node's model has no vision "
@@ -577,9 +584,11 @@ class EdgeLLMNode(LifecycleNode):
 
 
 def main(args: Optional[List[str]] = None) -> int:
-    """Entry point of ``edgellm_node`` (``ros2 run edgellm_ros edgellm_node``): spin the
-    node until it is finalized or a SIGINT / SIGTERM comes, answering every pending
-    call and goal before the context goes (:func:`~edgellm_ros.ros.process.run_node`)."""
+    """Run ``edgellm_node`` (``ros2 run edgellm_ros edgellm_node``).
+
+    Spins the node until it is finalized or a SIGINT / SIGTERM comes, answering every
+    pending call and goal before the context goes (:func:`~edgellm_ros.ros.process.run_node`).
+    """
     return run_node(EdgeLLMNode, args)
 
 

@@ -25,7 +25,7 @@ class TokenStream:
 
     def __init__(self, request_id: int, publish: Callable[[Token], None], done: Any,
                  executor: Any, on_outcome: Callable[[Outcome], None],
-                 warn: Callable[[str], None]):
+                 warn: Callable[[str], object]):
         self.request_id = request_id
         self.done = done
         self.job: Any = None            # the worker Job, set when queued

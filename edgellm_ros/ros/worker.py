@@ -41,7 +41,7 @@ class GenerationWorker:
     """
 
     def __init__(self, engine, queue_size: Callable[[], int],
-                 log: Callable[[str], None] = print, name: str = "edgellm-worker"):
+                 log: Callable[[str], object] = print, name: str = "edgellm-worker"):
         self._engine = engine
         self._queue_size = queue_size
         self._log = log
@@ -90,8 +90,11 @@ class GenerationWorker:
         return not self._thread.is_alive()
 
     def cancel(self, job: Job) -> None:
-        """Stop ``job``: a running one at its next token (its outcome is a "cancelled"
-        result with the partial text), a waiting one at once (an empty "cancelled" result)."""
+        """Stop ``job``.
+
+        A running one stops at its next token (its outcome is a "cancelled" result with
+        the partial text), a waiting one at once (an empty "cancelled" result).
+        """
         job.cancel.set()
         with self._cond:
             try:

@@ -30,7 +30,7 @@ from .speculative import Drafter, EagleConfig, EagleLimits, SpecStats
 from .tokenizer import Tokenizer
 from .vision import VisionPipeline
 
-Log = Callable[[str], None]
+Log = Callable[[str], object]
 
 
 def manifest_head(folder: str, mcfg: ModelConfig) -> np.ndarray:

@@ -173,7 +173,7 @@ def _load_source(source: str) -> Tuple[Any, Any, Any]:
 
 
 def ensure_family(folder: str, quantization: str, fused: bool,
-                  log: Callable[[str], None] = print) -> Dict[str, Any]:
+                  log: Callable[[str], object] = print) -> Dict[str, Any]:
     """Add a graph family to a current engine folder when it lacks it; return the manifest."""
     manifest = read_manifest(folder)
     if manifest is None:
@@ -202,7 +202,7 @@ def ensure_family(folder: str, quantization: str, fused: bool,
 
 
 def export_engine(source: str, folder: str, digest: str,
-                  log: Callable[[str], None] = print,
+                  log: Callable[[str], object] = print,
                   feature_layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
     """Load the model at ``source`` and write a complete engine folder."""
     from ..loaders.vlm import save_vision_json
@@ -256,7 +256,7 @@ def export_engine(source: str, folder: str, digest: str,
     return manifest
 
 
-def ensure_engine(model: str, engine_dir: str = "", log: Callable[[str], None] = print,
+def ensure_engine(model: str, engine_dir: str = "", log: Callable[[str], object] = print,
                   feature_layers: Optional[Sequence[int]] = None) -> str:
     """Return an up-to-date engine folder for ``model``, exporting when needed."""
     from ..loaders import resolve_model_source

@@ -164,7 +164,7 @@ def vision_profiles(vision_config: Any, max_tiles: int) -> List[Profile]:
 
 # ---------------------------------------------------------------- build
 
-def make_logger(trt: Any, log: Callable[[str], None]) -> Any:
+def make_logger(trt: Any, log: Callable[[str], object]) -> Any:
     sev = trt.Logger.Severity if hasattr(trt.Logger, "Severity") else trt.ILogger.Severity
 
     class _Logger(trt.ILogger):
@@ -182,7 +182,7 @@ def make_logger(trt: Any, log: Callable[[str], None]) -> Any:
     return _Logger()
 
 
-def _make_progress(trt: Any, log: Callable[[str], None]) -> Optional[Any]:
+def _make_progress(trt: Any, log: Callable[[str], object]) -> Optional[Any]:
     if not hasattr(trt, "IProgressMonitor"):
         return None
 
@@ -259,7 +259,7 @@ def _check_external_data(onnx_path: str) -> None:
 
 def build_engine(onnx_path: str, out_path: str, profiles: Union[Profile, Sequence[Profile]],
                  precision: str = "fp16", timing_cache: str = "",
-                 log: Callable[[str], None] = print, compute_capability: str = "",
+                 log: Callable[[str], object] = print, compute_capability: str = "",
                  workspace_mib: int = 0, trt: Any = None) -> Dict[str, Any]:
     """Parse ``onnx_path`` (external weights next to it), build, write the plan to ``out_path``.
 

@@ -301,7 +301,7 @@ class GraphCache:
     Returns True when a graph ran.
     """
 
-    def __init__(self, stream: Stream, log: Callable[[str], None] = print, max_graphs: int = 256):
+    def __init__(self, stream: Stream, log: Callable[[str], object] = print, max_graphs: int = 256):
         self.stream = stream
         self.log = log
         self.max_graphs = max_graphs

@@ -48,7 +48,7 @@ from ..step_inputs import causal_upper, check_step, fill_step
 TRT_ALIGNMENT = 256
 
 
-def load_engine(plan_path: str, trt: Any = None, log: Callable[[str], None] = print) -> Tuple[Any, Any]:
+def load_engine(plan_path: str, trt: Any = None, log: Callable[[str], object] = print) -> Tuple[Any, Any]:
     """Deserialize a plan: (runtime, engine). ModelLoadError with TensorRT's messages on failure."""
     from .build import make_logger, import_tensorrt
 
@@ -109,7 +109,7 @@ class TrtDecoder:
 
     def __init__(self, engine: Any, config: ModelConfig, embeddings: np.ndarray, max_seq_len: int,
                  max_chunk: int, lora_slots: Sequence[Tuple[int, str]] = (), trt: Any = None,
-                 log: Callable[[str], None] = print, cuda_graphs: bool = True, graph_bucket: int = 64,
+                 log: Callable[[str], object] = print, cuda_graphs: bool = True, graph_bucket: int = 64,
                  device: Optional[Device] = None, runtime: Any = None, table: Optional[DeviceBuffer] = None):
         """Open the engine's contexts and buffers.
 
@@ -192,7 +192,7 @@ class TrtDecoder:
     @classmethod
     def from_plan(cls, plan_path: str, config: ModelConfig, embeddings: np.ndarray, max_seq_len: int,
                   max_chunk: int, lora_slots: Sequence[Tuple[int, str]] = (), trt: Any = None,
-                  log: Callable[[str], None] = print, **kw: Any) -> "TrtDecoder":
+                  log: Callable[[str], object] = print, **kw: Any) -> "TrtDecoder":
         from .build import import_tensorrt
         trt = trt or import_tensorrt()
         device = Device.get(0)   # the context TensorRT will use is current before deserializing
@@ -203,7 +203,7 @@ class TrtDecoder:
     @classmethod
     def from_engine_folder(cls, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
                            max_seq_len: int, max_chunk: int, max_lora_rank: int,
-                           lora_slots: Sequence[Tuple[int, str]] = (), log: Callable[[str], None] = print,
+                           lora_slots: Sequence[Tuple[int, str]] = (), log: Callable[[str], object] = print,
                            **kw: Any) -> "TrtDecoder":
         """Build (when missing or stale) the plan of ``graph`` in the engine folder and load it."""
         from .engines import ensure_decoder_plan

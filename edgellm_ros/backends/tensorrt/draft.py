@@ -37,7 +37,7 @@ class TrtDraft(TrtDecoder):
         return ("past_key", "past_value", "present_key", "present_value")
 
     def __init__(self, engine: Any, draft_cfg: Any, embeddings: np.ndarray, max_seq_len: int, max_chunk: int,
-                 trt: Any = None, log: Callable[[str], None] = print, table: Optional[DeviceBuffer] = None,
+                 trt: Any = None, log: Callable[[str], object] = print, table: Optional[DeviceBuffer] = None,
                  **kw: Any):
         # draft_cfg.rope(): a one-layer ModelConfig with the draft's widths (what TrtDecoder reads)
         super().__init__(engine, draft_cfg.rope(), embeddings, max_seq_len, max_chunk, (), trt, log,
@@ -50,7 +50,7 @@ class TrtDraft(TrtDecoder):
 
 
 def load_trt_draft(folder: str, draft_sub: str, draft_cfg: Any, embeddings: np.ndarray, max_seq_len: int,
-                   max_chunk: int, log: Callable[[str], None] = print, table: Optional[DeviceBuffer] = None,
+                   max_chunk: int, log: Callable[[str], object] = print, table: Optional[DeviceBuffer] = None,
                    ) -> Tuple[TrtDraft, Optional[TrtFunction]]:
     """Build (when missing or stale) and load the draft's plans: (step, fc or None for EAGLE-1).
 

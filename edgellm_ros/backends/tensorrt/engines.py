@@ -117,7 +117,7 @@ def stale_reasons(entry: Optional[Mapping[str, Any]], wanted: Mapping[str, Any],
 
 
 def ensure_plan(folder: str, graph: str, profiles: Sequence[Profile], precision: str = DEFAULT_PRECISION,
-                log: Callable[[str], None] = print, trt: Any = None,
+                log: Callable[[str], object] = print, trt: Any = None,
                 target: Optional[Mapping[str, str]] = None) -> Tuple[str, Dict[str, Any]]:
     """The plan of ``<folder>/<graph>.onnx`` for these profiles: reused when current, else built.
 
@@ -157,7 +157,7 @@ def ensure_plan(folder: str, graph: str, profiles: Sequence[Profile], precision:
 
 
 def ensure_decoder_plan(folder: str, graph: str, max_seq_len: int, max_chunk: int, max_lora_rank: int,
-                        precision: str = DEFAULT_PRECISION, log: Callable[[str], None] = print,
+                        precision: str = DEFAULT_PRECISION, log: Callable[[str], object] = print,
                         trt: Any = None, target: Optional[Mapping[str, str]] = None) -> Tuple[str, Dict[str, Any]]:
     """ensure_plan for a decoder variant, its profiles sized from the runtime's limits."""
     from ...contract import read_manifest
@@ -172,7 +172,7 @@ def ensure_decoder_plan(folder: str, graph: str, max_seq_len: int, max_chunk: in
 
 
 def ensure_draft_plans(folder: str, draft_sub: str, draft_cfg: Any, max_seq_len: int, max_chunk: int,
-                       precision: str = DEFAULT_PRECISION, log: Callable[[str], None] = print, trt: Any = None,
+                       precision: str = DEFAULT_PRECISION, log: Callable[[str], object] = print, trt: Any = None,
                        target: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """Plans of an EAGLE draft exported under ``<folder>/<draft_sub>`` (engine.py's drafts/...).
 
@@ -192,7 +192,7 @@ def ensure_draft_plans(folder: str, draft_sub: str, draft_cfg: Any, max_seq_len:
 
 
 def ensure_vision_plan(folder: str, vision_cfg: Any, max_tiles: int, precision: str = DEFAULT_PRECISION,
-                       log: Callable[[str], None] = print, trt: Any = None,
+                       log: Callable[[str], object] = print, trt: Any = None,
                        target: Optional[Mapping[str, str]] = None) -> str:
     """The plan of the folder's vision.onnx, for runs of 1 to ``max_tiles`` tiles."""
     return ensure_plan(folder, "vision", vision_profiles(vision_cfg, max_tiles), precision, log, trt, target)[0]

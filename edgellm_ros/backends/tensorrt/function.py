@@ -52,7 +52,7 @@ class TrtFunction:
 
     @classmethod
     def from_plan(cls, plan_path: str, input_name: str, output_name: str, max_rows: int, axis: int = 0,
-                  trt: Any = None, log: Callable[[str], None] = print) -> "TrtFunction":
+                  trt: Any = None, log: Callable[[str], object] = print) -> "TrtFunction":
         from . import decoder as trt_decoder
         from .build import import_tensorrt
         trt = trt or import_tensorrt()
@@ -99,7 +99,7 @@ class TrtFunction:
         self.stream.destroy()
 
 
-def load_trt_vision(folder: str, vision_cfg: Any, max_tiles: int, log: Callable[[str], None] = print) -> TrtFunction:
+def load_trt_vision(folder: str, vision_cfg: Any, max_tiles: int, log: Callable[[str], object] = print) -> TrtFunction:
     """The engine folder's vision encoder on TensorRT.
 
     trt/vision.plan is built when missing or stale (tiles 1..max_tiles a run)
