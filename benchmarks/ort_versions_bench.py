@@ -1,0 +1,89 @@
+"""ONNX Runtime A against B on the default fused int4 graph: prints (and writes) one JSON object.
+
+    python benchmarks/ort_versions_bench.py --python-a VENV_A/bin/python --python-b VENV_B/bin/python \
+        [--rounds 3] [--runs 3] [--threads 2] [--out benchmarks/results/DATE-ort-versions.json]
+
+Runs benchmarks/runtime_bench.py (prefill of a 512-token prompt, decode of 128 tokens,
+medians over --runs) under each interpreter in turn, A B A B ..., --rounds times, so
+that the machine's drift (other processes, frequency) hits both alike; reports each
+side's median over the rounds and the ratio B / A. The two interpreters should
+differ only in onnxruntime (same Python, numpy and edgellm_ros); each one's versions
+are read and recorded. Both use the same engine folder (XDG_CACHE_HOME as given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURES = ("prefill_tokens_per_s", "decode_tokens_per_s", "python_overhead_us_per_token",
+           "ttft_s_cold_prompt_cache", "ttft_s_warm_prompt_cache")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    return ln.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def versions(python: str) -> dict:
+    code = ("import json, sys, numpy, onnxruntime, edgellm_ros; print(json.dumps({'python': sys.version.split()[0], "
+            "'numpy': numpy.__version__, 'onnxruntime': onnxruntime.__version__}))")
+    return json.loads(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout)
+
+
+def bench(python: str, a: argparse.Namespace) -> dict:
+    cmd = [python, os.path.join(HERE, "runtime_bench.py"), "--runs", str(a.runs), "--threads", str(a.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out[out.index("{"):])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--python-a", required=True)
+    ap.add_argument("--python-b", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args()
+    sides = {"a": {"interpreter": a.python_a, **versions(a.python_a), "runs": []},
+             "b": {"interpreter": a.python_b, **versions(a.python_b), "runs": []}}
+    for r in range(a.rounds):
+        for k in ("a", "b"):
+            res = bench(sides[k]["interpreter"], a)
+            sides[k]["runs"].append({f: res[f] for f in FIGURES})
+            print(f"round {r + 1} {k} (onnxruntime {sides[k]['onnxruntime']}): "
+                  f"prefill {res['prefill_tokens_per_s']} tok/s, decode {res['decode_tokens_per_s']} tok/s",
+                  file=sys.stderr, flush=True)
+    for s in sides.values():
+        s["median"] = {f: statistics.median(x[f] for x in s["runs"]) for f in FIGURES}
+    out = {
+        "what": "benchmarks/runtime_bench.py (default fused int4 graph, embedded SmolLM2-135M Q4_1) "
+                "under two onnxruntime versions, runs alternated",
+        "date": datetime.date.today().isoformat(), "cpu": cpu_name(), "cores": os.cpu_count(),
+        "threads": a.threads, "rounds": a.rounds, "runs_per_round": a.runs,
+        "a": sides["a"], "b": sides["b"],
+        "ratio_b_over_a": {f: round(sides["b"]["median"][f] / sides["a"]["median"][f], 3)
+                           for f in ("prefill_tokens_per_s", "decode_tokens_per_s")},
+    }
+    text = json.dumps(out, indent=1)
+    print(text)
+    if a.out:
+        with open(a.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
