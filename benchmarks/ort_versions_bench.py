@@ -6,7 +6,8 @@
 Runs benchmarks/runtime_bench.py (prefill of a 512-token prompt, decode of 128 tokens,
 medians over --runs) under each interpreter in turn, A B A B ..., --rounds times, so
 that the machine's drift (other processes, frequency) hits both alike; reports each
-side's median over the rounds and the ratio B / A. The two interpreters should
+side's median over the rounds, the ratio of the medians B / A and the median of
+each round's B / A (robust to load that changes between rounds). The two interpreters should
 differ only in onnxruntime (same Python, numpy and edgellm_ros); each one's versions
 are read and recorded. Both use the same engine folder (XDG_CACHE_HOME as given).
 """
@@ -77,6 +78,10 @@ def main() -> None:
         "a": sides["a"], "b": sides["b"],
         "ratio_b_over_a": {f: round(sides["b"]["median"][f] / sides["a"]["median"][f], 3)
                            for f in ("prefill_tokens_per_s", "decode_tokens_per_s")},
+        # each round's B / A (adjacent runs share the machine's load), then their median
+        "ratio_b_over_a_paired_median": {
+            f: round(statistics.median(b[f] / a_[f] for a_, b in zip(sides["a"]["runs"], sides["b"]["runs"])), 3)
+            for f in ("prefill_tokens_per_s", "decode_tokens_per_s")},
     }
     text = json.dumps(out, indent=1)
     print(text)
