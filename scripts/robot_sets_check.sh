@@ -19,8 +19,8 @@
 # The interpreters: Python 3.10 and 3.12 are not Debian 12's (3.11). Looked up, in
 # order: $EDGELLM_PY310 / $EDGELLM_PY312, python3.10 / python3.12 on PATH, pyenv's
 # versions ($PYENV_ROOT or ~/.pyenv, then /root/.pyenv: the machine image has
-# 3.10.13 and 3.12.1 there). When one is missing the set fails, saying so and how
-# to get it.
+# 3.10.13 and 3.12.1 there). When one is missing, that set fails, saying so and how
+# to get it (nothing is downloaded: CI's machines reach only package registries).
 #
 # Regenerating a set after changing a pin: resolve the runtime's dependencies
 # with the set's pins for the aarch64 target and write every package it installs:
@@ -148,9 +148,10 @@ check_set() {
   local base
   if ! base="$(find_python "$pyver")"; then
     echo "Python $pyver not found: looked at \$EDGELLM_PY${pyver/./}, python$pyver on PATH and pyenv's versions" \
-         "(${PYENV_ROOT:-$HOME/.pyenv}/versions, /root/.pyenv/versions). The machine image has it under pyenv;" \
-         "elsewhere: pyenv install $pyver (or apt-get install python$pyver-venv on the Ubuntu whose Python it is)," \
-         "or set EDGELLM_PY${pyver/./}=/path/to/python$pyver." >&2
+         "(${PYENV_ROOT:-$HOME/.pyenv}/versions, /root/.pyenv/versions). This project's machine image has it" \
+         "at /root/.pyenv/versions/$pyver.*; where it is missing: pyenv install $pyver (builds from python.org's" \
+         "sources: needs that site, which this project's CI machines cannot reach), apt-get install" \
+         "python$pyver-venv on the Ubuntu whose Python it is, or set EDGELLM_PY${pyver/./}=/path/to/python$pyver." >&2
     bad "interpreter (Python $pyver not found)"
     return
   fi
