@@ -6,6 +6,8 @@ from unittest import mock
 
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from catkin_pkg.package import parse_package
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from conftest import REPO
 
 from edgellm_ros.msg import Token
@@ -64,6 +66,13 @@ def test_setup_py_installs_the_runtime_and_the_edgellm_command():
             os.chdir(cwd)
     kw = setup.call_args.kwargs
     assert kw["entry_points"]["console_scripts"] == ["edgellm = edgellm_ros.cli:main"]
-    assert "onnxruntime==1.31.1" in kw["install_requires"]
-    assert all("==" in r for r in kw["install_requires"])
+    # ranges (requirements/runtime.txt), so that pip install . takes any pinned set as
+    # constraints: each set's pins (the development set and both robot sets) satisfy them
+    assert "onnxruntime>=1.23.2" in kw["install_requires"]
+    for name in ("constraints.txt", "jetpack6.txt", "jetpack7.txt"):
+        with open(os.path.join(REPO, "requirements", name), encoding="utf-8") as f:
+            pins = dict((canonicalize_name(n), v) for n, v in
+                        (ln.split("#")[0].strip().split("==") for ln in f if ln.split("#")[0].strip()))
+        for r in map(Requirement, kw["install_requires"]):
+            assert pins[canonicalize_name(r.name)] in r.specifier, (name, str(r))
     assert {"edgellm_ros", "edgellm_ros.ros"} <= set(kw["packages"])
