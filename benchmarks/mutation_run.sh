@@ -64,8 +64,8 @@ for line in open(results, encoding="utf-8"):
     m = re.match(r"\s*([\w.]+)__mutmut_\d+:\s*(.+?)\s*$", line)
     if not m:
         continue
-    module = m.group(1).split(".x")[0].rsplit(".", 1)[0] if ".x" in m.group(1) else m.group(1).rsplit(".", 1)[0]
-    per[module.split(".xǁ")[0]][m.group(2)] += 1
+    module = re.sub(r"\.x[_\u01c1].*$", "", m.group(1))   # mutmut names: module.x_func, module.xǁClassǁmethod
+    per[module][m.group(2)] += 1
 def share(c):
     total = sum(c.values())
     alive = total - c.get("killed", 0) - c.get("timeout", 0)

@@ -22,7 +22,7 @@ BOUND = 768   # bytes: one layer's K/V row
 
 @pytest.mark.parametrize("quantization,fused", [("none", False), ("int4", True)])
 def test_each_decode_steps_allocation_peak_is_under_one_kv_row(default_engine_dir, default_weights,
-                                                              quantization, fused):
+                                                               quantization, fused):
     from edgellm_ros.backends.onnxruntime import OrtDecoder
     from edgellm_ros.runtime.engine_dir import ensure_family, graph_name
     c = default_weights.config
