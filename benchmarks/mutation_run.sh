@@ -45,6 +45,7 @@ done <<< "$TESTS"
 {
   echo "[mutmut]"
   echo "source_paths = edgellm_ros"
+  echo "also_copy = adapters"
   echo "only_mutate ="
   for f in $FILES; do echo "    $f"; done
   echo "pytest_add_cli_args = -p no:cacheprovider -q"
