@@ -200,9 +200,9 @@ def agreement(w: Worker, by_name: Dict[str, Worker], reference: Optional[Worker]
         else:
             out["agrees"] = None
             out["note"] = "its base variant was not measured"
-    elif w is reference:
+    elif w is reference:  # the float path: deterministic, so every round gives the same ids
         out["expected_identical"] = True
-        out["agrees"] = True
+        out["agrees"] = out["identical_in_every_round"]
     elif exact_int4(w) and "leading_identical" in out:
         out["expected_identical"] = True
         out["agrees"] = out["leading_identical"] == len(ids)

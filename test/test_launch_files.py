@@ -112,8 +112,11 @@ def resolve(value, arguments, overrides):
     return value
 
 
-def described_transitions(description, shims, node):
-    """Transition ids the description requests after start, in order."""
+def described_transitions(description, shims, node, overrides=None):
+    """Transition ids the description requests after start, in order, with launch
+    arguments ``overrides``: none when the autostart condition does not hold."""
+    arguments = {a.args[0]: a for a in entities(description, shims.DeclareLaunchArgument)}
+    overrides = overrides or {}
     if shims.variant == "humble":
         emit, = entities(description, shims.EmitEvent)
         handler, = entities(description, shims.RegisterEventHandler)
@@ -123,9 +126,37 @@ def described_transitions(description, shims, node):
         assert on_state.kwargs["target_lifecycle_node"] is node
         assert on_state.kwargs["goal_state"] == "inactive" and on_state.kwargs["handle_once"]
         then = on_state.kwargs["entities"][0].kwargs["event"]
-        return [first.kwargs["transition_id"], then.kwargs["transition_id"]]
+        holds = [condition_holds(e.kwargs.get("condition"), arguments, overrides)
+                 for e in (emit, handler)]
+        assert holds[0] == holds[1], "configure and activate must share the autostart condition"
+        return [first.kwargs["transition_id"], then.kwargs["transition_id"]] if holds[0] else []
     transition, = entities(description, shims.LifecycleTransition)
+    if not condition_holds(transition.kwargs.get("condition"), arguments, overrides):
+        return []
     return list(transition.kwargs["transition_ids"])
+
+
+def condition_holds(condition, arguments, overrides):
+    """launch's IfCondition: true for 'true' / '1' (any case); no condition always holds."""
+    if condition is None:
+        return True
+    assert type(condition).__name__ == "IfCondition", condition
+    value = str(resolve(condition.args[0], arguments, overrides)).strip().lower()
+    assert value in ("true", "false", "1", "0"), f"IfCondition on {value!r}"
+    return value in ("true", "1")
+
+
+def transition_targets(description, shims, overrides):
+    """Full names of the nodes the LifecycleTransition addresses, substitutions joined."""
+    arguments = {a.args[0]: a for a in entities(description, shims.DeclareLaunchArgument)}
+    transition, = entities(description, shims.LifecycleTransition)
+    names = resolve(transition.kwargs["lifecycle_node_names"], arguments, overrides)
+    return ["".join(n) if isinstance(n, list) else n for n in names]
+
+
+def node_full_name(node, arguments, overrides):
+    ns = resolve(node.kwargs["namespace"], arguments, overrides).rstrip("/")
+    return f"{ns}/{node.kwargs['name']}"
 
 
 @pytest.mark.parametrize("name", ["llm.launch.py", "vlm.launch.py"])
@@ -197,6 +228,34 @@ def test_vlm_launch_finds_a_smolvlm_in_the_hf_cache_or_names_the_fetch_command(
     assert find_vision_model("", {"HF_HUB_CACHE": str(hub)}) == vlm
 
 
+@pytest.mark.parametrize("name", ["llm.launch.py", "vlm.launch.py"])
+@pytest.mark.parametrize("autostart, expected", [
+    ("true", [Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE]),
+    ("True", [Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE]),
+    ("false", []), ("0", [])])
+def test_autostart_decides_whether_the_transitions_are_requested(shims, name, autostart, expected):
+    d = load(name)
+    node, = entities(d, shims.LifecycleNode)
+    assert described_transitions(d, shims, node, {"autostart": autostart, "model": "/m"}) == expected
+    conditioned = [e for e in d.args[0] if type(e).__name__ in
+                   ("LifecycleTransition", "EmitEvent", "RegisterEventHandler")]
+    assert conditioned and all(e.kwargs.get("condition") == shims.IfCondition(
+        shims.LaunchConfiguration("autostart")) for e in conditioned), conditioned
+
+
+@pytest.mark.parametrize("name", ["llm.launch.py", "vlm.launch.py"])
+@pytest.mark.parametrize("namespace", ["", "/robot1", "/fleet/robot2"])
+def test_transitions_address_the_launched_node_by_its_full_name(monkeypatch, name, namespace):
+    shims = install_shims(monkeypatch, "iron_or_newer")   # Humble matches the action itself
+    d = load(name)
+    arguments = {a.args[0]: a for a in entities(d, shims.DeclareLaunchArgument)}
+    node, = entities(d, shims.LifecycleNode)
+    overrides = {"namespace": namespace, "model": "/m"}
+    want = node_full_name(node, arguments, overrides)
+    assert want == f"{namespace}/edgellm"
+    assert transition_targets(d, shims, overrides) == [want]
+
+
 def test_the_described_launch_runs_and_answers(monkeypatch):
     # One run is enough: both variants describe the same node and transitions.
     shims = install_shims(monkeypatch, "iron_or_newer")
@@ -219,6 +278,9 @@ def test_the_described_launch_runs_and_answers(monkeypatch):
         with ros_client(domain, ns, "launch_test_client") as c:
             labels = {Transition.TRANSITION_CONFIGURE: "configure",
                       Transition.TRANSITION_ACTIVATE: "activate"}
+            target, = transition_targets(d, shims, {"namespace": ns})
+            assert (target.rsplit("/", 1)[1], target.rsplit("/", 1)[0]) in \
+                _node_names(c.node), f"no node {target} in the graph"
             for tid in described_transitions(d, shims, node):
                 assert c.transition(labels[tid])
             assert c.state() == "active"
@@ -231,6 +293,17 @@ def test_the_described_launch_runs_and_answers(monkeypatch):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _node_names(node, timeout=10.0):
+    """(name, namespace) of the graph's nodes, once the edgellm node is discovered."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        names = node.get_node_names_and_namespaces()
+        if any(n == "edgellm" for n, _ in names) or time.monotonic() > deadline:
+            return names
+        time.sleep(0.1)
 
 
 def test_a_params_file_loads_into_the_node(tmp_path):

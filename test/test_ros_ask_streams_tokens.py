@@ -120,4 +120,6 @@ def test_200_sequential_asks_keep_memory_bounded(active):
         ask()
     grown = rss_mib() - before
     print(f"200 asks in {time.monotonic() - t0:.1f} s, RSS {before:.0f} MiB, grew {grown:.1f} MiB")
-    assert grown < 15
+    # Measured: +0.3 MiB over these 200 asks, +0.09% (about 0.6 MiB) over a 1,000-ask soak
+    # (issue 22). 3 MiB is 15 KB per ask: a per-request leak of that size fails.
+    assert grown < 3, f"RSS grew {grown:.1f} MiB over 200 asks ({grown * 2**20 / 200 / 1e3:.0f} KB per ask)"
