@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import numpy as np
 
@@ -252,7 +252,8 @@ class Engine:
         configure that never sees a constrained request does not pay."""
         with self._grammar_lock:
             if self._grammar is None:
-                self._grammar = GrammarCompiler(self.tokenizer, self.model_config.vocab_size)
+                # Engine.load's tokenizer is a Tokenizer (llguidance reads its tokenizer.json)
+                self._grammar = GrammarCompiler(cast(Tokenizer, self.tokenizer), self.model_config.vocab_size)
             return self._grammar
 
     def compile_constraint(self, request: GenerationRequest) -> Optional[Constraint]:

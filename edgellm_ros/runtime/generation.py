@@ -160,7 +160,8 @@ class Generator:
             drafter.done = cached
         logits = None
         image_row = 0
-        if self._image_rows is not None and cached:  # image rows the restored prefix holds
+        if self._image_rows is not None and self.vision is not None and cached:
+            # image rows the restored prefix holds
             image_row = int(np.count_nonzero(np.asarray(ids[:cached]) == self.vision.image_token_id))
         for end in [c.pos for c in cuts if c.pos > p] + [len(ids)]:
             while p < end:

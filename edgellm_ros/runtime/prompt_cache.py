@@ -21,7 +21,6 @@ import threading
 from collections import OrderedDict
 from typing import Any, List, Optional, Sequence, Tuple
 
-from ..backends.kv_cache import Snapshot
 
 Key = Tuple[str, str, int]
 
@@ -52,7 +51,8 @@ class PromptCache:
 
     def __init__(self, max_bytes: int):
         self.max_bytes = max_bytes
-        self._entries: "OrderedDict[Key, Tuple[Snapshot, int]]" = OrderedDict()
+        # key -> (snapshot: a KV Snapshot, or the generator's (base, draft) pair; its bytes)
+        self._entries: "OrderedDict[Key, Tuple[Any, int]]" = OrderedDict()
         self._lock = threading.Lock()
         self.nbytes = 0
         self.hits = 0
@@ -61,7 +61,7 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: Key) -> Optional[Snapshot]:
+    def get(self, key: Key) -> Optional[Any]:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -90,7 +90,7 @@ class PromptCache:
         with self._lock:
             return key in self._entries
 
-    def put(self, key: Key, snap: Snapshot, nbytes: int) -> bool:
+    def put(self, key: Key, snap: Any, nbytes: int) -> bool:
         """Store a snapshot; returns False when it alone exceeds the budget."""
         if nbytes > self.max_bytes:
             return False
