@@ -132,19 +132,21 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):
 def test_prompt_cache_restore_gives_bit_identical_logits(engine):
     gen = engine.generator
     req = GenerationRequest(prompt="What is a lidar?", system_prompt="You are a robot. Be brief.")
-    ids, prefix = gen.build_prompt(req)
-    assert 0 < prefix < len(ids)
+    ids, cuts = gen.build_prompt(req)
+    assert 0 < cuts[0].pos < cuts[-1].pos < len(ids)   # the system part, the user message
     engine.prompt_cache.clear()
-    cold, cached0 = gen.prefill(ids, prefix)
+    cold, cached0 = gen.prefill(ids, cuts)
     cold = cold.copy()
-    warm, cached1 = gen.prefill(ids, prefix)
+    assert gen.store_prefixes(ids, cuts) == 2
+    warm, cached1 = gen.prefill(ids, cuts)
+    warm = warm.copy()
     saved = gen.cache
     gen.cache = None
     try:
-        plain, _ = gen.prefill(ids, prefix)
+        plain, _ = gen.prefill(ids, cuts)
     finally:
         gen.cache = saved
-    assert (cached0, cached1) == (0, prefix)
+    assert (cached0, cached1) == (0, cuts[-1].pos)
     assert np.array_equal(cold, warm) and np.array_equal(plain, warm)
 
 

@@ -253,13 +253,39 @@ class SamplingConfig:
         return self.temperature == 0.0 or self.top_k == 1
 
 
+#: Roles a chat message may have.
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation."""
+
+    # "system", "user" or "assistant".
+    role: str
+    # The text of the turn.
+    content: str
+    # Indices into GenerationRequest.images of the images this turn shows, in order.
+    images: Tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise InvalidRequest(f"message role must be one of {ROLES}, got {self.role!r}")
+        if not isinstance(self.content, str):
+            raise InvalidRequest(f"message content must be a string, got {self.content!r}")
+        object.__setattr__(self, "images", tuple(self.images))
+        if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in self.images):
+            raise InvalidRequest(f"message images must be image indices, got {self.images!r}")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One question to answer."""
+    """One question to answer: a prompt, or a conversation (messages)."""
 
-    # The user's message (or the raw text when raw=True). Must not be empty.
-    prompt: str
-    # System message placed before the prompt; None = the template's default.
+    # The user's message (or the raw text when raw=True); "" when messages are given.
+    prompt: str = ""
+    # System message placed before the prompt; None = the template's default (prompt only:
+    # a conversation carries its own system message).
     system_prompt: Optional[str] = None
     # Upper bound of generated tokens.
     max_new_tokens: int = ranged(256, 1, MAX_NEW_TOKENS_LIMIT)
@@ -269,15 +295,29 @@ class GenerationRequest:
     stop: Tuple[str, ...] = ()
     # True: feed prompt as is, without the chat template.
     raw: bool = False
-    # True: keep going past end tokens (benchmarks); max_new_tokens still ends it.
+    # True: keep going past end tokens (benchmarks); max_new_tokens still ends it. With
+    # json_schema or grammar, end tokens still end a complete answer.
     ignore_eos: bool = False
     # LoRA adapter for this request only; None = the engine's current one, "" = base.
     adapter: Optional[str] = None
-    # Images (RGB uint8 [H, W, 3]) shown with the prompt, in order (vision models).
+    # Images (RGB uint8 [H, W, 3]) shown with the prompt, in order (vision models); with
+    # messages, each is shown by the message that lists its index.
     images: Tuple[Any, ...] = ()
+    # The conversation so far, ending with a user message, rendered by the model's chat
+    # template (instead of prompt and system_prompt).
+    messages: Tuple[ChatMessage, ...] = ()
+    # JSON Schema text the answer must satisfy ("" = none); exclusive with grammar.
+    json_schema: str = ""
+    # Lark or GBNF grammar, or a regex written /.../, the answer must match ("" = none).
+    grammar: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
+        object.__setattr__(self, "messages", tuple(self.messages))
+        if not isinstance(self.prompt, str):
+            raise InvalidRequest(f"prompt must be a string, got {self.prompt!r}")
+        if self.messages:
+            self._check_messages()
+        elif not self.prompt.strip():
             raise InvalidRequest(f"prompt must be a non-empty string, got {self.prompt!r}")
         check_ranges(self, InvalidRequest)
         if any((not isinstance(s, str)) or s == "" for s in self.stop):
@@ -290,3 +330,35 @@ class GenerationRequest:
                     or min(shape[:2]) < 1:
                 raise InvalidRequest(f"image {i} must be an RGB uint8 array [H, W, 3], got "
                                      f"shape {shape} dtype {getattr(img, 'dtype', None)}")
+        if self.messages:
+            for k, m in enumerate(self.messages):
+                for i in m.images:
+                    if not 0 <= i < len(self.images):
+                        raise InvalidRequest(f"message {k} shows image {i}, the request has "
+                                             f"{len(self.images)} image(s)")
+            shown = sorted(i for m in self.messages for i in m.images)
+            if shown != list(range(len(self.images))):
+                raise InvalidRequest(f"messages must show each of the {len(self.images)} image(s) "
+                                     f"exactly once, they show indices {shown}")
+        for name in ("json_schema", "grammar"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidRequest(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.json_schema and self.grammar:
+            raise InvalidRequest("give json_schema or grammar, not both")
+
+    def _check_messages(self) -> None:
+        if self.prompt:
+            raise InvalidRequest(f"give prompt or messages, not both (prompt {self.prompt!r})")
+        if self.system_prompt is not None:
+            raise InvalidRequest(f"system_prompt goes with prompt; a conversation carries a system "
+                                 f"message instead (system_prompt {self.system_prompt!r})")
+        if self.raw:
+            raise InvalidRequest("raw=True feeds prompt as is; messages need the chat template")
+        for m in self.messages:
+            if not isinstance(m, ChatMessage):
+                raise InvalidRequest(f"messages must be ChatMessage objects, got {m!r}")
+        last = self.messages[-1]
+        if last.role != "user":
+            raise InvalidRequest(f"the last message must be a user message, got role {last.role!r}")
+        if not last.content.strip() and not last.images:
+            raise InvalidRequest(f"the last user message is empty, got {last.content!r}")

@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, cast
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from ..errors import ConfigError, ModelLoadError
 from ..models.eagle import load_draft
 from ..models.spec import ModelConfig
 from .config import EngineConfig, GenerationRequest, parse_adapter_spec
+from .constraints import Constraint, GrammarCompiler
 from .engine_dir import EXPORT_FORMAT, ensure_engine, ensure_family, graph_name, source_hash
 from .generation import GenerationResult, Generator, TokenEvent
 from .lora import LoraRegistry, load_adapter
@@ -180,6 +181,8 @@ class Engine:
         self.vision = vision            # VisionPipeline of a vision-language model
         self.drafter: Optional[Drafter] = None
         self.attach_drafter(drafter)
+        self._grammar: Optional[GrammarCompiler] = None   # built by the first constrained request
+        self._grammar_lock = threading.Lock()
 
     @classmethod
     def load(cls, config: EngineConfig, log: Log = print) -> "Engine":
@@ -241,12 +244,33 @@ class Engine:
         """
         self._adapter = self.adapters.check(name)
 
+    @property
+    def grammar(self) -> GrammarCompiler:
+        """The engine's GrammarCompiler (llguidance's view of the tokenizer), built once, on
+        first use: about a second on the default model's 49,152 tokens, which a
+        configure that never sees a constrained request does not pay."""
+        with self._grammar_lock:
+            if self._grammar is None:
+                # Engine.load's tokenizer is a Tokenizer (llguidance reads its tokenizer.json)
+                self._grammar = GrammarCompiler(cast(Tokenizer, self.tokenizer), self.model_config.vocab_size)
+            return self._grammar
+
+    def compile_constraint(self, request: GenerationRequest) -> Optional[Constraint]:
+        """The request's constraint (None without json_schema and grammar); InvalidRequest
+        with llguidance's message for a malformed one (about a millisecond: callers may
+        check a request when it arrives)."""
+        if not (request.json_schema or request.grammar):
+            return None
+        return self.grammar.compile(request.json_schema, request.grammar)
+
     def generate(self, request: GenerationRequest,
                  on_token: Optional[Callable[[TokenEvent], None]] = None,
                  cancel: Optional[threading.Event] = None) -> GenerationResult:
         """Answer one request (thread-safe; requests run one at a time)."""
         adapter = self._adapter if request.adapter is None else self.adapters.check(request.adapter)
-        res = self.generator.generate(request, on_token, cancel, adapter=adapter, eagle=self.eagle)
+        constraint = self.compile_constraint(request)
+        res = self.generator.generate(request, on_token, cancel, adapter=adapter, eagle=self.eagle,
+                                      constraint=constraint)
         if res.eagle is not None:
             self.eagle_totals.add(res.eagle)
         return res

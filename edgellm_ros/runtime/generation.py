@@ -3,6 +3,19 @@
 The loop reads one row of logits per step, picks a token, streams the text
 delta through a callback and stops on an end token, a stop string,
 max_new_tokens, a full KV cache or a cancellation from another thread.
+
+The prompt (chat.py) comes with cuts, where its reusable prefixes end; the
+prefill restores the KV rows of the longest cached one and runs the tokens
+between two cuts as chunks of their own, cache or no cache, so the logits are
+those of a cold prefill bit for bit; after the request the rows up to its
+first and last cut (the system part, the whole conversation before the
+answer) go into the prompt cache.
+
+With a :class:`~.constraints.Constraint` (json_schema, grammar) every logits
+row is masked before the token is picked (sampling or argmax) and the picked
+token is committed to the matcher; under EAGLE the acceptance walk masks each
+verify row it reaches and commits what it accepts, so a draft token the
+grammar forbids is never accepted and the matcher never holds a rejected one.
 """
 
 from __future__ import annotations
@@ -16,8 +29,10 @@ import numpy as np
 
 from ..contract import DecoderStep, TextTokenizer
 from ..errors import ContextFull, InvalidRequest
+from .chat import Cut, render_prompt
 from .config import GenerationRequest
-from .prompt_cache import PromptCache, prefix_key
+from .constraints import Constraint
+from .prompt_cache import PromptCache, prefix_keys
 from .sampling import make_distribution, make_rng, make_sampler
 from .speculative import (Drafter, EagleConfig, SpecStats, accept_greedy, accept_sampling,
                           speculative_tokens)
@@ -28,8 +43,6 @@ FINISH_STOP_STRING = "stop_string"  # one of the request's stop strings
 FINISH_LENGTH = "length"            # max_new_tokens reached
 FINISH_CONTEXT = "context_full"     # the KV cache (max_seq_len) is full
 FINISH_CANCELLED = "cancelled"      # cancel event set from another thread
-#: Marker in a user message used to find where the chat template puts it.
-_PROBE = "\u2063edgellm-probe\u2063"
 
 
 @dataclass(frozen=True)
@@ -96,85 +109,61 @@ class Generator:
         self._lock = threading.Lock()
 
     # -- prompt ---------------------------------------------------------------
-    def _content(self, text: str, images: int = 0) -> Any:
-        # vision templates (SmolVLM) read content parts; text models a string
-        return self.vision.user_content(text, images) if self.vision is not None else text
-
-    def build_prompt(self, req: GenerationRequest) -> Tuple[List[int], int]:
-        """Token ids of the request and the length of its cacheable prefix.
+    def build_prompt(self, req: GenerationRequest) -> Tuple[List[int], Tuple[Cut, ...]]:
+        """Token ids of the request and its cuts (chat.py: where reusable prefixes end).
 
         With images, their embeddings are computed here too (kept for the
         prefill); the image tokens count against max_seq_len.
         """
-        self._image_rows = None
-        if req.images and self.vision is None:
-            raise InvalidRequest(f"the request has {len(req.images)} image(s) but the model "
-                                 "has no vision encoder (text-only)")
-        if req.raw:
-            return self.tok.encode(req.prompt), 0
-        system = [] if req.system_prompt is None else [
-            {"role": "system", "content": self._content(req.system_prompt)}]
-        text = self.tok.apply_chat_template(
-            system + [{"role": "user", "content": self._content(req.prompt, len(req.images))}],
-            add_generation_prompt=True)
-        if self.vision is not None:
-            if req.images:
-                ids, self._image_rows = self.vision.prepare(
-                    text, req.images, self.tok, max_tokens=self.decoder.max_seq_len)
-            else:
-                ids = self.tok.encode(text)
-                self.vision.check_image_tokens(ids, np.zeros((0, self.decoder.config.hidden_size)))
-        else:
-            ids = self.tok.encode(text)
-        probe = self.tok.apply_chat_template(
-            system + [{"role": "user", "content": self._content(_PROBE)}], add_generation_prompt=True)
-        cut = probe.find(_PROBE)
-        if cut <= 0 or not text.startswith(probe[:cut]):
-            return ids, 0
-        pre = self.tok.encode(probe[:cut])
-        n = 0
-        while n < min(len(pre), len(ids)) and pre[n] == ids[n]:
-            n += 1
-        return ids, n
+        ids, cuts, self._image_rows = render_prompt(self.tok, self.vision, req, self.decoder.max_seq_len)
+        return ids, cuts
 
     # -- run ------------------------------------------------------------------
     def generate(self, req: GenerationRequest,
                  on_token: Optional[Callable[[TokenEvent], None]] = None,
                  cancel: Optional[threading.Event] = None, adapter: str = "",
-                 eagle: EagleConfig = EagleConfig()) -> GenerationResult:
+                 eagle: EagleConfig = EagleConfig(), constraint: Optional[Constraint] = None
+                 ) -> GenerationResult:
         """Answer ``req`` with the LoRA ``adapter`` ("" = the base model; the caller has
-        checked that it is loaded) and the EAGLE settings ``eagle`` (used when a draft is)."""
+        checked that it is loaded), the EAGLE settings ``eagle`` (used when a draft is)
+        and ``constraint`` (compiled from the request's json_schema or grammar, fresh)."""
         if not isinstance(req, GenerationRequest):
             raise InvalidRequest(f"expected a GenerationRequest, got {type(req).__name__}")
         with self._lock:
-            return self._generate(req, on_token, cancel, adapter, eagle)
+            return self._generate(req, on_token, cancel, adapter, eagle, constraint)
 
-    def prefill(self, ids: List[int], prefix: int, adapter: str = "",
+    def _cache_tag(self, adapter: str, draft: bool) -> str:
+        # entries made with EAGLE on carry the draft's rows too
+        return adapter + ("|eagle" if draft and self.drafter is not None else "")
+
+    def prefill(self, ids: List[int], cuts: Sequence[Cut] = (), adapter: str = "",
                 draft: bool = False) -> Tuple[Any, int]:
         """Fill the KV cache with the prompt; returns (last logits row, cached rows).
 
-        The first ``prefix`` ids (the cacheable system part) are always run as a
-        chunk of their own, so restoring them from the prompt cache gives the
-        same bits as computing them. With ``draft`` (EAGLE on), every chunk's
-        base features are kept for the draft, the draft catches up on the
-        prefix right after it, and cache entries carry the draft's rows too.
+        The rows of the longest cached prefix ending at one of ``cuts`` are
+        restored; the tokens between two cuts are always run as chunks of
+        their own, so restored rows are the bits computing them gives. With
+        ``draft`` (EAGLE on), every chunk's base features are kept for the
+        draft, whose rows of a cached prefix are restored too (it catches up
+        on the rest when decoding starts).
         """
         dec, drafter = self.decoder, self.drafter if draft else None
         p = cached = 0
-        key = None
-        if prefix and self.cache is not None:
-            key = prefix_key(ids[:prefix], adapter + ("|eagle" if drafter else ""))
-            entry = self.cache.get(key)
+        if cuts and self.cache is not None:
+            _, entry = self.cache.longest(ids, [c.pos for c in cuts], self._cache_tag(adapter, draft),
+                                          [c.salt for c in cuts])
             if entry is not None:
                 p = cached = dec.kv.restore(entry[0])
                 if drafter is not None:
                     drafter.step.kv.restore(entry[1])
-                    drafter.done = prefix
-        if drafter is not None and not cached:
-            drafter.done = 0
+        if drafter is not None:
+            drafter.done = cached
         logits = None
         image_row = 0
-        for end in ([prefix, len(ids)] if p < prefix else [len(ids)]):
+        if self._image_rows is not None and self.vision is not None and cached:
+            # image rows the restored prefix holds
+            image_row = int(np.count_nonzero(np.asarray(ids[:cached]) == self.vision.image_token_id))
+        for end in [c.pos for c in cuts if c.pos > p] + [len(ids)]:
             while p < end:
                 n = min(dec.max_chunk, end - p)
                 if self._image_rows is not None:  # image embeddings replace placeholders
@@ -188,27 +177,42 @@ class Generator:
                 if drafter is not None:
                     self._feats[p:p + n] = dec.hidden[:n]
                 p += n
-            if end == prefix and prefix and not cached:
-                if drafter is not None:
-                    drafter.catch_up(0, ids[1:prefix + 1], self._feats[:prefix])
-                if key is not None:
-                    base = dec.kv.snapshot(prefix)
-                    dsnap = drafter.step.kv.snapshot(prefix) if drafter is not None else None
-                    size = dec.kv.snapshot_nbytes(prefix) + (
-                        drafter.step.kv.snapshot_nbytes(prefix) if drafter is not None else 0)
-                    self.cache.put(key, (base, dsnap), size)
-        if logits is None:  # the whole prompt was cached: recompute its last token
-            p -= 1
-            logits = dec.forward(p, ids[p:p + 1])
-            if drafter is not None:
-                self._feats[p] = dec.hidden[0]
+        if logits is None:
+            raise InvalidRequest("the prompt is empty")
         return logits[0], cached
 
-    def _plain_tokens(self, row: np.ndarray, pos: int, sample: Callable[[np.ndarray], int]
-                      ) -> Iterator[int]:
-        """Sample, then run the token, until the KV cache is full."""
+    def store_prefixes(self, ids: List[int], cuts: Sequence[Cut], adapter: str = "",
+                       draft: bool = False) -> int:
+        """Copy the KV rows up to the first and the last cut into the prompt cache (after a
+        request: decoding never writes rows of the prompt); returns how many were added."""
+        if self.cache is None or not cuts:
+            return 0
+        drafter = self.drafter if draft else None
+        keys = prefix_keys(ids, [c.pos for c in cuts], self._cache_tag(adapter, draft),
+                           [c.salt for c in cuts])
+        added = 0
+        for key in dict.fromkeys((keys[0], keys[-1])):
+            rows = key[2]
+            if key in self.cache or (drafter is not None and drafter.done < rows):
+                continue
+            kv = self.decoder.kv
+            size = kv.snapshot_nbytes(rows) + (
+                drafter.step.kv.snapshot_nbytes(rows) if drafter is not None else 0)
+            if size > self.cache.max_bytes:
+                continue
+            dsnap = drafter.step.kv.snapshot(rows) if drafter is not None else None
+            added += self.cache.put(key, (kv.snapshot(rows), dsnap), size)
+        return added
+
+    def _plain_tokens(self, row: np.ndarray, pos: int, sample: Callable[[np.ndarray], int],
+                      constraint: Optional[Constraint] = None) -> Iterator[int]:
+        """Sample (from the masked row), then run the token, until the KV cache is full."""
         while True:
+            if constraint is not None:
+                constraint.apply(row)       # in place: the backend's output row
             tok = sample(row)
+            if constraint is not None:
+                constraint.commit(tok)
             yield tok
             if pos >= self.decoder.max_seq_len:
                 return
@@ -216,20 +220,26 @@ class Generator:
             pos += 1
 
     def _eagle_tokens(self, ids: List[int], row: np.ndarray, req: GenerationRequest,
-                      ec: EagleConfig, stats: SpecStats) -> Iterator[int]:
+                      ec: EagleConfig, stats: SpecStats, constraint: Optional[Constraint] = None
+                      ) -> Iterator[int]:
         drafter = self.drafter
         assert drafter is not None
         sampling = req.sampling
         rng = make_rng(sampling)
         sample = make_sampler(sampling, rng)
         if sampling.greedy:
-            accept = accept_greedy
+            def accept(tree, logits):
+                return accept_greedy(tree, logits, constraint)
         else:
             dist = make_distribution(sampling)
 
             def accept(tree, logits):
-                return accept_sampling(tree, logits, dist, rng)
+                return accept_sampling(tree, logits, dist, rng, constraint)
+        if constraint is not None:
+            constraint.apply(row)
         root = sample(row)
+        if constraint is not None:
+            constraint.commit(root)
         yield root
         P = len(ids)
         d_logits, d_hidden = drafter.catch_up(
@@ -238,20 +248,25 @@ class Generator:
                                       accept, stats)
 
     def _generate(self, req: GenerationRequest, on_token: Optional[Callable[[TokenEvent], None]],
-                  cancel: Optional[threading.Event], adapter: str, ec: EagleConfig) -> GenerationResult:
+                  cancel: Optional[threading.Event], adapter: str, ec: EagleConfig,
+                  constraint: Optional[Constraint]) -> GenerationResult:
         t0 = time.perf_counter()
         if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
-        ids, prefix = self.build_prompt(req)
-        # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly
-        self.decoder.set_fast_head(req.sampling.greedy)
+        ids, cuts = self.build_prompt(req)
+        # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly.
+        # Not with a constraint: the mask may remove every exact candidate, and the argmax over
+        # the head's estimates of the others would not be the exact one
+        self.decoder.set_fast_head(req.sampling.greedy and constraint is None)
         limit = self.decoder.max_seq_len
         if len(ids) >= limit:
             raise ContextFull(
                 f"prompt is {len(ids)} tokens; max_seq_len={limit} leaves no room for an answer")
         use_eagle = bool(ec.enabled and self.drafter is not None)
         stats = SpecStats()
-        stop_ids = frozenset() if req.ignore_eos else self.tok.stop_ids
+        # a constraint allows end tokens only where the answer is complete: they end it even
+        # with ignore_eos
+        stop_ids = frozenset() if req.ignore_eos and constraint is None else self.tok.stop_ids
         stops = _StopMatcher(req.stop)
         stream = self.tok.stream()
         text = ""
@@ -261,6 +276,7 @@ class Generator:
         finish = FINISH_CONTEXT  # the token source ran dry: the KV cache is full
         t_first = None
         cached = 0
+        prefilled = False
 
         def emit(upto: int, token_id: int) -> None:
             nonlocal emitted, index
@@ -273,9 +289,10 @@ class Generator:
             finish = FINISH_CANCELLED
             source: Iterator[int] = iter(())
         else:
-            row, cached = self.prefill(ids, prefix, adapter, draft=use_eagle)
-            source = self._eagle_tokens(ids, row, req, ec, stats) if use_eagle else \
-                self._plain_tokens(row, len(ids), make_sampler(req.sampling))
+            prefilled = True
+            row, cached = self.prefill(ids, cuts, adapter, draft=use_eagle)
+            source = self._eagle_tokens(ids, row, req, ec, stats, constraint) if use_eagle else \
+                self._plain_tokens(row, len(ids), make_sampler(req.sampling), constraint)
         for tok in source:
             out.append(tok)
             if t_first is None:
@@ -306,6 +323,8 @@ class Generator:
         if emitted < len(text):
             emit(len(text), -1)
         t_end = time.perf_counter()
+        if prefilled:
+            self.store_prefixes(ids, cuts, adapter, draft=use_eagle)
         first = t_first if t_first is not None else t_end
         decode_n = max(len(out) - 1, 0)
         return GenerationResult(

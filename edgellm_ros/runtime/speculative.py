@@ -102,12 +102,21 @@ class Tree:
         return kids
 
 
-def accept_greedy(tree: Tree, logits: np.ndarray) -> Tuple[List[int], int]:
-    """(accepted verify rows after the root, bonus token) for argmax decoding."""
+def accept_greedy(tree: Tree, logits: np.ndarray, constraint: Optional[Any] = None
+                  ) -> Tuple[List[int], int]:
+    """(accepted verify rows after the root, bonus token) for argmax decoding.
+
+    With a ``constraint`` (constraints.Constraint) each row the walk reaches is
+    masked in place before its argmax and the token taken is committed.
+    """
     kids = tree.children()
     rows, cur = [], 0
     while True:
+        if constraint is not None:
+            constraint.apply(logits[cur])
         target = int(np.argmax(logits[cur]))
+        if constraint is not None:
+            constraint.commit(target)
         nxt = next((c for c in kids[cur] if tree.tokens[c - 1] == target), None)
         if nxt is None:
             return rows, target
@@ -116,22 +125,35 @@ def accept_greedy(tree: Tree, logits: np.ndarray) -> Tuple[List[int], int]:
 
 
 def accept_sampling(tree: Tree, logits: np.ndarray, dist: Callable[[np.ndarray], np.ndarray],
-                    rng: np.random.Generator) -> Tuple[List[int], int]:
-    """Lossless recursive rejection over deterministic candidates (see module doc)."""
+                    rng: np.random.Generator, constraint: Optional[Any] = None
+                    ) -> Tuple[List[int], int]:
+    """Lossless recursive rejection over deterministic candidates (see module doc).
+
+    With a ``constraint`` each row the walk reaches is masked before its
+    distribution is taken (a forbidden draft token has probability 0: never
+    accepted) and every accepted token and the bonus are committed.
+    """
     kids = tree.children()
     rows, cur = [], 0
     while True:
+        if constraint is not None:
+            constraint.apply(logits[cur])
         p = dist(logits[cur])
         for c in kids[cur]:
             tok = int(tree.tokens[c - 1])
             if rng.random() < p[tok]:
+                if constraint is not None:
+                    constraint.commit(tok)
                 rows.append(c)
                 cur = c
                 break
             p[tok] = 0.0
             p /= p.sum()
         else:
-            return rows, int(rng.choice(p.shape[0], p=p))
+            bonus = int(rng.choice(p.shape[0], p=p))
+            if constraint is not None:
+                constraint.commit(bonus)
+            return rows, bonus
 
 
 class Drafter:

@@ -431,6 +431,12 @@ class VisionPipeline:
         With ``max_tokens``, a prompt longer than that raises ContextFull before
         the (costly) encoder runs.
         """
+        ids, image_embeds, _ = self.prepare_with_layout(text, images, tokenizer, max_tokens)
+        return ids, image_embeds
+
+    def prepare_with_layout(self, text: str, images: Sequence[np.ndarray], tokenizer: Any,
+                            max_tokens: int = 0) -> Tuple[List[int], np.ndarray, ImageLayout]:
+        """:meth:`prepare`, with the images' layout (to expand a prefix of ``text`` the same way)."""
         pixel_values, layout = self.preprocess(images)
         ids = tokenizer.encode(self.expand_prompt(text, layout))
         if max_tokens and len(ids) > max_tokens:
@@ -440,4 +446,4 @@ class VisionPipeline:
                 f"max_seq_len {max_tokens}")
         image_embeds = self.encode(pixel_values).reshape(-1, self.vcfg.text_hidden_size)
         self.check_image_tokens(ids, image_embeds)
-        return ids, image_embeds
+        return ids, image_embeds, layout
