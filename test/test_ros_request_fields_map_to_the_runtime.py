@@ -2,9 +2,7 @@
 
 ROS-free (edgellm_ros.ros.ask works on anything with the request's fields).
 The checks of the ROS layer (roles, image indices, one of prompt/messages, at
-most one constraint) hold with any runtime; the tests marked NEEDS_RUNTIME_FIELDS
-need GenerationRequest.messages/json_schema/grammar and runtime.config.ChatMessage
-(the conversation and constrained-decoding work of issue 21).
+most one constraint), then the fields as the runtime's GenerationRequest gets them.
 """
 
 from types import SimpleNamespace
@@ -12,15 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from edgellm_ros.errors import InvalidRequest
-from edgellm_ros.ros.ask import RUNTIME_FIELDS, generation_request
+from edgellm_ros.ros.ask import generation_request
 from edgellm_ros.ros.params import RequestDefaults
 from edgellm_ros.runtime import config as runtime_config
-
-HAS_RUNTIME_FIELDS = {"messages", "json_schema", "grammar"} <= RUNTIME_FIELDS and \
-    hasattr(runtime_config, "ChatMessage")
-# Remove this mark when the runtime's fields are merged: the tests must run then.
-NEEDS_RUNTIME_FIELDS = pytest.mark.skipif(
-    not HAS_RUNTIME_FIELDS, reason="GenerationRequest.messages/json_schema/grammar not merged yet")
 SCHEMA = '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}'
 
 
@@ -61,14 +53,6 @@ def test_requests_without_the_new_fields_map_as_before():
         assert getattr(req, name, None) in (None, "", ())
 
 
-def test_a_field_the_runtime_lacks_is_refused_not_ignored(monkeypatch):
-    import edgellm_ros.ros.ask as ask_module
-    monkeypatch.setattr(ask_module, "RUNTIME_FIELDS", RUNTIME_FIELDS - {"json_schema"})
-    with pytest.raises(InvalidRequest, match="json_schema: not supported by this runtime yet"):
-        generation_request(ask("hi", json_schema=SCHEMA), RequestDefaults())
-
-
-@NEEDS_RUNTIME_FIELDS
 def test_messages_json_schema_and_grammar_reach_the_generation_request():
     import numpy as np
     images = (np.zeros((4, 4, 3), np.uint8),)

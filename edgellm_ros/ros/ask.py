@@ -16,11 +16,9 @@ request and response, so the same functions serve both.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Any, Dict, Optional, Tuple
 
-from ..runtime import config as runtime_config
-from ..runtime.config import GenerationRequest, SamplingConfig
+from ..runtime.config import ChatMessage, GenerationRequest, SamplingConfig
 from ..errors import EdgeLLMError, InvalidRequest
 from ..runtime.generation import GenerationResult
 from .params import RequestDefaults
@@ -48,11 +46,6 @@ class Cancelled(EdgeLLMError):
     """The generation was stopped before it finished (a client's cancel, cleanup, shutdown)."""
 
     code = "cancelled"
-
-
-#: Fields of GenerationRequest the runtime has (``messages``, ``json_schema``
-#: and ``grammar`` arrive with the conversation and constrained-decoding work).
-RUNTIME_FIELDS = frozenset(f.name for f in fields(GenerationRequest))
 
 
 #: EdgeLLMError.code -> name of the Ask.Response constant.
@@ -118,12 +111,8 @@ def _new_fields(ask: Any, n_images: int) -> Dict[str, Any]:
         wanted["json_schema"] = ask.json_schema
     if ask.grammar:
         wanted["grammar"] = ask.grammar
-    missing = sorted(set(wanted) - RUNTIME_FIELDS)
-    if missing:
-        raise InvalidRequest(f"{', '.join(missing)}: not supported by this runtime yet")
     if "messages" in wanted:
-        message = getattr(runtime_config, "ChatMessage")
-        wanted["messages"] = tuple(message(role=r, content=c, images=i)
+        wanted["messages"] = tuple(ChatMessage(role=r, content=c, images=i)
                                    for r, c, i in wanted["messages"])
     return wanted
 
