@@ -93,7 +93,7 @@ def regex_of(grammar: str) -> Optional[str]:
 
 
 def grammar_definition(json_schema: str = "", grammar: str = "") -> str:
-    """llguidance's grammar definition (JSON text) for a request's fields.
+    """Return llguidance's grammar definition (JSON text) for a request's fields.
 
     Checks the shape of the request only (one of the two, JSON text that is an
     object); the schema or grammar itself is checked when a matcher is built.
@@ -124,8 +124,11 @@ class GrammarCompiler:
     """llguidance's tokenizer for one engine; compiles requests into constraints."""
 
     def __init__(self, tokenizer: "Tokenizer", vocab_size: Optional[int] = None) -> None:
-        """``vocab_size``: the width of the model's logits rows (default: the
-        tokenizer's); ids the tokenizer lacks are always forbidden."""
+        """Build llguidance's view of ``tokenizer``.
+
+        ``vocab_size``: the width of the model's logits rows (default: the
+        tokenizer's); ids the tokenizer lacks are always forbidden.
+        """
         llg = _llguidance()
         self.vocab_size = int(vocab_size or tokenizer.vocab_size)  # logits row width
         if self.vocab_size < tokenizer.vocab_size:
@@ -139,8 +142,10 @@ class GrammarCompiler:
             json.dumps(spec), n_vocab=tokenizer.vocab_size, eos_token=self.stop_ids)
 
     def compile(self, json_schema: str = "", grammar: str = "") -> "Constraint":
-        """A fresh constraint for one request; InvalidRequest with llguidance's
-        message when the schema or grammar is malformed."""
+        """A fresh constraint for one request.
+
+        Raises InvalidRequest with llguidance's message when the schema or grammar is malformed.
+        """
         llg = _llguidance()
         definition = grammar_definition(json_schema, grammar)
         matcher = llg.LLMatcher(self.ll_tokenizer, definition, log_level=0)
@@ -155,9 +160,11 @@ class Constraint:
 
     def __init__(self, matcher: "llguidance.LLMatcher", n_tokens: int, vocab_size: int,
                  stop_ids: Sequence[int]) -> None:
-        """Prefer :meth:`GrammarCompiler.compile`. ``n_tokens``: the tokenizer's
-        vocabulary; ``vocab_size``: the logits row width (>= n_tokens);
-        ``stop_ids``: the end tokens the tokenizer was built with."""
+        """Wrap one llguidance matcher; prefer :meth:`GrammarCompiler.compile`.
+
+        ``n_tokens``: the tokenizer's vocabulary; ``vocab_size``: the logits row
+        width (>= n_tokens); ``stop_ids``: the end tokens the tokenizer was built with.
+        """
         self.matcher = matcher
         self.vocab_size = vocab_size
         self._stop_ids = frozenset(int(t) for t in stop_ids)
@@ -212,7 +219,7 @@ class Constraint:
 
     @property
     def committed(self) -> int:
-        """Tokens committed (what rollback may undo)."""
+        """The number of tokens taken so far, which rollback may undo."""
         return len(self._history)
 
     def rollback(self, n: int) -> None:

@@ -44,8 +44,10 @@ def manifest_head(folder: str, mcfg: ModelConfig) -> np.ndarray:
 
 def export_draft_graphs(cfg, weights, draft_dir: str, folder: str, base_head: np.ndarray,
                         quantization: str = "none") -> str:
-    """The draft's graph folder in the engine folder, exported once:
-    drafts/draft-<hash>-f<format>[-int8] (quantization: see export_draft)."""
+    """The draft's graph folder in the engine folder, exported once.
+
+    The folder is drafts/draft-<hash>-f<format>[-int8] (quantization: see export_draft).
+    """
     from ..export.draft import export_draft
 
     suffix = "" if quantization == "none" else f"-{quantization}"
@@ -104,15 +106,15 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
         raise ModelLoadError(
             f"{folder}: embeddings.npy has shape {embeddings.shape}, "
             f"expected {(mcfg.vocab_size, mcfg.hidden_size)}")
-    draft = None
-    if draft_dir:
-        draft = load_draft(draft_dir, mcfg)
-        log(f"EAGLE draft {draft[0].layout} loaded from {draft_dir} "
-            f"(draft vocabulary {draft[0].draft_vocab_size})")
-    eagle3 = draft is not None and draft[0].layout == "eagle3"
-    if eagle3 and list(manifest.get("feature_layers", [])) != list(draft[0].target_layer_ids):
-        raise ModelLoadError(f"{folder}: exported features {manifest.get('feature_layers')} "
-                             f"do not match the draft's {list(draft[0].target_layer_ids)}")
+    draft = load_draft(draft_dir, mcfg) if draft_dir else None
+    eagle3 = False
+    if draft is not None:
+        dcfg = draft[0]
+        log(f"EAGLE draft {dcfg.layout} loaded from {draft_dir} (draft vocabulary {dcfg.draft_vocab_size})")
+        eagle3 = dcfg.layout == "eagle3"
+        if eagle3 and list(manifest.get("feature_layers", [])) != list(dcfg.target_layer_ids):
+            raise ModelLoadError(f"{folder}: exported features {manifest.get('feature_layers')} "
+                                 f"do not match the draft's {list(dcfg.target_layer_ids)}")
     # the CPU graph uses ONNX Runtime's fused kernels; TensorRT builds the plain-op one. The
     # fused int4 graph keeps Q4_1's offsets in 8-bit blocks: the exact mode (int4_compute
     # float32) runs the plain graph, whose offsets are float32
@@ -186,9 +188,12 @@ class Engine:
 
     @classmethod
     def load(cls, config: EngineConfig, log: Log = print) -> "Engine":
-        """The composition root: choose the backend, resolve the artifacts (export when missing
-        or stale), then open the decoder, the draft and the vision encoder on that backend and
-        allocate the KV cache. Nothing else chooses a backend."""
+        """Load an engine: the composition root.
+
+        Choose the backend, resolve the artifacts (export when missing or stale), then open
+        the decoder, the draft and the vision encoder on that backend and allocate the KV
+        cache. Nothing else chooses a backend.
+        """
         t0 = time.perf_counter()
         backend = open_backend(config.backend, config.num_threads, config.int4_compute, log)
         limits = config.eagle_limits
@@ -246,9 +251,11 @@ class Engine:
 
     @property
     def grammar(self) -> GrammarCompiler:
-        """The engine's GrammarCompiler (llguidance's view of the tokenizer), built once, on
-        first use: about a second on the default model's 49,152 tokens, which a
-        configure that never sees a constrained request does not pay."""
+        """The engine's GrammarCompiler (llguidance's view of the tokenizer).
+
+        Built once, on first use, so a configure that never sees a constrained
+        request does not pay for it (docs/RUNTIME.md has the cost).
+        """
         with self._grammar_lock:
             if self._grammar is None:
                 # Engine.load's tokenizer is a Tokenizer (llguidance reads its tokenizer.json)
@@ -256,9 +263,11 @@ class Engine:
             return self._grammar
 
     def compile_constraint(self, request: GenerationRequest) -> Optional[Constraint]:
-        """The request's constraint (None without json_schema and grammar); InvalidRequest
-        with llguidance's message for a malformed one (about a millisecond: callers may
-        check a request when it arrives)."""
+        """The request's constraint (None without json_schema and grammar).
+
+        Raises InvalidRequest with llguidance's message for a malformed one; cheap
+        enough that callers may check a request when it arrives.
+        """
         if not (request.json_schema or request.grammar):
             return None
         return self.grammar.compile(request.json_schema, request.grammar)

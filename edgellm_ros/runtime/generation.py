@@ -104,8 +104,8 @@ class Generator:
         self.cache = prompt_cache
         self.drafter = drafter
         # base features of every prompt row, for the draft's catch-up (EAGLE only)
-        self._feats = np.zeros((decoder.max_seq_len, decoder.feature_size), np.float32) \
-            if drafter is not None else None
+        rows = decoder.max_seq_len if drafter is not None else 0
+        self._feats = np.zeros((rows, decoder.feature_size), np.float32)
         self._lock = threading.Lock()
 
     # -- prompt ---------------------------------------------------------------
@@ -124,9 +124,12 @@ class Generator:
                  cancel: Optional[threading.Event] = None, adapter: str = "",
                  eagle: EagleConfig = EagleConfig(), constraint: Optional[Constraint] = None
                  ) -> GenerationResult:
-        """Answer ``req`` with the LoRA ``adapter`` ("" = the base model; the caller has
-        checked that it is loaded), the EAGLE settings ``eagle`` (used when a draft is)
-        and ``constraint`` (compiled from the request's json_schema or grammar, fresh)."""
+        """Answer ``req``.
+
+        With the LoRA ``adapter`` ("" = the base model; the caller has checked that it
+        is loaded), the EAGLE settings ``eagle`` (used when a draft is) and
+        ``constraint`` (compiled from the request's json_schema or grammar, fresh).
+        """
         if not isinstance(req, GenerationRequest):
             raise InvalidRequest(f"expected a GenerationRequest, got {type(req).__name__}")
         with self._lock:
@@ -166,7 +169,7 @@ class Generator:
         for end in [c.pos for c in cuts if c.pos > p] + [len(ids)]:
             while p < end:
                 n = min(dec.max_chunk, end - p)
-                if self._image_rows is not None:  # image embeddings replace placeholders
+                if self._image_rows is not None and self.vision is not None:  # image rows replace placeholders
                     buf = dec.embeds_buffer(n)
                     np.take(dec.embeddings, ids[p:p + n], axis=0, out=buf)
                     image_row = self.vision.merge_chunk(buf, ids[p:p + n], self._image_rows,
@@ -183,8 +186,11 @@ class Generator:
 
     def store_prefixes(self, ids: List[int], cuts: Sequence[Cut], adapter: str = "",
                        draft: bool = False) -> int:
-        """Copy the KV rows up to the first and the last cut into the prompt cache (after a
-        request: decoding never writes rows of the prompt); returns how many were added."""
+        """Copy the KV rows up to the first and the last cut into the prompt cache.
+
+        Called after a request (decoding never writes rows of the prompt); returns how
+        many entries were added.
+        """
         if self.cache is None or not cuts:
             return 0
         drafter = self.drafter if draft else None

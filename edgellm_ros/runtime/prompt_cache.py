@@ -27,9 +27,11 @@ Key = Tuple[str, str, int]
 
 def prefix_keys(token_ids: Sequence[int], cuts: Sequence[int], adapter: str = "",
                 salts: Sequence[str] = ()) -> List[Key]:
-    """The keys of the prefixes ``token_ids[:c]`` for each of the ascending ``cuts``, in
-    one pass: (adapter, sha256 of the ids, length). ``salts[i]`` (e.g. digests of the
-    images shown in it) is hashed with the ids between cut i-1 and cut i."""
+    """The keys of the prefixes ``token_ids[:c]`` for each of the ascending ``cuts``.
+
+    Computed in one pass: (adapter, sha256 of the ids, length). ``salts[i]`` (e.g.
+    digests of the images shown in it) is hashed with the ids between cut i-1 and cut i.
+    """
     h = hashlib.sha256()
     keys, done = [], 0
     for i, c in enumerate(cuts):
@@ -73,8 +75,11 @@ class PromptCache:
 
     def longest(self, token_ids: Sequence[int], cuts: Sequence[int], adapter: str = "",
                 salts: Sequence[str] = ()) -> Tuple[int, Any]:
-        """(cut, entry) of the longest cached prefix ``token_ids[:cut]`` over the ascending
-        ``cuts`` (salted as :func:`prefix_keys`), or (0, None); counts one hit or one miss."""
+        """Find the longest cached prefix ``token_ids[:cut]`` over the ascending ``cuts``.
+
+        Returns (cut, entry), or (0, None); salted as :func:`prefix_keys`; counts one
+        hit or one miss.
+        """
         keys = prefix_keys(token_ids, cuts, adapter, salts)
         with self._lock:
             for key in reversed(keys):

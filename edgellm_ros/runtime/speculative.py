@@ -41,7 +41,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from ..contract import MASK_VALUE
+from ..contract import MASK_VALUE, ArrayFunction
+from ..errors import InvalidRequest
 from .config import EagleConfig, EagleLimits  # defined in config.py; importers may use either
 
 
@@ -110,7 +111,8 @@ def accept_greedy(tree: Tree, logits: np.ndarray, constraint: Optional[Any] = No
     masked in place before its argmax and the token taken is committed.
     """
     kids = tree.children()
-    rows, cur = [], 0
+    rows: List[int] = []
+    cur = 0
     while True:
         if constraint is not None:
             constraint.apply(logits[cur])
@@ -160,7 +162,7 @@ class Drafter:
     """An EAGLE draft on a backend: catch-up on committed tokens, tree expansion."""
 
     def __init__(self, cfg: Any, weights: Dict[str, np.ndarray], draft_step: Any,
-                 fc: Optional[Callable[[np.ndarray], np.ndarray]], limits: EagleLimits):
+                 fc: Optional[ArrayFunction], limits: EagleLimits):
         self.cfg = cfg
         self.step = draft_step          # OrtDraft (or another backend's equivalent)
         self.fc = fc                    # EAGLE-3 features [n, F] -> [n, H]; None for EAGLE-1
@@ -173,18 +175,23 @@ class Drafter:
 
     def catch_up(self, start: int, next_tokens: List[int], feats: np.ndarray
                  ) -> Tuple[np.ndarray, np.ndarray]:
-        """Run pairs (next_tokens[i], feats[i]) at positions start+i; return the last
-        row's (logits [Vd], hidden_out [H]) as copies."""
+        """Run pairs (next_tokens[i], feats[i]) at positions start+i.
+
+        Returns the last row's (logits [Vd], hidden_out [H]) as copies.
+        """
         st = self.step
         n = len(next_tokens)
+        if not n:
+            raise InvalidRequest("the EAGLE draft's catch-up needs at least one token")
         hidden = self.fc(feats) if self.fc is not None else feats
         p = start
-        logits = None
-        while p < start + n:
+        while True:         # n >= 1: at least one chunk
             m = min(st.max_chunk, start + n - p)
             st.hidden_in_buffer(m)[...] = hidden[p - start:p - start + m]
             logits = st.forward(p, next_tokens[p - start:p - start + m])
             p += m
+            if p >= start + n:
+                break
         self.done = start + n
         return logits[0].copy(), st.hidden[m - 1].copy()
 

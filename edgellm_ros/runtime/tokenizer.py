@@ -213,9 +213,12 @@ class Tokenizer:
 
     @classmethod
     def from_hf_folder(cls, folder: "os.PathLike[str] | str") -> "Tokenizer":
-        """Build from ``tokenizer.json`` and, when present, ``tokenizer_config.json``,
+        """Build a tokenizer from a model folder.
+
+        From ``tokenizer.json`` and, when present, ``tokenizer_config.json``,
         ``chat_template.jinja`` (which wins over the config's template) and
-        ``generation_config.json`` (its ``eos_token_id`` list adds stop ids)."""
+        ``generation_config.json`` (its ``eos_token_id`` list adds stop ids).
+        """
         folder = os.fspath(folder)
         path = os.path.join(folder, "tokenizer.json")
         try:
