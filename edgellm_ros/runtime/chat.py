@@ -56,7 +56,7 @@ def image_digest(img: np.ndarray) -> str:
     return h.hexdigest()[:32]
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
+def _common(a: Sequence[Any], b: Sequence[Any]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
@@ -99,7 +99,8 @@ def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: Gen
     while lead < len(msgs) and msgs[lead].role == "system":
         lead += 1
     probe = render(msgs[:lead] + (ChatMessage("user", _PROBE),), True)
-    at = probe.find(_PROBE)
+    at = max(probe.find(_PROBE), 0)
+    at = _common(probe[:at], text)  # SmolVLM writes "User: " before text, "User:" before an image
     prefixes = [(probe[:at], sum(len(m.images) for m in msgs[:lead]))] if at > 0 else []
     for k, m in enumerate(msgs):
         if m.role == "user":

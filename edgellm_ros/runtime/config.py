@@ -171,7 +171,7 @@ class EngineConfig:
     max_seq_len: int = ranged(2048, 16, 131072)
     # Longest chunk of prompt run in one prefill pass (bounds mask buffers); <= max_seq_len.
     prefill_chunk: int = ranged(512, 1, 131072)
-    # Bytes of KV rows the system-prompt cache may keep (0 disables it).
+    # Bytes of KV rows the prompt cache (system parts, conversations) may keep (0 disables it).
     prompt_cache_bytes: int = ranged(64 * 1024 * 1024, 0, 2**40)
     # CPU threads for the backend; 0 = the backend's default.
     num_threads: int = ranged(0, 0, 256)
