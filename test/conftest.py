@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import fnmatch
 import itertools
 import os
@@ -12,8 +11,8 @@ import threading
 from types import SimpleNamespace
 
 import pytest
+from support import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _graphs = itertools.count()
 
 
@@ -61,12 +60,6 @@ def pytest_report_header(config):
     if not _ROS_ENV:
         return ("ROS tests (test_ros_*, test_launch_*) are skipped: they need "
                 "`source scripts/env.sh` (bash scripts/test.sh does it)")
-
-
-def rss_mib() -> float:
-    """Resident memory of this process."""
-    import psutil
-    return psutil.Process().memory_info().rss / 2**20
 
 
 @pytest.fixture(scope="module")
@@ -120,34 +113,6 @@ def active(ros_graph):
     assert c.transition("configure") and c.transition("activate")
     c.wait_for_token_publisher()
     return c
-
-
-@contextlib.contextmanager
-def ros_client(domain: int, namespace: str, name: str = "test_client"):
-    """An EdgeLLMClient on a node of its own Context (domain ``domain``), spun on a thread:
-    for tests that talk to an edgellm_node subprocess."""
-    import rclpy
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-
-    from edgellm_ros.ros.client import EdgeLLMClient
-
-    context = Context()
-    rclpy.init(context=context, domain_id=domain)
-    cn = rclpy.create_node(name, context=context, namespace=namespace)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(cn)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
-        client = EdgeLLMClient(cn)
-        client.wait_for_node()
-        yield client
-    finally:
-        executor.shutdown()
-        spinner.join(timeout=10)
-        cn.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 # --- the real default model and the seeded tiny VLM, loaded once per session ---

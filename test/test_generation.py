@@ -11,7 +11,7 @@ from edgellm_ros.runtime.config import EngineConfig, GenerationRequest, Sampling
 from edgellm_ros.errors import ContextFull
 from edgellm_ros.runtime.generation import (FINISH_CANCELLED, FINISH_CONTEXT, FINISH_LENGTH, FINISH_STOP,
                                             FINISH_STOP_STRING)
-from golden import load_json
+from support import load_json
 
 GOLDEN = load_json("reference_greedy.json")
 

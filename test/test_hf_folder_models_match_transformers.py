@@ -16,7 +16,7 @@ import pytest
 from edgellm_ros.loaders import load_model
 from edgellm_ros.models.llama import LlamaReference
 from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, TINY_LLAMA3, TINY_QWEN2, write_tiny_model
-from golden import load_json
+from support import load_json
 
 REF = load_json("reference_tiny_hf.json")
 CONFIGS = {"llama": TINY_LLAMA, "qwen2": TINY_QWEN2, "llama3": TINY_LLAMA3}

@@ -19,7 +19,7 @@ import types
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
-from conftest import REPO, ros_client
+from support import REPO, ros_client
 from lifecycle_msgs.msg import Transition
 from rclpy.context import Context
 

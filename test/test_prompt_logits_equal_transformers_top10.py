@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgellm_ros.runtime.config import GenerationRequest
-from golden import load_json
+from support import load_json
 
 GOLDEN = load_json("reference_greedy.json")
 

@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgellm_ros.models.quant import BlockQuant, from_gguf, quantize_symmetric
-from golden import load_json
+from support import load_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(REPO, "benchmarks", "data", "quality_sample.txt")

@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from conftest import rss_mib
+from support import rss_mib
 
 from edgellm_ros.srv import Ask
 

@@ -4,7 +4,7 @@ import os
 import random
 import subprocess
 
-from conftest import REPO
+from support import REPO
 
 
 def test_demo_streams_an_answer_and_exits_cleanly():

@@ -8,7 +8,7 @@ grow memory; shutdown finalizes.
 import threading
 import time
 
-from conftest import rss_mib
+from support import rss_mib
 from rcl_interfaces.msg import Log
 
 from edgellm_ros.srv import Ask

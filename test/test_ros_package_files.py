@@ -8,7 +8,7 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
 from catkin_pkg.package import parse_package
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from conftest import REPO
+from support import REPO
 
 from edgellm_ros.msg import Token
 from edgellm_ros.srv import Ask

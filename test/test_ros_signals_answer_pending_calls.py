@@ -15,7 +15,7 @@ import time
 import pytest
 from action_msgs.msg import GoalStatus
 from ament_index_python.packages import get_package_prefix
-from conftest import ros_client
+from support import ros_client
 
 from edgellm_ros.action import Generate
 from edgellm_ros.srv import Ask

@@ -24,7 +24,7 @@ from edgellm_ros.models.siglip import SiglipReference, VisionWeights, patchify, 
 from edgellm_ros.synthetic.tiny_vlm import (TEST_IMAGES, TINY_VLM, synthetic_image, unpack_u8,
                                             vision_tensors)
 from edgellm_ros.runtime.vision import VisionPipeline
-from golden import load_json
+from support import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 #: ops the graph may use: plain ONNX, opset 17 (what TensorRT 10.3 parses)

@@ -22,7 +22,7 @@ from edgellm_ros.models.llama import LlamaReference
 from edgellm_ros.synthetic.tiny_vlm import synthetic_image, unpack_u8
 from edgellm_ros.runtime.tokenizer import Tokenizer
 from edgellm_ros.runtime.vision import VisionPipeline
-from golden import load_json
+from support import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 CASES = ("image_a", "image_b", "two_images")

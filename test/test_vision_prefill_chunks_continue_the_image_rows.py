@@ -15,7 +15,7 @@ import pytest
 
 from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
 from edgellm_ros.synthetic.tiny_vlm import IMAGE_TOKEN_ID, synthetic_image, unpack_u8
-from golden import load_json
+from support import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 CHUNK = 20          # image tokens start at id 4: chunk borders at 20, 40, 60... fall inside the runs

@@ -17,7 +17,7 @@ from edgellm_ros.synthetic.tiny_vlm import (TEST_IMAGES, synthetic_image, unpack
 from edgellm_ros.runtime.tokenizer import Tokenizer
 from edgellm_ros.runtime.vision import (ImageLayout, VisionPipeline, resize_to_longest_edge,
                                         resize_to_tiles)
-from golden import load_json
+from support import load_json
 
 REF = load_json("reference_tiny_vlm.json")
 # Measured on the reference images: mean 0.5-2.3 grey levels, max 11-26 (at the box's edges).

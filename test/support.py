@@ -1,0 +1,55 @@
+"""Helpers the tests import by name (fixtures live in conftest.py, which tests never import).
+
+REPO, the golden reference files under test/data (written by tools/reference/*.py),
+this process's resident memory, and a client of an edgellm_node subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def load_json(name: str):
+    """A reference file of test/data, parsed."""
+    with open(os.path.join(DATA, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def rss_mib() -> float:
+    """Resident memory of this process."""
+    import psutil
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@contextlib.contextmanager
+def ros_client(domain: int, namespace: str, name: str = "test_client"):
+    """An EdgeLLMClient on a node of its own Context (domain ``domain``), spun on a thread:
+    for tests that talk to an edgellm_node subprocess."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+
+    from edgellm_ros.ros.client import EdgeLLMClient
+
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    cn = rclpy.create_node(name, context=context, namespace=namespace)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(cn)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        client = EdgeLLMClient(cn)
+        client.wait_for_node()
+        yield client
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10)
+        cn.destroy_node()
+        rclpy.shutdown(context=context)
