@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
+from edgellm_ros.runtime.config import EagleLimits, EngineConfig, GenerationRequest
 from edgellm_ros.synthetic.tiny_vlm import IMAGE_TOKEN_ID, synthetic_image, unpack_u8
 from support import load_json
 
@@ -27,7 +27,8 @@ def chunked_vlm(tiny_vlm, tmp_path_factory):
     from edgellm_ros.runtime.engine import Engine
     eng = Engine.load(EngineConfig(model=tiny_vlm, engine_dir=str(tmp_path_factory.mktemp("vlm_chunks")),
                                    max_seq_len=256, prefill_chunk=CHUNK, split_images=True,
-                                   quantization="none", eagle_max_tree=CHUNK - 1),  # chunk >= 1 + max_tree
+                                   # the chunk must hold 1 + max_tree rows
+                                   quantization="none", eagle_limits=EagleLimits(max_tree=CHUNK - 1)),
                       log=lambda m: None)
     yield eng
     eng.close()
