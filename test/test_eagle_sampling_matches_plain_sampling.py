@@ -1,13 +1,15 @@
 """EAGLE's sampling acceptance emits tokens distributed exactly as plain sampling.
 
-The base model here is a bigram table Q (next-token distribution given the
-last token, a different one per token), so every verify row of a draft tree
-has its own distribution: row 0 is Q[root], the row of a node is Q[node's
-token]. Rounds of the real ``accept_sampling`` over trees three levels deep
-are run until two tokens are emitted; the joint distribution of those two
-tokens must be plain sampling's, d(Q[root])[t1] * d(Q[t1])[t2] with d the
-request's filtered distribution (chi-square at p = 0.001). A rule that read
-the root row at every level, or skipped a level's renormalisation, fails.
+The base model here is a trigram table Q (next-token distribution given the
+last two tokens, a different one per pair), so every verify row of a draft
+tree has its own distribution, and it depends on the node's path: row 0 is
+Q[prev, root], the row of a node is Q[its parent's token, its token].
+Rounds of the real ``accept_sampling`` over trees three levels deep are run
+until two tokens are emitted; the joint distribution of those two tokens
+must be plain sampling's, d(Q[prev, root])[t1] * d(Q[root, t1])[t2] with d
+the request's filtered distribution (chi-square at p = 0.001). A rule that
+read the root row at every level, walked the wrong children, or skipped a
+level's renormalisation, fails.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from edgellm_ros.runtime.sampling import make_distribution
 from edgellm_ros.runtime.speculative import Tree, accept_sampling
 
 V = 6
-LOGQ = np.log(np.random.default_rng(7).dirichlet(np.full(V, 0.8), size=V))   # row = last token
+PREV = 5                                                          # the token before the root
+LOGQ = np.log(np.random.default_rng(7).dirichlet(np.full(V, 0.8), size=(V, V)))  # [t-2, t-1] -> row
 
 
 def tree_for(root: int) -> Tree:
@@ -34,18 +37,21 @@ def tree_for(root: int) -> Tree:
                 scores=np.array([-0.1, -0.5, -0.3, -0.9, -0.7, -1.0]))
 
 
-def verify_logits(root: int, tree: Tree) -> np.ndarray:
-    """What the bigram base gives for [root, nodes...]: each row conditioned on its own token."""
-    return LOGQ[np.concatenate([[root], tree.tokens])].astype(np.float32)
+def verify_logits(prev: int, root: int, tree: Tree) -> np.ndarray:
+    """What the trigram base gives for [root, nodes...]: each row conditioned on its path's
+    last two tokens (a node's parent token, the root for depth 1)."""
+    before = [root if p < 0 else int(tree.tokens[p]) for p in tree.parents]
+    return np.concatenate([LOGQ[prev, root][None], LOGQ[before, tree.tokens]]).astype(np.float32)
 
 
 def first_two_tokens(root: int, dist, rng) -> tuple:
-    out = []
+    out, prev = [], PREV
     while len(out) < 2:
         tree = tree_for(root)
-        rows, bonus = accept_sampling(tree, verify_logits(root, tree), dist, rng)
-        out += [int(tree.tokens[r - 1]) for r in rows] + [bonus]
-        root = bonus
+        rows, bonus = accept_sampling(tree, verify_logits(prev, root, tree), dist, rng)
+        seq = [root] + [int(tree.tokens[r - 1]) for r in rows] + [bonus]
+        out += seq[1:]
+        prev, root = seq[-2], bonus
     return out[0], out[1]
 
 
@@ -61,8 +67,8 @@ def chi2_critical_p001(dof: int) -> float:
                          ids=["plain", "top_k_top_p"])
 def test_joint_distribution_of_the_first_two_tokens_is_plain_sampling(settings, root):
     dist = make_distribution(SamplingConfig(**settings))
-    first = dist(LOGQ[root].astype(np.float32))
-    want = first[:, None] * np.stack([dist(LOGQ[t].astype(np.float32)) for t in range(V)])  # [t1, t2]
+    first = dist(LOGQ[PREV, root].astype(np.float32))
+    want = first[:, None] * np.stack([dist(LOGQ[root, t].astype(np.float32)) for t in range(V)])  # [t1, t2]
     assert want.sum() == pytest.approx(1.0)
     rng = np.random.default_rng(100 + root)
     n = 10000
@@ -87,6 +93,6 @@ def test_the_trees_reach_the_second_level():
     depths = []
     for _ in range(2000):
         tree = tree_for(0)
-        rows, _ = accept_sampling(tree, verify_logits(0, tree), dist, rng)
+        rows, _ = accept_sampling(tree, verify_logits(PREV, 0, tree), dist, rng)
         depths.append(len(rows))
     assert max(depths) >= 2 and depths.count(2) > 100, np.bincount(depths)
