@@ -24,7 +24,7 @@ def _vlm_folder() -> str:
 
 
 NODE_PARAMETERS = {"model": _vlm_folder(), "engine_dir": os.path.join(_PARENT, "engine"),
-                   "max_seq_len": 256, "max_image_age": 30.0}
+                   "max_seq_len": 256, "max_image_age": 600.0}  # not about age: a loaded CI machine
 
 
 def _image_msg(seed: int, stamp=None):
@@ -39,7 +39,7 @@ def _image_msg(seed: int, stamp=None):
     return msg
 
 
-def _show_camera(graph, seed: int, timeout: float = 10.0) -> None:
+def _show_camera(graph, seed: int, timeout: float = 60.0) -> None:
     """Publish frame ``seed`` until the node holds it as its latest frame."""
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
