@@ -45,28 +45,31 @@ def _turn(messages, **kw):
     return GenerationRequest(messages=tuple(ChatMessage(*m) for m in messages), max_new_tokens=12, **kw)
 
 
+def _rendered(tok, messages, generation=False):
+    return tok.encode(tok.apply_chat_template([{"role": r, "content": c} for r, c in messages],
+                                              add_generation_prompt=generation))
+
+
 def test_turn_3_restores_turns_1_and_2_and_equals_a_cold_prefill(engine):
     gen, tok = engine.generator, engine.tokenizer
     engine.prompt_cache.clear()
     sys_msg = (S, "You are a mobile robot. Answer briefly.")
     u1, u2, u3 = (U, "Where is the charging dock?"), (U, "How far is it?"), (U, "Go there now.")
     r1 = engine.generate(_turn([sys_msg, u1]))
-    t1_end = gen.build_prompt(_turn([sys_msg, u1]))[1][-1].pos
+    assert engine.cache_answer()                 # turn 1's answer, for turn 2 (the worker does it)
     r2 = engine.generate(_turn([sys_msg, u1, (A, r1.text), u2]))
+    assert engine.cache_answer()
+    assert not engine.cache_answer()             # once per answer
     req3 = _turn([sys_msg, u1, (A, r1.text), u2, (A, r2.text), u3])
     ids, cuts = gen.build_prompt(req3)
     warm, cached = gen.prefill(ids, cuts)          # what turn 3 restores, and its logits
     warm = warm.copy()
     r3 = engine.generate(req3)
-    # turn 2 reused turn 1's prompt, turn 3 everything up to turn 2's answer
-    turns12 = tok.encode(tok.apply_chat_template(
-        [{"role": r, "content": c} for r, c in (sys_msg, u1, (A, r1.text), u2)],
-        add_generation_prompt=False))
-    gen_prompt = len(tok.encode("<|im_start|>assistant\n"))
-    assert r2.cached_tokens == t1_end == r1.prompt_tokens - gen_prompt  # turn 1's prompt
-    assert r3.cached_tokens == cached == len(turns12)
-    # computed: turn 2's answer and turn 3's message with their chat markers
-    assert r3.prompt_tokens - r3.cached_tokens <= len(tok.encode(r2.text)) + 20
+    # turn 2 reused turn 1 with its answer, turn 3 turns 1 and 2 with theirs
+    assert r2.cached_tokens == len(_rendered(tok, (sys_msg, u1, (A, r1.text))))
+    assert r3.cached_tokens == cached == len(_rendered(tok, (sys_msg, u1, (A, r1.text), u2, (A, r2.text))))
+    # computed: turn 3's own message with its chat markers, and the generation prompt
+    assert r3.prompt_tokens - r3.cached_tokens <= len(tok.encode(u3[1])) + 10
     # logits and answer equal a cold prefill's (prompt cache off)
     saved = gen.cache
     gen.cache = None
@@ -78,6 +81,17 @@ def test_turn_3_restores_turns_1_and_2_and_equals_a_cold_prefill(engine):
         gen.cache = saved
     assert none == 0 and np.array_equal(warm, cold)
     assert r3_cold.cached_tokens == 0 and r3_cold.token_ids == r3.token_ids
+
+
+def test_an_answer_that_differs_from_the_sent_history_is_not_reused(engine):
+    """The client edits the answer it sends back: only the earlier turns are restored."""
+    tok = engine.tokenizer
+    engine.prompt_cache.clear()
+    u1, u2 = (U, "Name a color."), (U, "Another one.")
+    r1 = engine.generate(_turn([u1]))
+    engine.cache_answer()
+    r2 = engine.generate(_turn([u1, (A, r1.text + " Edited."), u2]))
+    assert 0 < r2.cached_tokens < len(_rendered(tok, (u1, (A, r1.text))))
 
 
 def test_a_prompt_request_is_a_one_turn_conversation(engine):

@@ -123,3 +123,20 @@ def test_200_sequential_asks_keep_memory_bounded(active):
     # Measured: +0.3 MiB over these 200 asks, +0.09% (about 0.6 MiB) over a 1,000-ask soak
     # (issue 22). 3 MiB is 15 KB per ask: a per-request leak of that size fails.
     assert grown < 3, f"RSS grew {grown:.1f} MiB over 200 asks ({grown * 2**20 / 200 / 1e3:.0f} KB per ask)"
+
+
+def test_a_conversation_turn_restores_the_earlier_turns_with_their_answers(active):
+    """The worker caches each answer once it is out: turn 3 computes only its own message."""
+    from edgellm_ros.msg import ChatMessage
+    history = [ChatMessage(role="system", content="You are a robot. Answer in one sentence.")]
+    results = []
+    for question in ("Where is the dock?", "Is the path clear?", "Go there."):
+        history.append(ChatMessage(role="user", content=question))
+        res = active.ask("", messages=history, max_new_tokens=16)
+        assert res.success, res.message
+        results.append(res)
+        history.append(ChatMessage(role="assistant", content=res.text))
+    for before, after in zip(results, results[1:]):
+        # everything before this turn's own message (about ten tokens with its markers)
+        assert after.cached_tokens >= before.prompt_tokens + before.generated_tokens - 2
+        assert after.prompt_tokens - after.cached_tokens <= 15

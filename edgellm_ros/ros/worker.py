@@ -131,6 +131,11 @@ class GenerationWorker:
             with self._cond:
                 self._running = None
             self._finish(job, result, error)
+            if result is not None:
+                try:  # the answer's rows for the conversation's next turn, once it is answered
+                    self._engine.cache_answer()
+                except Exception as exc:  # the next request's prefill simply computes them
+                    self._log(f"request {job.request_id}: caching the answer failed: {exc!r}")
 
     def _finish(self, job: Job, result: Optional[GenerationResult],
                 error: Optional[BaseException]) -> None:

@@ -8,12 +8,15 @@ message) and the images are expanded into their tokens in the order shown.
 
 Cuts are the positions in the prompt's ids where a reusable prefix ends: the
 rendered system part (everything before the first user message's text, the
-template's default system prompt included) and the end of each user message.
-They depend on the request alone, so the generator's chunking (the tokens
-between two cuts prefilled as chunks of their own) is the same with a prompt
-cache and without one, and restored rows are the bits a cold prefill
-computes. Turn n+1 of a conversation starts with turn n's prompt up to its
-last user message, one of its own cuts: that is its longest cached prefix.
+template's default system prompt included) and the end of each user and
+assistant message. They depend on the request alone, so the generator's
+chunking (the tokens between two cuts prefilled as chunks of their own) is
+the same with a prompt cache and without one, and restored rows are the bits
+a cold prefill computes. After an answer, :func:`answered_prompt` gives the
+conversation with that answer appended as an assistant message, ended at its
+own cut: the generator prefills the answer as the chunk a cold prefill of the
+next turn would run and caches it, so turn n+1 of a conversation restores
+everything up to turn n's answer and computes only its new message.
 Each cut carries a salt, the digests of the images shown since the previous
 cut, so prefixes with the same tokens but other images never share KV rows.
 """
@@ -32,6 +35,15 @@ from .vision import ImageLayout, VisionPipeline
 
 #: Marker in a user message used to find where the chat template puts it.
 _PROBE = "\u2063edgellm-probe\u2063"
+
+
+class Prompt(NamedTuple):
+    """A request rendered: what the generator prefills."""
+
+    ids: List[int]
+    cuts: Tuple["Cut", ...]
+    image_rows: Optional[np.ndarray]    # image embeddings [M, H], or None
+    layout: Optional[ImageLayout]       # how the images became tokens (vision models)
 
 
 class Cut(NamedTuple):
@@ -63,9 +75,18 @@ def _common(a: Sequence[Any], b: Sequence[Any]) -> int:
     return n
 
 
+def _render(tok: TextTokenizer, vision: Optional[VisionPipeline], ms: Sequence[ChatMessage],
+            generation: bool) -> str:
+    # vision templates (SmolVLM) read content parts; text models a string
+    turns: List[Dict[str, Any]] = [
+        {"role": m.role, "content": vision.user_content(m.content, len(m.images))
+         if vision is not None else m.content} for m in ms]
+    return tok.apply_chat_template(turns, add_generation_prompt=generation)
+
+
 def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: GenerationRequest,
-                  max_tokens: int) -> Tuple[List[int], Tuple[Cut, ...], Optional[np.ndarray]]:
-    """(token ids, cuts, image embeddings [M, H] or None) of a request.
+                  max_tokens: int) -> Prompt:
+    """The token ids, cuts, image embeddings and image layout of a request.
 
     ``max_tokens`` bounds a prompt with images before its images are encoded.
     """
@@ -73,15 +94,11 @@ def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: Gen
         raise InvalidRequest(f"the request has {len(req.images)} image(s) but the model "
                              "has no vision encoder (text-only)")
     if req.raw:
-        return tok.encode(req.prompt), (), None
+        return Prompt(tok.encode(req.prompt), (), None, None)
     msgs = conversation(req)
 
     def render(ms: Sequence[ChatMessage], generation: bool) -> str:
-        # vision templates (SmolVLM) read content parts; text models a string
-        turns: List[Dict[str, Any]] = [
-            {"role": m.role, "content": vision.user_content(m.content, len(m.images))
-             if vision is not None else m.content} for m in ms]
-        return tok.apply_chat_template(turns, add_generation_prompt=generation)
+        return _render(tok, vision, ms, generation)
 
     text = render(msgs, True)
     shown = [req.images[i] for m in msgs for i in m.images]
@@ -94,7 +111,7 @@ def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: Gen
         if vision is not None:
             vision.check_image_tokens(ids, np.zeros((0, 1), np.float32))
 
-    # prefixes (text, images shown in it): the system part, then each user message's end
+    # prefixes (text, images shown in it): the system part, then each message's end
     lead = 0
     while lead < len(msgs) and msgs[lead].role == "system":
         lead += 1
@@ -103,7 +120,7 @@ def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: Gen
     at = _common(probe[:at], text)  # SmolVLM writes "User: " before text, "User:" before an image
     prefixes = [(probe[:at], sum(len(m.images) for m in msgs[:lead]))] if at > 0 else []
     for k, m in enumerate(msgs):
-        if m.role == "user":
+        if m.role != "system":
             try:
                 prefixes.append((render(msgs[:k + 1], False), sum(len(x.images) for x in msgs[:k + 1])))
             except InvalidRequest:   # a template that renders only complete conversations
@@ -120,4 +137,31 @@ def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: Gen
         if 0 < pos < len(ids) and (not cuts or pos > cuts[-1].pos):
             cuts.append(Cut(pos, "".join(digests[seen:n])))
             seen = max(seen, n)
-    return ids, tuple(cuts), rows
+    return Prompt(ids, tuple(cuts), rows, layout)
+
+
+def answered_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: GenerationRequest,
+                    prompt: Prompt, answer: str) -> Optional[Tuple[List[int], Tuple[Cut, ...]]]:
+    """The ids of ``req``'s conversation with ``answer`` as its last (assistant) message.
+
+    With the cuts of ``prompt`` that it shares and a last cut at its end: the prefix the
+    conversation's next turn starts with. None when the template renders the answered
+    conversation otherwise than as a continuation of the prompt's last cut (then there
+    is nothing exact to cache), or for raw requests.
+    """
+    if req.raw or not prompt.cuts or not answer:
+        return None
+    msgs = conversation(req) + (ChatMessage("assistant", answer),)
+    try:
+        text = _render(tok, vision, msgs, False)
+    except InvalidRequest:
+        return None
+    if vision is not None and vision.proc.image_token in answer:
+        return None   # the next turn's prefill would take it for an image
+    if prompt.layout is not None and vision is not None:
+        text = vision.expand_prompt(text, prompt.layout)
+    ids = tok.encode(text)
+    last = prompt.cuts[-1]
+    if len(ids) <= last.pos or ids[:last.pos] != prompt.ids[:last.pos]:
+        return None
+    return ids, prompt.cuts + (Cut(len(ids), ""),)

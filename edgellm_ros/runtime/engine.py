@@ -284,6 +284,13 @@ class Engine:
             self.eagle_totals.add(res.eagle)
         return res
 
+    def cache_answer(self) -> bool:
+        """Cache the last conversation with its answer for its next turn (when idle).
+
+        See :meth:`Generator.cache_answer`; generate() does it first when nobody did.
+        """
+        return self.generator.cache_answer()
+
     def close(self) -> None:
         """Free the KV cache, the session and the prompt cache."""
         if self.prompt_cache is not None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..contract import DecoderStep, TextTokenizer
 from ..errors import ContextFull, InvalidRequest
-from .chat import Cut, render_prompt
+from .chat import Cut, Prompt, answered_prompt, render_prompt
 from .config import GenerationRequest
 from .constraints import Constraint
 from .prompt_cache import PromptCache, prefix_keys
@@ -107,6 +107,8 @@ class Generator:
         rows = decoder.max_seq_len if drafter is not None else 0
         self._feats = np.zeros((rows, decoder.feature_size), np.float32)
         self._lock = threading.Lock()
+        # the last answered conversation still to be cached: (ids, cuts, adapter)
+        self._answered: Optional[Tuple[List[int], Tuple[Cut, ...], str]] = None
 
     # -- prompt ---------------------------------------------------------------
     def build_prompt(self, req: GenerationRequest) -> Tuple[List[int], Tuple[Cut, ...]]:
@@ -115,8 +117,13 @@ class Generator:
         With images, their embeddings are computed here too (kept for the
         prefill); the image tokens count against max_seq_len.
         """
-        ids, cuts, self._image_rows = render_prompt(self.tok, self.vision, req, self.decoder.max_seq_len)
-        return ids, cuts
+        prompt = self._render(req)
+        return prompt.ids, prompt.cuts
+
+    def _render(self, req: GenerationRequest) -> Prompt:
+        prompt = render_prompt(self.tok, self.vision, req, self.decoder.max_seq_len)
+        self._image_rows = prompt.image_rows
+        return prompt
 
     # -- run ------------------------------------------------------------------
     def generate(self, req: GenerationRequest,
@@ -133,7 +140,37 @@ class Generator:
         if not isinstance(req, GenerationRequest):
             raise InvalidRequest(f"expected a GenerationRequest, got {type(req).__name__}")
         with self._lock:
+            self._cache_answer()
             return self._generate(req, on_token, cancel, adapter, eagle, constraint)
+
+    def cache_answer(self) -> bool:
+        """Cache the KV rows of the last request's conversation with its answer.
+
+        The rows up to the prompt's last cut are already the prefill's; the
+        answer (with its chat markers) is prefilled here as the one chunk a cold
+        prefill of the conversation's next turn runs, so that turn restores it
+        bit for bit. Call it when idle after a request (the ROS worker does,
+        once the response is out); :meth:`generate` calls it first otherwise.
+        Returns whether an entry was added.
+        """
+        with self._lock:
+            return self._cache_answer()
+
+    def _cache_answer(self) -> bool:
+        pending, self._answered = self._answered, None
+        if pending is None or self.cache is None:
+            return False
+        ids, cuts, adapter = pending
+        start = cuts[-2].pos
+        if self.decoder.lora_slots:
+            self.decoder.set_adapter(adapter)
+        self._image_rows = None       # the answer shows no image
+        p = start
+        while p < len(ids):
+            n = min(self.decoder.max_chunk, len(ids) - p)
+            self.decoder.forward(p, ids[p:p + n])
+            p += n
+        return self.store_prefixes(ids, cuts, adapter) > 0
 
     def _cache_tag(self, adapter: str, draft: bool) -> str:
         # entries made with EAGLE on carry the draft's rows too
@@ -259,7 +296,8 @@ class Generator:
         t0 = time.perf_counter()
         if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
-        ids, cuts = self.build_prompt(req)
+        prompt = self._render(req)
+        ids, cuts = prompt.ids, prompt.cuts
         # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly.
         # Not with a constraint: the mask may remove every exact candidate, and the argmax over
         # the head's estimates of the others would not be the exact one
@@ -331,6 +369,11 @@ class Generator:
         t_end = time.perf_counter()
         if prefilled:
             self.store_prefixes(ids, cuts, adapter, draft=use_eagle)
+            # the draft's rows would need a catch-up over the answer: base entries only
+            if self.cache is not None and not use_eagle and finish != FINISH_CONTEXT:
+                answered = answered_prompt(self.tok, self.vision, req, prompt, text)
+                if answered is not None and len(answered[0]) < self.decoder.max_seq_len:
+                    self._answered = (answered[0], answered[1], adapter)
         first = t_first if t_first is not None else t_end
         decode_n = max(len(out) - 1, 0)
         return GenerationResult(
