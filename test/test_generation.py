@@ -119,6 +119,45 @@ def test_cancel_from_another_thread_stops_generation(engine):
     assert 4 <= res.generated_tokens < 400
 
 
+class CancelAfterChecks(threading.Event):
+    """A cancel event that another thread sets after the generator has checked it ``n`` times."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.checks = 0
+        self.n = n
+
+    def is_set(self):
+        self.checks += 1
+        if self.checks > self.n:
+            self.set()
+        return super().is_set()
+
+
+def test_cancel_during_a_long_prefill_stops_before_the_next_chunk(engine):
+    """A cancel does not wait for the whole prompt: the prefill checks it between chunks."""
+    gen = engine.generator
+    req = GenerationRequest(prompt="Describe the warehouse. " * 170, max_new_tokens=8)  # > 2 chunks
+    ids, cuts = gen.build_prompt(req)
+    assert len(ids) > 2 * gen.decoder.max_chunk
+    engine.cache_answer()                     # an earlier test's answer: not part of this count
+    forwards = []
+    real_forward = gen.decoder.forward
+    gen.decoder.forward = lambda *a, **k: forwards.append(a[0]) or real_forward(*a, **k)
+    try:
+        # checked once before the prefill and before each chunk: set after the second chunk
+        res = engine.generate(req, cancel=CancelAfterChecks(3))
+    finally:
+        del gen.decoder.forward
+    assert res.finish_reason == FINISH_CANCELLED and res.generated_tokens == 0 and res.text == ""
+    assert len(forwards) == 2 and forwards[0] == 0
+    # nothing half-computed was cached: the same request answers as on a fresh cache
+    again = engine.generate(req)
+    engine.prompt_cache.clear()
+    fresh = engine.generate(req)
+    assert again.token_ids == fresh.token_ids and again.finish_reason != FINISH_CANCELLED
+
+
 def test_seeded_sampling_is_reproducible_and_seed_dependent(engine):
     def run(seed):
         return engine.generate(GenerationRequest(

@@ -26,6 +26,28 @@ def test_lru_eviction_by_bytes():
     assert cache.nbytes == 3 * one
 
 
+def test_a_long_prompt_does_not_flush_the_pinned_system_parts():
+    """Pinned entries (system parts) go only when every unpinned one has gone."""
+    kv = KVCache(2, 32, 1, 4)
+    small, big = kv.snapshot_nbytes(2), kv.snapshot_nbytes(16)
+    cache = PromptCache(max_bytes=small + big + kv.snapshot_nbytes(8))
+    system = prefix_key([1, 2])
+    assert cache.put(system, kv.snapshot(2), small, pinned=True)
+    other = prefix_key([5, 6, 7, 8, 9, 10, 11, 12])
+    cache.put(other, *_snap(kv, 8))
+    cache.get(system)       # the system part is now the most recent, other the least
+    cache.get(other)        # ... and now other is the most recent: LRU alone would evict system
+    long_prompt = prefix_key(list(range(100, 116)))
+    cache.put(long_prompt, *_snap(kv, 16))
+    cache.put(prefix_key(list(range(200, 216))), *_snap(kv, 16))   # evicts both unpinned ones
+    assert cache.get(system) is not None
+    assert cache.get(other) is None and cache.get(long_prompt) is None
+    assert cache.nbytes == small + big
+    # with nothing unpinned left, a pinned entry goes too
+    assert cache.put(prefix_key(list(range(300, 325))), *_snap(kv, 25))
+    assert cache.get(system) is None
+
+
 def test_an_entry_larger_than_the_budget_is_not_stored():
     kv = KVCache(2, 32, 1, 4)
     cache = PromptCache(max_bytes=kv.snapshot_nbytes(4) - 1)

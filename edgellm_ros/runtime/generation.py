@@ -177,8 +177,10 @@ class Generator:
         return adapter + ("|eagle" if draft and self.drafter is not None else "")
 
     def prefill(self, ids: List[int], cuts: Sequence[Cut] = (), adapter: str = "",
-                draft: bool = False) -> Tuple[Any, int]:
+                draft: bool = False, cancel: Optional[threading.Event] = None) -> Tuple[Any, int]:
         """Fill the KV cache with the prompt; returns (last logits row, cached rows).
+
+        A ``cancel`` set while it runs stops it before the next chunk: the row is then None.
 
         The rows of the longest cached prefix ending at one of ``cuts`` are
         restored; the tokens between two cuts are always run as chunks of
@@ -205,6 +207,8 @@ class Generator:
             image_row = int(np.count_nonzero(np.asarray(ids[:cached]) == self.vision.image_token_id))
         for end in [c.pos for c in cuts if c.pos > p] + [len(ids)]:
             while p < end:
+                if cancel is not None and cancel.is_set():
+                    return None, cached
                 n = min(dec.max_chunk, end - p)
                 if self._image_rows is not None and self.vision is not None:  # image rows replace placeholders
                     buf = dec.embeds_buffer(n)
@@ -244,7 +248,9 @@ class Generator:
             if size > self.cache.max_bytes:
                 continue
             dsnap = drafter.step.kv.snapshot(rows) if drafter is not None else None
-            added += self.cache.put(key, (kv.snapshot(rows), dsnap), size)
+            # the first cut is the system part: shared by every request, pinned
+            added += self.cache.put(key, (kv.snapshot(rows), dsnap), size,
+                                    pinned=key is keys[0] and len(keys) > 1)
         return added
 
     def _plain_tokens(self, row: np.ndarray, pos: int, sample: Callable[[np.ndarray], int],
@@ -329,12 +335,15 @@ class Generator:
             emitted = upto
             index += 1
 
-        if cancel is not None and cancel.is_set():
+        source: Iterator[int]
+        row: Any = None
+        if cancel is None or not cancel.is_set():
+            row, cached = self.prefill(ids, cuts, adapter, draft=use_eagle, cancel=cancel)
+            prefilled = row is not None
+        if not prefilled:       # cancelled before or during the prefill
             finish = FINISH_CANCELLED
-            source: Iterator[int] = iter(())
+            source = iter(())
         else:
-            prefilled = True
-            row, cached = self.prefill(ids, cuts, adapter, draft=use_eagle)
             source = self._eagle_tokens(ids, row, req, ec, stats, constraint) if use_eagle else \
                 self._plain_tokens(row, len(ids), make_sampler(req.sampling), constraint)
         for tok in source:

@@ -55,6 +55,7 @@ class PromptCache:
         self.max_bytes = max_bytes
         # key -> (snapshot: a KV Snapshot, or the generator's (base, draft) pair; its bytes)
         self._entries: "OrderedDict[Key, Tuple[Any, int]]" = OrderedDict()
+        self._pinned: set = set()
         self._lock = threading.Lock()
         self.nbytes = 0
         self.hits = 0
@@ -95,8 +96,11 @@ class PromptCache:
         with self._lock:
             return key in self._entries
 
-    def put(self, key: Key, snap: Any, nbytes: int) -> bool:
-        """Store a snapshot; returns False when it alone exceeds the budget."""
+    def put(self, key: Key, snap: Any, nbytes: int, pinned: bool = False) -> bool:
+        """Store a snapshot; returns False when it alone exceeds the budget.
+
+        ``pinned`` entries are evicted after every unpinned one.
+        """
         if nbytes > self.max_bytes:
             return False
         with self._lock:
@@ -104,13 +108,18 @@ class PromptCache:
                 self._entries.move_to_end(key)
                 return True
             while self._entries and self.nbytes + nbytes > self.max_bytes:
-                _, (_, old) = self._entries.popitem(last=False)
-                self.nbytes -= old
+                old = next((k for k in self._entries if k not in self._pinned),
+                           next(iter(self._entries)))
+                self.nbytes -= self._entries.pop(old)[1]
+                self._pinned.discard(old)
             self._entries[key] = (snap, nbytes)
             self.nbytes += nbytes
+            if pinned:
+                self._pinned.add(key)
             return True
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._pinned.clear()
             self.nbytes = 0
