@@ -33,7 +33,7 @@ EXECUTABLE = "edgellm_node"
 NODE_NAME = "edgellm"
 #: The node's image input (a relative name), remapped by ``image_topic``.
 IMAGE_INPUT = "image"
-DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
+DEFAULT_IMAGE_TOPIC = "camera/image_raw"  # relative: under a namespace, that robot's camera
 #: What vlm.launch.py suggests when the Hugging Face cache holds no VLM.
 FETCH_VLM = "huggingface-cli download HuggingFaceTB/SmolVLM-256M-Instruct"
 
