@@ -26,7 +26,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ..contract import TextTokenizer
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ModelLoadError
 from .config import ChatMessage, GenerationRequest
 from .vision import ImageLayout, VisionPipeline
 
@@ -61,6 +61,20 @@ def _common(a: Sequence[Any], b: Sequence[Any]) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+def probe_template(tok: TextTokenizer, vision: bool, where: str) -> None:
+    """Render one user message at load: a template that fails or passes a bound fails configure.
+
+    ``vision``: the model reads SmolVLM-style content parts. ModelLoadError names ``where``
+    (the engine folder holding the template) and the reason.
+    """
+    content: Any = VisionPipeline.user_content("Hello.", 0) if vision else "Hello."
+    try:
+        tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    except InvalidRequest as exc:
+        raise ModelLoadError(f"{where}: the model's chat template fails a one-message probe render: "
+                             f"{exc}") from exc
 
 
 def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: GenerationRequest,
