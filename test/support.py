@@ -1,7 +1,8 @@
 """Helpers the tests import by name (fixtures live in conftest.py, which tests never import).
 
 REPO, the golden reference files under test/data (written by tools/reference/*.py),
-this process's resident memory, and a client of an edgellm_node subprocess.
+this process's resident memory, a client of an edgellm_node subprocess, and a
+watcher of a node's /rosout lines.
 """
 
 from __future__ import annotations
