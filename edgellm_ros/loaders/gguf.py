@@ -95,7 +95,8 @@ def config_from_metadata(md: Dict[str, Any], path: str) -> ModelConfig:
     vocab = md.get(f"{arch}.vocab_size")
     if vocab is None:
         vocab = len(_require(md, "tokenizer.ggml.tokens", path))
-    return ModelConfig(
+    return ModelConfig.checked(
+        f"{path}: GGUF metadata",
         architecture=arch,
         num_layers=get("block_count", "num_layers"),
         hidden_size=hidden,

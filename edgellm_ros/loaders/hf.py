@@ -44,7 +44,8 @@ def config_from_hf(cfg: Dict[str, Any], folder: str) -> ModelConfig:
     rope_scaling = cfg.get("rope_scaling")
     if rope_scaling is not None and not isinstance(rope_scaling, dict):
         raise ModelLoadError(f"{src}: rope_scaling = {rope_scaling!r} must be an object or null")
-    return ModelConfig(
+    return ModelConfig.checked(
+        src,
         architecture="qwen2" if model_type == "qwen2" else "llama",
         num_layers=get("num_hidden_layers", "num_layers"),
         hidden_size=hidden,

@@ -119,6 +119,14 @@ class ModelConfig(FromDict):
         if self.head_dim % 2:
             raise ModelLoadError(f"head_dim must be even for rotary embedding, got {self.head_dim}")
 
+    @classmethod
+    def checked(cls, where: str, **fields: Any) -> "ModelConfig":
+        """Build one from a file's values; a ModelLoadError names ``where`` (the file)."""
+        try:
+            return cls(**fields)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{where}: {exc}") from exc
+
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
