@@ -106,3 +106,33 @@ def test_a_template_that_does_not_compile_fails_at_load(default_engine_dir):
             Tokenizer(tok._backend, "<|im_start|>", "<|im_end|>", "{% for %}")
     finally:
         tok.close()
+
+
+PARENT = ("import sys\nfrom edgellm_ros.runtime.chat_template import TemplateRenderer\n"
+          "r = TemplateRenderer(sys.argv[1], timeout_s=600)\n"
+          "r._proc = r._start()\nprint(r._proc.pid, flush=True)\n"
+          "r.render({'messages': [{'role': 'user', 'content': 'loop'}], 'add_generation_prompt': True})\n")
+
+
+def test_a_worker_whose_node_is_killed_mid_render_ends_too():
+    import os
+    import signal
+    import subprocess
+    import sys
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, LOOP_ON_REQUEST_TEMPLATE],
+                              stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(1.0)   # the worker is looping now
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{worker}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in "ZX":   # exited (a zombie nobody reaped)
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    raise AssertionError("the template worker outlived its killed parent by 15 s")

@@ -115,9 +115,17 @@ def _cap_memory() -> None:
         pass
 
 
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when its parent is gone, even in the middle of a render."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
 def serve() -> None:
     """The worker's loop: first line {"template"}, then {"context", "limit"} per render."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent decides when this process ends
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
 
     def answer(obj: Dict[str, Any]) -> None:
