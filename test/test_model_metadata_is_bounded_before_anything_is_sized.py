@@ -28,7 +28,7 @@ from edgellm_ros.synthetic import hostile
 
 @pytest.mark.parametrize("key, value, message", [
     ("context_length", 2147483647, "llama.context_length = 2147483647: max_position_embeddings must be an "
-                                   "integer in [1, 1.67772e+07]"),
+                                   "integer in [1, 16777216]"),
     ("attention.head_count", 0, "llama.attention.head_count = 0: num_heads must be an integer"),
     ("attention.head_count_kv", 0, "llama.attention.head_count_kv = 0: num_kv_heads"),
     ("block_count", 100000, "llama.block_count = 100000: num_layers"),

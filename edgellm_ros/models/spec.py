@@ -72,8 +72,9 @@ def bounded(value: Any, field: str, where: str, bound: Optional[str] = None) -> 
     if hasattr(value, "dtype") and getattr(value, "shape", None) == ():   # numpy scalars (GGUF values)
         ok, value = True, value.item()
     if not ok or isinstance(value, bool) or not (lo <= value <= hi):   # NaN fails the comparison
+        span = f"[{int(lo)}, {int(hi)}]" if kind is int else f"[{lo:g}, {hi:g}]"
         raise ModelLoadError(f"{where} = {value!r}: {field} must be {'an integer' if kind is int else 'a number'} "
-                             f"in [{lo:g}, {hi:g}]")
+                             f"in {span}")
     return kind(value)
 
 
