@@ -68,3 +68,9 @@ class BackendError(EdgeLLMError):
     """The backend failed while running a graph."""
 
     code = "backend"
+
+
+class TemplateLimitExceeded(InvalidRequest):
+    """The model's chat template passed a bound on time, output size or memory (runtime/chat_template.py)."""
+
+    code = "invalid_request"

@@ -1,7 +1,8 @@
 """Helpers the tests import by name (fixtures live in conftest.py, which tests never import).
 
 REPO, the golden reference files under test/data (written by tools/reference/*.py),
-this process's resident memory, and a client of an edgellm_node subprocess.
+this process's resident memory, a client of an edgellm_node subprocess, and a
+watcher of a node's /rosout lines.
 """
 
 from __future__ import annotations
@@ -53,3 +54,26 @@ def ros_client(domain: int, namespace: str, name: str = "test_client"):
         spinner.join(timeout=10)
         cn.destroy_node()
         rclpy.shutdown(context=context)
+
+
+class RosoutWatcher:
+    """Collects a ros_graph node's log lines from /rosout (on the graph's client node)."""
+
+    def __init__(self, graph):
+        self.name = graph.node.get_logger().name
+        self.lines = []
+        self.cond = threading.Condition()
+        from rcl_interfaces.msg import Log
+        self.sub = graph.client_node.create_subscription(Log, "/rosout", self._on_log, 100)
+
+    def _on_log(self, msg):
+        if msg.name == self.name:
+            with self.cond:
+                self.lines.append(msg.msg)
+                self.cond.notify_all()
+
+    def wait_for(self, *words, timeout=10.0):
+        def found():
+            return any(all(w in line for w in words) for line in self.lines)
+        with self.cond:
+            assert self.cond.wait_for(found, timeout), (words, self.lines)

@@ -137,7 +137,7 @@ def test_prompt_cache_keys_include_the_adapter(lora_engine):
 def test_bad_adapters_fail_with_the_reason(tmp_path, default_weights):
     c = default_weights.config
     big = write_random_adapter(str(tmp_path / "big"), c, (0,), ("q_proj",), r=16)
-    with pytest.raises(ModelLoadError, match="r=16 is outside \\[1, max_lora_rank=8\\]"):
+    with pytest.raises(ModelLoadError, match="field r = 16 is not an integer in \\[1, max_lora_rank=8\\]"):
         load_adapter("big", big, c, max_rank=8)
     with pytest.raises(ModelLoadError, match="adapter_config.json is missing"):
         load_adapter("none", str(tmp_path / "missing"), c, max_rank=8)

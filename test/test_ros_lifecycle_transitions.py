@@ -5,38 +5,14 @@ unconfigured; a good configure then works; configure/cleanup cycles do not
 grow memory; shutdown finalizes.
 """
 
-import threading
 import time
 
-from support import rss_mib
-from rcl_interfaces.msg import Log
+from support import RosoutWatcher, rss_mib
 
 from edgellm_ros.srv import Ask
 
 NODE_PARAMETERS = {"max_seq_len": 256}
 CYCLES = 10
-
-
-class RosoutWatcher:
-    """Collects the node's log lines from /rosout."""
-
-    def __init__(self, graph):
-        self.name = graph.node.get_logger().name
-        self.lines = []
-        self.cond = threading.Condition()
-        self.sub = graph.client_node.create_subscription(Log, "/rosout", self._on_log, 100)
-
-    def _on_log(self, msg):
-        if msg.name == self.name:
-            with self.cond:
-                self.lines.append(msg.msg)
-                self.cond.notify_all()
-
-    def wait_for(self, *words, timeout=10.0):
-        def found():
-            return any(all(w in line for w in words) for line in self.lines)
-        with self.cond:
-            assert self.cond.wait_for(found, timeout), (words, self.lines)
 
 
 def test_starts_unconfigured_and_refuses_requests(ros_graph):

@@ -68,8 +68,8 @@ class DecoderGraph(LayerBuilder):
 
     def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
                  feature_layers: Sequence[int] = (), quantization: str = "none",
-                 fused: bool = False, requant: Optional[Requantizer] = None):
-        super().__init__(weights, g, quantization, fused, requant, lora_modules)
+                 fused: bool = False, requant: Optional[Requantizer] = None, rope_rows: int = 0):
+        super().__init__(weights, g, quantization, fused, requant, lora_modules, rope_rows)
         self.feature_layers = tuple(feature_layers)
         #: whether the graph reads the embedding table as lm_head_rows (lm_head.head_modes)
         self.head_rows = False
@@ -149,7 +149,7 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
                    name: str = "decoder", lora_modules: Sequence[str] = (),
                    feature_layers: Sequence[int] = (), quantization: str = "none",
                    fused: bool = False, info: Optional[Dict[str, Any]] = None,
-                   requant: Optional[Requantizer] = None) -> str:
+                   requant: Optional[Requantizer] = None, rope_rows: int = 0) -> str:
     """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path.
 
     quantization: "none" (float32 weights, opset 17), "int4" (block-wise
@@ -163,13 +163,14 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
     with head-major KV buffers (a CPU-only graph; see LayerBuilder.fused_attention in layers.py).
     requant: how weights without usable file blocks are re-quantized (and a
     cache shared by the variants of one family); plain round to nearest if None.
+    rope_rows: positions the fused graph's rotary tables must cover (layers.rope_table_rows).
     """
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
     g = GraphBuilder(name, weights=weight_file, opset=17 if quantization == "none" else 21)
-    dec = DecoderGraph(weights, g, lora_modules, feature_layers, quantization, fused, requant)
+    dec = DecoderGraph(weights, g, lora_modules, feature_layers, quantization, fused, requant, rope_rows)
     dec.build()
     if info is not None:
         info["weight_origins"] = dict(dec.proj.quant_origins)

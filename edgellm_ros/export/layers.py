@@ -13,7 +13,7 @@ key-value heads, G = NH // KVH, D head dim, R rotary table rows.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 from onnx import TensorProto
@@ -30,9 +30,18 @@ F32 = TensorProto.FLOAT
 Attend = Callable[[str, str, str, Tuple[str, str], str], Tuple[str, str, str]]
 
 
-def rope_table_rows(config: Any) -> int:
-    """Positions the fused graph's cos/sin tables cover (max_seq_len must stay below)."""
-    return max(int(config.max_position_embeddings), 8192)
+#: Fewest positions of a fused graph's rotary tables (2 MiB at D = 64).
+DEFAULT_ROPE_ROWS = 8192
+
+
+def rope_table_rows(needed: int = 0) -> int:
+    """Positions the fused graph's cos/sin tables cover: the rows the node will use.
+
+    ``needed`` is max_seq_len plus the EAGLE rows, never the model's declared
+    context length (a GGUF may claim 2**31 positions); at least
+    DEFAULT_ROPE_ROWS, rounded up to a multiple of 1024.
+    """
+    return max(DEFAULT_ROPE_ROWS, -(-int(needed) // 1024) * 1024)
 
 
 class LayerBuilder:
@@ -45,10 +54,10 @@ class LayerBuilder:
 
     def __init__(self, weights: ModelWeights, g: GraphBuilder, quantization: str = "none",
                  fused: bool = False, requant: Optional[Requantizer] = None,
-                 lora_modules: Sequence[str] = ()):
+                 lora_modules: Sequence[str] = (), rope_rows: int = 0):
         self.w, self.c, self.g = weights.tensors, weights.config, g
         self.fused = fused
-        self.rope_rows = rope_table_rows(weights.config)
+        self.rope_rows = rope_table_rows(rope_rows)
         self.quantization = quantization
         self.proj = Projections(weights, g, quantization, fused, requant, lora_modules)
 

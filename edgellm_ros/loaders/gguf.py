@@ -13,14 +13,14 @@ missing key or an architecture we do not run each raise
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict
 
 import numpy as np
 
 from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
 from ..models.quant import BlockQuant, from_gguf
-from ..models.spec import ModelConfig, ModelWeights
+from ..models.spec import ModelConfig, ModelWeights, bounded
+from .files import gguf_tensor_extents, regular_size
 
 #: Architectures whose GGUF tensors map onto our Llama graph.
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
@@ -51,8 +51,10 @@ def _open(path: str) -> Any:
         from gguf import GGUFReader
     except ImportError as exc:  # pragma: no cover - dependency missing
         raise ModelLoadError(f"the gguf package is not installed: {exc}") from exc
-    if os.path.getsize(path) < 24:
-        raise CorruptModelError(f"{path}: not a GGUF file (only {os.path.getsize(path)} bytes)")
+    size = regular_size(path, "GGUF file")   # never a FIFO or /dev/zero
+    if size < 24:
+        raise CorruptModelError(f"{path}: not a GGUF file (only {size} bytes)")
+    gguf_tensor_extents(path)   # every tensor's data inside the file, checked before reading
     try:
         return GGUFReader(path, "r")
     except Exception as exc:  # gguf raises ValueError, struct.error, IndexError...
@@ -77,33 +79,37 @@ def _require(md: Dict[str, Any], key: str, path: str) -> Any:
 
 
 def config_from_metadata(md: Dict[str, Any], path: str) -> ModelConfig:
-    """Map GGUF ``{arch}.*`` keys to a ModelConfig."""
+    """Map GGUF ``{arch}.*`` keys to a ModelConfig, each value checked against FIELD_BOUNDS."""
     arch = md.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
             f"{path}: GGUF architecture {arch!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    num_heads = int(_require(md, f"{arch}.attention.head_count", path))
-    hidden = int(_require(md, f"{arch}.embedding_length", path))
-    num_kv = int(md.get(f"{arch}.attention.head_count_kv", num_heads))
-    head_dim = int(md.get(f"{arch}.attention.key_length", hidden // num_heads))
+
+    def get(key: str, field: str, default: Any = None) -> Any:
+        value = md.get(f"{arch}.{key}", default) if default is not None else _require(md, f"{arch}.{key}", path)
+        return bounded(value, field, f"{path}: GGUF metadata {arch}.{key}")
+
+    num_heads = get("attention.head_count", "num_heads")
+    hidden = get("embedding_length", "hidden_size")
     vocab = md.get(f"{arch}.vocab_size")
     if vocab is None:
         vocab = len(_require(md, "tokenizer.ggml.tokens", path))
-    return ModelConfig(
+    return ModelConfig.checked(
+        f"{path}: GGUF metadata",
         architecture=arch,
-        num_layers=int(_require(md, f"{arch}.block_count", path)),
+        num_layers=get("block_count", "num_layers"),
         hidden_size=hidden,
-        intermediate_size=int(_require(md, f"{arch}.feed_forward_length", path)),
+        intermediate_size=get("feed_forward_length", "intermediate_size"),
         num_heads=num_heads,
-        num_kv_heads=num_kv,
-        head_dim=head_dim,
-        vocab_size=int(vocab),
-        rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
-        rms_norm_eps=float(md.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        num_kv_heads=get("attention.head_count_kv", "num_kv_heads", num_heads),
+        head_dim=get("attention.key_length", "head_dim", hidden // num_heads),
+        vocab_size=bounded(vocab, "vocab_size", f"{path}: GGUF metadata {arch}.vocab_size"),
+        rope_theta=get("rope.freq_base", "rope_theta", 10000.0),
+        rms_norm_eps=get("attention.layer_norm_rms_epsilon", "rms_norm_eps", 1e-5),
         tie_word_embeddings=False,  # decided from the tensors below
         attention_bias=(arch == "qwen2"),
-        max_position_embeddings=int(md.get(f"{arch}.context_length", 2048)),
+        max_position_embeddings=get("context_length", "max_position_embeddings", 2048),
     )
 
 

@@ -16,7 +16,8 @@ from typing import Any, Dict
 import numpy as np
 
 from ..errors import CorruptModelError, ModelLoadError, UnsupportedModelError
-from ..models.spec import ModelConfig, ModelWeights
+from ..models.spec import ModelConfig, ModelWeights, bounded
+from .files import safetensors_header
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 _NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64}
@@ -30,40 +31,48 @@ def config_from_hf(cfg: Dict[str, Any], folder: str) -> ModelConfig:
         raise UnsupportedModelError(
             f"{folder}: model_type {model_type!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
-    try:
-        hidden = int(cfg["hidden_size"])
-        heads = int(cfg["num_attention_heads"])
-        return ModelConfig(
-            architecture="qwen2" if model_type == "qwen2" else "llama",
-            num_layers=int(cfg["num_hidden_layers"]),
-            hidden_size=hidden,
-            intermediate_size=int(cfg["intermediate_size"]),
-            num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            vocab_size=int(cfg["vocab_size"]),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-            rope_scaling=cfg.get("rope_scaling"),
-        )
-    except KeyError as exc:
-        raise ModelLoadError(f"{folder}/config.json lacks {exc.args[0]!r}") from exc
+    src = os.path.join(folder, "config.json")
+
+    def get(key: str, field: str, default: Any = None) -> Any:
+        if key not in cfg and default is None:
+            raise ModelLoadError(f"{src} lacks {key!r}")
+        value = cfg.get(key)
+        return bounded(default if value is None else value, field, f"{src}: {key}")
+
+    heads = get("num_attention_heads", "num_heads")
+    hidden = get("hidden_size", "hidden_size")
+    rope_scaling = cfg.get("rope_scaling")
+    if rope_scaling is not None and not isinstance(rope_scaling, dict):
+        raise ModelLoadError(f"{src}: rope_scaling = {rope_scaling!r} must be an object or null")
+    return ModelConfig.checked(
+        src,
+        architecture="qwen2" if model_type == "qwen2" else "llama",
+        num_layers=get("num_hidden_layers", "num_layers"),
+        hidden_size=hidden,
+        intermediate_size=get("intermediate_size", "intermediate_size"),
+        num_heads=heads,
+        num_kv_heads=get("num_key_value_heads", "num_kv_heads", heads),
+        head_dim=get("head_dim", "head_dim", hidden // heads),
+        vocab_size=get("vocab_size", "vocab_size"),
+        rope_theta=get("rope_theta", "rope_theta", 10000.0),
+        rms_norm_eps=get("rms_norm_eps", "rms_norm_eps", 1e-6),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
+        max_position_embeddings=get("max_position_embeddings", "max_position_embeddings", 2048),
+        rope_scaling=rope_scaling,
+    )
+
+
+def _buffer_bytes(header: Dict[str, Any]) -> int:
+    """Bytes of the data buffer a checked header describes (its tensors cover it exactly)."""
+    return max((info["data_offsets"][1] for k, info in header.items() if k != "__metadata__"), default=0)
 
 
 def read_safetensors(path: str) -> Dict[str, np.ndarray]:
     """Tensors of one file as float32; BF16 is widened by bit shifting."""
+    header = safetensors_header(path)   # a regular file whose offsets match its size
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100 * 1024 * 1024:
-                raise CorruptModelError(f"{path}: bad safetensors header length {n}")
-            header = json.loads(f.read(n))
-        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
-    except CorruptModelError:
-        raise
+        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=os.path.getsize(path) - _buffer_bytes(header))
     except Exception as exc:
         raise CorruptModelError(f"{path}: not a readable safetensors file ({exc})") from exc
     out: Dict[str, np.ndarray] = {}
@@ -71,8 +80,6 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
         if name == "__metadata__":
             continue
         start, end = info["data_offsets"]
-        if end > raw.size:
-            raise CorruptModelError(f"{path}: tensor {name} is truncated")
         buf = raw[start:end]
         shape = tuple(info["shape"])
         if info["dtype"] == "BF16":

@@ -7,22 +7,31 @@ import os
 from typing import Any, Dict
 
 from ..errors import ModelLoadError
+from .files import open_regular
+
+#: The largest JSON configuration file read (a tokenizer_config.json with a long
+#: chat template is well under 1 MiB).
+MAX_JSON_BYTES = 16 * 2**20
 
 
-def read_json_object(path: str, required: bool = True) -> Dict[str, Any]:
+def read_json_object(path: str, required: bool = True, max_bytes: int = MAX_JSON_BYTES) -> Dict[str, Any]:
     """The JSON object in ``path``; {} when absent and not required.
 
-    A missing required file, unparsable JSON or a non-object raise
-    ModelLoadError naming the file.
+    A missing required file, a path that is not a regular file (a FIFO, a
+    symlink to /dev/zero), a file over ``max_bytes``, unparsable JSON or a
+    non-object raise ModelLoadError naming the file.
     """
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         if required:
             raise ModelLoadError(f"{path} is missing")
         return {}
+    with open_regular(path, "JSON file") as f:
+        text = f.read(max_bytes + 1)
+    if len(text) > max_bytes:
+        raise ModelLoadError(f"{path}: larger than {max_bytes} bytes; not read")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError) as exc:
+        data = json.loads(text)
+    except ValueError as exc:
         raise ModelLoadError(f"{path}: cannot be parsed ({exc})") from exc
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: expected a JSON object, got {type(data).__name__}")

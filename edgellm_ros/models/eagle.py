@@ -40,7 +40,6 @@ tuple holds the same tensors at index + 1).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -50,9 +49,11 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from .llama import causal_mask, rms_norm, rope_inv_freq, rotate, silu
-from .spec import ModelConfig
+from .spec import FIELD_BOUNDS, ModelConfig, bounded
 
 LAYOUTS = ("eagle3", "eagle1")
+#: The most bytes of a draft's config.json read.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -100,20 +101,21 @@ def default_target_layers(num_layers: int) -> Tuple[int, ...]:
     return tuple(max(0, min(num_layers - 1, i)) for i in (2, num_layers // 2, num_layers - 3))
 
 
-def _read_config(folder: str) -> Dict[str, Any]:
-    path = os.path.join(folder, "config.json")
+def read_config(folder: str) -> Dict[str, Any]:
+    """The draft's config.json as an object (ModelLoadError naming the file otherwise)."""
+    from ..loaders.jsonfile import read_json_object
+
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"EAGLE draft {folder}: config.json unreadable ({exc})") from exc
+        return read_json_object(os.path.join(folder, "config.json"), max_bytes=MAX_CONFIG_BYTES)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"EAGLE draft {folder}: {exc}") from exc
 
 
 def load_draft(folder: str, base: ModelConfig) -> Tuple[DraftConfig, Dict[str, np.ndarray]]:
     """Read an EAGLE-3 or EAGLE-1 checkpoint folder and check it against the base model."""
     from ..loaders.hf import read_safetensors
 
-    raw = _read_config(folder)
+    raw = read_config(folder)
     files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors")) \
         if os.path.isdir(folder) else []
     if not files:
@@ -127,32 +129,65 @@ def load_draft(folder: str, base: ModelConfig) -> Tuple[DraftConfig, Dict[str, n
     if not layout:
         raise ModelLoadError(f"EAGLE draft {folder}: neither an EAGLE-3 (midlayer.*) nor an "
                              "EAGLE-1 (layers.0.*) checkpoint")
-    H = int(raw.get("hidden_size", base.hidden_size))
-    heads = int(raw.get("num_attention_heads", base.num_heads))
-    eagle_cfg = raw.get("eagle_config") or {}
-    layers = raw.get("target_layer_ids") or eagle_cfg.get("eagle_aux_hidden_state_layer_ids")
-    if layout == "eagle3":
-        layers = tuple(int(x) for x in (layers or default_target_layers(base.num_layers)))
-    else:
-        layers = ()
-    cfg = DraftConfig(
-        layout=layout, hidden_size=H, num_heads=heads,
-        num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-        head_dim=int(raw.get("head_dim") or H // heads),
-        intermediate_size=int(raw.get("intermediate_size", base.intermediate_size)),
-        vocab_size=int(raw.get("vocab_size", base.vocab_size)),
-        draft_vocab_size=int(raw.get("draft_vocab_size") or raw.get("vocab_size", base.vocab_size)),
-        target_hidden_size=int(raw.get("target_hidden_size") or base.hidden_size),
-        target_layer_ids=layers,
-        rms_norm_eps=float(raw.get("rms_norm_eps", base.rms_norm_eps)),
-        rope_theta=float(raw.get("rope_theta", base.rope_theta)),
-        rope_scaling=raw.get("rope_scaling", base.rope_scaling))
+    cfg = draft_config(raw, layout, base, os.path.join(folder, "config.json"))
     _check(cfg, t, base, folder)
     out = {k: (v.astype(np.int64) if k in ("d2t", "t2d") else v.astype(np.float32))
            for k, v in t.items()}
     if layout == "eagle3" and "d2t" not in out:
         out["d2t"] = np.zeros(cfg.draft_vocab_size, np.int64)
     return cfg, out
+
+
+def draft_layers(raw: Dict[str, Any], where: str) -> Optional[Tuple[int, ...]]:
+    """The EAGLE-3 ``target_layer_ids`` a draft config names (None: the default), type-checked."""
+    eagle_cfg = raw.get("eagle_config") or {}
+    if not isinstance(eagle_cfg, dict):
+        raise ModelLoadError(f"{where}: eagle_config = {eagle_cfg!r} must be an object")
+    layers = raw.get("target_layer_ids") or eagle_cfg.get("eagle_aux_hidden_state_layer_ids")
+    if not layers:
+        return None
+    if not isinstance(layers, list) or len(layers) != 3 or \
+            not all(type(i) is int and 0 <= i < FIELD_BOUNDS["num_layers"][2] for i in layers):
+        raise ModelLoadError(f"{where}: target_layer_ids = {layers!r} must be three layer indices "
+                             f"in [0, {FIELD_BOUNDS['num_layers'][2]:g})")
+    return tuple(layers)
+
+
+def draft_config(raw: Dict[str, Any], layout: str, base: ModelConfig, where: str) -> DraftConfig:
+    """A DraftConfig from a checkpoint's config.json, every field checked (ModelLoadError names it)."""
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{where}: holds a {type(raw).__name__}, not an object")
+
+    def get(key: str, field: str, default: Any, bound: Optional[str] = None) -> Any:
+        value = raw.get(key)
+        return bounded(default if value is None else value, field, f"{where}: {key}", bound)
+
+    H = get("hidden_size", "hidden_size", base.hidden_size)
+    heads = get("num_attention_heads", "num_heads", base.num_heads)
+    vocab = get("vocab_size", "vocab_size", base.vocab_size)
+    layers = (draft_layers(raw, where) or default_target_layers(base.num_layers)) if layout == "eagle3" else ()
+    if any(i >= base.num_layers for i in layers):
+        raise ModelLoadError(f"{where}: target_layer_ids = {list(layers)} outside the base model's "
+                             f"{base.num_layers} layers")
+    kv_heads = get("num_key_value_heads", "num_kv_heads", heads)
+    if heads % kv_heads:
+        raise ModelLoadError(f"{where}: num_attention_heads = {heads} is not a multiple of "
+                             f"num_key_value_heads = {kv_heads}")
+    rope_scaling = raw.get("rope_scaling", base.rope_scaling)
+    if rope_scaling is not None and not isinstance(rope_scaling, dict):
+        raise ModelLoadError(f"{where}: rope_scaling = {rope_scaling!r} must be an object or null")
+    return DraftConfig(
+        layout=layout, hidden_size=H, num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=get("head_dim", "head_dim", H // heads),
+        intermediate_size=get("intermediate_size", "intermediate_size", base.intermediate_size),
+        vocab_size=vocab,
+        draft_vocab_size=get("draft_vocab_size", "draft_vocab_size", vocab, "vocab_size"),
+        target_hidden_size=get("target_hidden_size", "target_hidden_size", base.hidden_size, "hidden_size"),
+        target_layer_ids=tuple(layers),
+        rms_norm_eps=get("rms_norm_eps", "rms_norm_eps", base.rms_norm_eps),
+        rope_theta=get("rope_theta", "rope_theta", base.rope_theta),
+        rope_scaling=rope_scaling)
 
 
 def _check(cfg: DraftConfig, t: Dict[str, np.ndarray], base: ModelConfig, folder: str) -> None:
@@ -186,6 +221,12 @@ def _check(cfg: DraftConfig, t: Dict[str, np.ndarray], base: ModelConfig, folder
         if tuple(t[name].shape) != shape:
             raise ModelLoadError(f"EAGLE draft {folder}: tensor {name} has shape "
                                  f"{tuple(t[name].shape)}, expected {shape}")
+    if "d2t" in t:   # base id = draft id + d2t[draft id] must be a base token
+        base_ids = np.arange(cfg.draft_vocab_size) + t["d2t"].astype(np.int64)
+        bad = np.flatnonzero((base_ids < 0) | (base_ids >= cfg.vocab_size))
+        if len(bad):
+            raise ModelLoadError(f"EAGLE draft {folder}: tensor d2t maps draft id {int(bad[0])} to base id "
+                                 f"{int(base_ids[bad[0]])}, outside the vocabulary of {cfg.vocab_size}")
 
 
 class DraftReference:

@@ -22,7 +22,7 @@ Q/K rows are in the half-split rotary order (``rotate_half``), so every loader
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Mapping, Optional, Type, TypeVar
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
@@ -41,6 +41,41 @@ class FromDict:
         """Build from a mapping (a manifest, a JSON file); keys that are not fields are ignored."""
         names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: Bounds of every hyper-parameter a model file may declare: (kind, lowest, highest).
+#: Far above any model a robot runs (Llama 3.1 405B: 126 layers, H 16384, 128 heads,
+#: vocab 128256, context 131072), so they only stop hostile or corrupt values
+#: before anything is sized from them.
+FIELD_BOUNDS: Dict[str, Tuple[type, float, float]] = {
+    "num_layers": (int, 1, 1024),
+    "hidden_size": (int, 1, 65536),
+    "intermediate_size": (int, 1, 262144),
+    "num_heads": (int, 1, 1024),
+    "num_kv_heads": (int, 1, 1024),
+    "head_dim": (int, 2, 1024),
+    "vocab_size": (int, 1, 1 << 21),
+    "max_position_embeddings": (int, 1, 1 << 24),
+    "rope_theta": (float, 1.0, 1e12),
+    "rms_norm_eps": (float, 1e-12, 0.1),
+}
+
+
+def bounded(value: Any, field: str, where: str, bound: Optional[str] = None) -> Any:
+    """``value`` as FIELD_BOUNDS[field]'s kind when inside its bounds; else ModelLoadError.
+
+    ``where`` names the file and key in the message ("model.gguf: llama.block_count").
+    A bool, a string, NaN or an infinity is refused, never converted.
+    """
+    kind, lo, hi = FIELD_BOUNDS[bound or field]
+    ok = type(value) is int or (kind is float and type(value) is float)
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():   # numpy scalars (GGUF values)
+        ok, value = True, value.item()
+    if not ok or isinstance(value, bool) or not (lo <= value <= hi):   # NaN fails the comparison
+        span = f"[{int(lo)}, {int(hi)}]" if kind is int else f"[{lo:g}, {hi:g}]"
+        raise ModelLoadError(f"{where} = {value!r}: {field} must be {'an integer' if kind is int else 'a number'} "
+                             f"in {span}")
+    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -77,16 +112,21 @@ class ModelConfig(FromDict):
     rope_scaling: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "intermediate_size", "num_heads",
-                     "num_kv_heads", "head_dim", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ModelLoadError(f"model config {name} must be a positive integer, got {value!r}")
+        for name in FIELD_BOUNDS:
+            bounded(getattr(self, name), name, f"model config {name}")
         if self.num_heads % self.num_kv_heads:
             raise ModelLoadError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ModelLoadError(f"head_dim must be even for rotary embedding, got {self.head_dim}")
+
+    @classmethod
+    def checked(cls, where: str, **fields: Any) -> "ModelConfig":
+        """Build one from a file's values; a ModelLoadError names ``where`` (the file)."""
+        try:
+            return cls(**fields)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"{where}: {exc}") from exc
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ..contract import TextTokenizer
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, ModelLoadError
 from .config import ChatMessage, GenerationRequest
 from .vision import ImageLayout, VisionPipeline
 
@@ -82,6 +82,20 @@ def _render(tok: TextTokenizer, vision: Optional[VisionPipeline], ms: Sequence[C
         {"role": m.role, "content": vision.user_content(m.content, len(m.images))
          if vision is not None else m.content} for m in ms]
     return tok.apply_chat_template(turns, add_generation_prompt=generation)
+
+
+def probe_template(tok: TextTokenizer, vision: bool, where: str) -> None:
+    """Render one user message at load: a template that fails or passes a bound fails configure.
+
+    ``vision``: the model reads SmolVLM-style content parts. ModelLoadError names ``where``
+    (the engine folder holding the template) and the reason.
+    """
+    content: Any = VisionPipeline.user_content("Hello.", 0) if vision else "Hello."
+    try:
+        tok.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    except InvalidRequest as exc:
+        raise ModelLoadError(f"{where}: the model's chat template fails a one-message probe render: "
+                             f"{exc}") from exc
 
 
 def render_prompt(tok: TextTokenizer, vision: Optional[VisionPipeline], req: GenerationRequest,

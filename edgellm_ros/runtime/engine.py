@@ -7,7 +7,6 @@ KV-cache allocation); ``generate`` runs one request; ``close`` frees it all.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -18,16 +17,18 @@ import numpy as np
 from ..backends import open_backend
 from ..contract import Backend, DecoderStep, TextTokenizer, read_manifest
 from ..errors import ConfigError, ModelLoadError
-from ..models.eagle import load_draft
+from ..models.eagle import draft_layers, load_draft, read_config
 from ..models.spec import ModelConfig
+from .chat import probe_template
 from .config import EngineConfig, GenerationRequest, parse_adapter_spec
 from .constraints import Constraint, GrammarCompiler
 from .engine_dir import EXPORT_FORMAT, ensure_engine, ensure_family, graph_name, source_hash
 from .generation import GenerationResult, Generator, TokenEvent
 from .lora import LoraRegistry, load_adapter
 from .prompt_cache import PromptCache
-from .resources import read_draft_config, resolve_draft
+from .resources import resolve_draft
 from .speculative import Drafter, EagleConfig, EagleLimits, SpecStats
+from .staging import folder_lock, publish, staging_folder
 from .tokenizer import Tokenizer
 from .vision import VisionPipeline
 
@@ -54,10 +55,11 @@ def export_draft_graphs(cfg, weights, draft_dir: str, folder: str, base_head: np
     sub = os.path.join(folder, "drafts",
                        f"draft-{source_hash(draft_dir)[:16]}-f{EXPORT_FORMAT}{suffix}")
     if not os.path.exists(os.path.join(sub, "draft.onnx")):
-        tmp = sub + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        export_draft(cfg, weights, np.asarray(base_head), tmp, quantization)
-        os.replace(tmp, sub)
+        with folder_lock(sub):
+            if not os.path.exists(os.path.join(sub, "draft.onnx")):
+                with staging_folder(os.path.dirname(sub), "draft") as tmp:
+                    export_draft(cfg, weights, np.asarray(base_head), tmp, quantization)
+                    publish(tmp, sub)
     return sub
 
 
@@ -89,11 +91,10 @@ class Artifacts:
 def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, log: Log = print) -> Artifacts:
     """Export (when missing or stale) and check the files ``config`` asks for on ``backend``."""
     draft_dir = resolve_draft(config.eagle_draft, config.model)
-    draft_cfg = read_draft_config(draft_dir) if draft_dir else None
-    layers = (draft_cfg.get("target_layer_ids") or (draft_cfg.get("eagle_config") or {}).get(
-        "eagle_aux_hidden_state_layer_ids")) if draft_cfg else None
-    folder = ensure_engine(config.model, config.engine_dir, log,
-                           feature_layers=layers if layers else None)
+    draft_json = os.path.join(draft_dir, "config.json") if draft_dir else ""
+    layers = draft_layers(read_config(draft_dir), draft_json) if draft_dir else None
+    folder = ensure_engine(config.model, config.engine_dir, log, feature_layers=layers,
+                           layers_origin=draft_json)
     manifest = read_manifest(folder)
     if manifest is None:
         raise ModelLoadError(f"{folder}: manifest.json is unreadable")
@@ -121,7 +122,8 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
     fused = config.fused_ops and backend == "onnxruntime" and not (
         config.quantization == "int4" and config.int4_compute == "float32")
     if config.quantization != "none" or fused:
-        manifest = ensure_family(folder, config.quantization, fused, log)
+        manifest = ensure_family(folder, config.quantization, fused, log,
+                                 rope_rows=config.max_seq_len + limits.max_expanded)
     graph = graph_name(bool(config.lora_adapters), eagle3, config.quantization, fused)
     entry = manifest["graphs"][graph]
     if fused and config.max_seq_len + limits.max_expanded > entry["rope_rows"]:
@@ -200,7 +202,12 @@ class Engine:
         art = resolve_artifacts(config, backend.name, limits, log)
         mcfg = art.model_config
         tokenizer = Tokenizer.from_hf_folder(art.folder)
-        registry = load_adapters(config, mcfg, log)
+        try:
+            probe_template(tokenizer, art.has_vision, art.folder)
+            registry = load_adapters(config, mcfg, log)
+        except BaseException:
+            tokenizer.close()
+            raise
         chunk = min(config.prefill_chunk, config.max_seq_len)
         mods = art.manifest["graphs"][art.graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
@@ -303,5 +310,8 @@ class Engine:
             self.vision.close()
         if self.decoder is not None:
             self.decoder.close()
+        close_tokenizer = getattr(self.tokenizer, "close", None)
+        if close_tokenizer is not None:   # the chat template's worker process
+            close_tokenizer()
         self.decoder = None
         self.generator = None  # type: ignore[assignment]

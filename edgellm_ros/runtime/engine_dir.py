@@ -17,8 +17,9 @@ Layout::
 
 The folder is rebuilt when its manifest is missing or unreadable, when the
 source's hash differs, or when the export format changed; otherwise reused.
-Exports go to a temporary sibling folder that is renamed into place, so an
-interrupted export never leaves a half-written engine behind.
+Exports go to a staging sibling folder that is renamed into place under a
+lock (runtime/staging.py), so an interrupted or failed export never leaves a
+half-written engine behind, and two processes sharing a cache export once.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -35,8 +34,10 @@ import numpy as np
 
 from ..errors import ModelLoadError
 from ..contract import MANIFEST, decoder_io_names, read_manifest
+from ..loaders.files import check_model_files, folder_files, open_regular, read_bounded
 from ..models.eagle import default_target_layers
 from ..models.spec import PROJECTIONS
+from .staging import OWNER, folder_lock, publish, remove_abandoned, staging_folder
 
 #: Bump when the folder layout changes. Changes of the exporting code are caught
 #: by exporter_digest() as well, so a graph edit never meets a stale folder.
@@ -74,12 +75,11 @@ def graph_name(lora: bool, eagle3: bool, quantization: str = "none", fused: bool
 def source_hash(path: str) -> str:
     """sha256 of a model file, or of every file of a model folder (names included)."""
     h = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, f) for root, _, names in os.walk(path) for f in names)
+    files = folder_files(path) if os.path.isdir(path) else [path]
     for fp in files:
         h.update(os.path.relpath(fp, os.path.dirname(path)).encode())
-        with open(fp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
+        with open_regular(fp) as f:   # a FIFO or /dev/zero would never end
+            for block in read_bounded(f, os.fstat(f.fileno()).st_size):
                 h.update(block)
     return h.hexdigest()
 
@@ -112,8 +112,11 @@ def load_tokenizer_for(weights: Any) -> Any:
 
 
 def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantization: str,
-                  fused: bool) -> Dict[str, Any]:
-    """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries."""
+                  fused: bool, rope_rows: int = 0) -> Dict[str, Any]:
+    """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries.
+
+    rope_rows: positions the fused graphs' rotary tables must cover (max_seq_len + EAGLE rows).
+    """
     # the exporter (and onnx) is imported only when something is exported
     from ..export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
     from ..export.decoder import export_decoder
@@ -146,11 +149,12 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
                 info: Dict[str, Any] = {}
                 export_decoder(weights, out_dir, wf, name=name, lora_modules=mods,
                                feature_layers=layers if eagle3 else (),
-                               quantization=quantization, fused=fused, info=info, requant=requant)
+                               quantization=quantization, fused=fused, info=info, requant=requant,
+                               rope_rows=rope_rows)
                 graphs[name] = {"file": f"{name}.onnx", "weights_file": data,
                                 "dtype": "float32", "quantization": quantization, "fused": fused,
                                 "weight_origins": info["weight_origins"],
-                                "rope_rows": rope_table_rows(weights.config) if fused else 0,
+                                "rope_rows": rope_table_rows(rope_rows) if fused else 0,
                                 "lora_modules": list(mods),
                                 "feature_layers": layers if eagle3 else [],
                                 **decoder_io_names(weights.config.num_layers, mods,
@@ -172,52 +176,79 @@ def _load_source(source: str) -> Tuple[Any, Any, Any]:
     return load_model(source), None, None
 
 
+def _family_missing(manifest: Dict[str, Any], quantization: str, fused: bool, rope_rows: int) -> bool:
+    entry = manifest.get("graphs", {}).get(graph_name(False, False, quantization, fused))
+    return entry is None or (fused and int(entry.get("rope_rows", 0)) < rope_rows)
+
+
 def ensure_family(folder: str, quantization: str, fused: bool,
-                  log: Callable[[str], object] = print) -> Dict[str, Any]:
-    """Add a graph family to a current engine folder when it lacks it; return the manifest."""
+                  log: Callable[[str], object] = print, rope_rows: int = 0) -> Dict[str, Any]:
+    """Add a graph family to a current engine folder when it lacks it; return the manifest.
+
+    A fused family whose rotary tables cover fewer than ``rope_rows`` positions
+    is exported again with enough rows. Files are written into a staging
+    folder and moved in, the manifest last, under the folder's lock.
+    """
     manifest = read_manifest(folder)
     if manifest is None:
         raise ModelLoadError(f"{folder}: manifest.json is unreadable")
-    if graph_name(False, False, quantization, fused) in manifest.get("graphs", {}):
+    if not _family_missing(manifest, quantization, fused, rope_rows):
         return manifest
-    t0 = time.perf_counter()
-    log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs into {folder}")
-    weights = _load_source(manifest["source"])[0]
-    tmp = tempfile.mkdtemp(prefix=".family-", dir=folder)
-    try:
-        graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused)
-        for name in os.listdir(tmp):
-            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-        manifest["graphs"].update(graphs)
-        origins = graphs[graph_name(False, False, quantization, fused)]["weight_origins"]
-        log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
-            f"(weights per graph: {origins or 'float32'})")
-        part = os.path.join(tmp, MANIFEST)
-        with open(part, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        os.replace(part, os.path.join(folder, MANIFEST))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with folder_lock(folder):
+        manifest = read_manifest(folder)   # another process may have added it meanwhile
+        if manifest is None:
+            raise ModelLoadError(f"{folder}: manifest.json is unreadable")
+        if not _family_missing(manifest, quantization, fused, rope_rows):
+            return manifest
+        t0 = time.perf_counter()
+        log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs into {folder}")
+        weights = _load_source(manifest["source"])[0]
+        with staging_folder(folder, "family") as tmp:
+            graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused, rope_rows)
+            for name in os.listdir(tmp):
+                if name != OWNER:
+                    os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+            manifest["graphs"].update(graphs)
+            origins = graphs[graph_name(False, False, quantization, fused)]["weight_origins"]
+            log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
+                f"(weights per graph: {origins or 'float32'})")
+            part = os.path.join(tmp, MANIFEST)
+            with open(part, "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=1)
+            os.replace(part, os.path.join(folder, MANIFEST))
     return manifest
+
+
+def check_feature_layers(layers: Sequence[int], num_layers: int, origin: str) -> None:
+    """Raise ModelLoadError naming ``origin`` (the draft config) when a feature layer is not a layer."""
+    if len(layers) != 3 or any(type(i) is not int or not 0 <= i < num_layers for i in layers):
+        raise ModelLoadError(f"{origin or 'feature_layers'}: target_layer_ids = {list(layers)} must be three "
+                             f"layer indices of the model's {num_layers} layers (0 to {num_layers - 1})")
 
 
 def export_engine(source: str, folder: str, digest: str,
                   log: Callable[[str], object] = print,
-                  feature_layers: Optional[Sequence[int]] = None) -> Dict[str, Any]:
-    """Load the model at ``source`` and write a complete engine folder."""
+                  feature_layers: Optional[Sequence[int]] = None,
+                  layers_origin: str = "") -> Dict[str, Any]:
+    """Load the model at ``source`` and write a complete engine folder.
+
+    Everything is written into a staging sibling of ``folder`` and renamed
+    into place once complete (runtime/staging.py); a failure or an
+    interruption leaves nothing behind. Call with ``folder_lock(folder)`` held.
+    """
     from ..loaders.vlm import save_vision_json
 
     t0 = time.perf_counter()
     log(f"exporting {source} -> {folder}")
     weights, vision, proc = _load_source(source)
     tokenizer = load_tokenizer_for(weights)
+    layers = list(feature_layers if feature_layers is not None
+                  else default_target_layers(weights.config.num_layers))
+    check_feature_layers(layers, weights.config.num_layers, layers_origin)
     log(f"loaded weights in {time.perf_counter() - t0:.1f} s; writing ONNX")
     parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        layers = list(feature_layers if feature_layers is not None
-                      else default_target_layers(weights.config.num_layers))
+    remove_abandoned(parent, "old")
+    with staging_folder(parent, "export") as tmp:
         graphs = export_family(weights, tmp, layers, "none", False)
         if vision is not None:
             from ..export.graph import WeightFile
@@ -246,32 +277,45 @@ def export_engine(source: str, folder: str, digest: str,
         }
         with open(os.path.join(tmp, MANIFEST), "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, folder)
     log(f"engine written in {time.perf_counter() - t0:.1f} s")
     return manifest
 
 
 def ensure_engine(model: str, engine_dir: str = "", log: Callable[[str], object] = print,
-                  feature_layers: Optional[Sequence[int]] = None) -> str:
-    """Return an up-to-date engine folder for ``model``, exporting when needed."""
+                  feature_layers: Optional[Sequence[int]] = None, layers_origin: str = "") -> str:
+    """Return an up-to-date engine folder for ``model``, exporting when needed.
+
+    The model's files are checked (regular, headers matching their sizes)
+    before they are hashed. ``layers_origin`` names the file ``feature_layers``
+    came from (an EAGLE draft's config.json) in errors.
+    """
     from ..loaders import resolve_model_source
 
     source = resolve_model_source(model)
+    check_model_files(source)   # regular files whose headers match their sizes, before any read
     digest = source_hash(source)
     folder = os.path.abspath(os.path.expanduser(engine_dir)) if engine_dir else \
         default_engine_dir(source, digest)
     if is_current(folder, digest, feature_layers):
         log(f"engine {folder} is current")
         return folder
-    if os.path.exists(folder) and not os.path.exists(os.path.join(folder, MANIFEST)) \
-            and os.listdir(folder):
-        raise ModelLoadError(
-            f"engine_dir {folder} exists, is not empty and holds no {MANIFEST}: "
-            "refusing to overwrite it")
-    export_engine(source, folder, digest, log, feature_layers)
+    known = read_manifest(folder)
+    if feature_layers is not None and known and known.get("source_hash") == digest:
+        try:   # the model is known: check the draft's layers before loading it again
+            num_layers = int(known["model"]["num_layers"])
+        except (KeyError, TypeError, ValueError):
+            num_layers = 0
+        if num_layers:
+            check_feature_layers(feature_layers, num_layers, layers_origin)
+    with folder_lock(folder):   # a second process exporting the same folder waits here
+        if is_current(folder, digest, feature_layers):
+            log(f"engine {folder} is current (exported by another process)")
+            return folder
+        if os.path.exists(folder) and not os.path.exists(os.path.join(folder, MANIFEST)) \
+                and os.listdir(folder):
+            raise ModelLoadError(
+                f"engine_dir {folder} exists, is not empty and holds no {MANIFEST}: "
+                "refusing to overwrite it")
+        export_engine(source, folder, digest, log, feature_layers, layers_origin)
     return folder

@@ -6,9 +6,7 @@ in a colcon install under ``share/edgellm_ros``. ``share_dir()`` finds either.
 
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Dict, Optional
 
 from ..errors import ModelLoadError
 
@@ -50,11 +48,3 @@ def resolve_draft(setting: str, model: str) -> str:
     if not os.path.isdir(path):
         raise ModelLoadError(f"eagle_draft {setting!r} is not a folder")
     return path
-
-
-def read_draft_config(folder: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"EAGLE draft {folder}: config.json unreadable ({exc})") from exc

@@ -26,7 +26,6 @@ emitting half a UTF-8 character.
 from __future__ import annotations
 
 import codecs
-import datetime
 import json
 import os
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
@@ -36,6 +35,8 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
 from ..errors import InvalidRequest, ModelLoadError, UnsupportedModelError
+from ..loaders.files import regular_size
+from .chat_template import TemplateRenderer, compile_template
 
 #: GPT-2's split (also what ByteLevel(use_regex=True) applies).
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -156,7 +157,11 @@ class Tokenizer:
         #: True when the template is our ChatML fallback rather than the model's own.
         self.chat_template_is_fallback = not chat_template
         self.chat_template: str = chat_template or CHATML_TEMPLATE
-        self._template = _compile_template(self.chat_template)
+        try:   # compiled here so a template that does not parse fails at load
+            compile_template(self.chat_template)
+        except Exception as exc:   # jinja2.TemplateError, RecursionError on absurd nesting
+            raise ModelLoadError(f"chat template does not compile ({type(exc).__name__}: {exc})") from exc
+        self._renderer = TemplateRenderer(self.chat_template)
         self._byte_level = isinstance(backend.decoder, decoders.ByteLevel)
         self._bytes_cache: Dict[int, bytes] = {}
 
@@ -221,6 +226,8 @@ class Tokenizer:
         """
         folder = os.fspath(folder)
         path = os.path.join(folder, "tokenizer.json")
+        if os.path.lexists(path):
+            regular_size(path, "tokenizer file")   # tokenizers would read a FIFO or /dev/zero forever
         try:
             backend = _Backend.from_file(path)
         except Exception as exc:
@@ -319,29 +326,29 @@ class Tokenizer:
 
         The template runs in jinja2's immutable sandbox with transformers'
         settings (``trim_blocks``, ``lstrip_blocks``, ``raise_exception``,
-        ``bos_token``/``eos_token``). Malformed messages and errors the
-        template raises become :class:`~edgellm_ros.errors.InvalidRequest`.
+        ``bos_token``/``eos_token``), in a worker process that bounds its
+        time, output and memory (runtime/chat_template.py). Malformed
+        messages and errors the template raises become
+        :class:`~edgellm_ros.errors.InvalidRequest`; a bound passed,
+        :class:`~edgellm_ros.errors.TemplateLimitExceeded`.
         """
-        import jinja2
-
         if not isinstance(messages, list) or not messages:
             raise InvalidRequest(f"messages must be a non-empty list, got {messages!r}")
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
                 raise InvalidRequest(f"each message needs a 'role' string and a 'content', got {m!r}")
-        try:
-            return self._template.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token or "",
-                eos_token=self.eos_token or "",
-                tools=None,
-                documents=None,
-            )
-        except jinja2.TemplateError as exc:
-            raise InvalidRequest(f"chat template failed: {exc}") from exc
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise InvalidRequest(f"chat template failed ({type(exc).__name__}: {exc})") from exc
+        return self._renderer.render({
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token or "",
+            "eos_token": self.eos_token or "",
+            "tools": None,
+            "documents": None,
+        })
+
+    def close(self) -> None:
+        """End the chat template's worker process (a later render starts it again)."""
+        self._renderer.close()
 
 
 class StreamDecoder:
@@ -398,25 +405,3 @@ def _read_json(path: str) -> Dict[str, Any]:
     """A JSON object file, or {} when absent; corrupt files raise ModelLoadError."""
     from ..loaders.jsonfile import read_json_object
     return read_json_object(path, required=False)
-
-
-def _compile_template(source: str) -> Any:
-    """Compile a chat template in jinja2's immutable sandbox, as transformers does."""
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, **kw: Any) -> str:  # jinja's own escapes HTML
-        return json.dumps(x, ensure_ascii=ensure_ascii, **kw)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise ModelLoadError(f"chat template does not compile: {exc}") from exc
