@@ -53,3 +53,43 @@ def ros_client(domain: int, namespace: str, name: str = "test_client"):
         spinner.join(timeout=10)
         cn.destroy_node()
         rclpy.shutdown(context=context)
+
+
+@contextlib.contextmanager
+def node_process(log_path, *ros_args: str, env=None, name: str = "test_client"):
+    """``edgellm_node`` as ``ros2 run`` starts it, in a namespace and domain of its own, its
+    output in ``log_path``; yields (process, client, namespace). Killed at the end if alive."""
+    import random
+    import subprocess
+
+    from ament_index_python.packages import get_package_prefix
+
+    ns = f"/n{os.getpid()}_{random.randint(0, 99999)}"
+    exe = os.path.join(get_package_prefix("edgellm_ros"), "lib", "edgellm_ros", "edgellm_node")
+    domain = random.randint(1, 101)
+    env = dict(os.environ, **(env or {}), ROS_DOMAIN_ID=str(domain),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([exe, "--ros-args", "-r", f"__ns:={ns}", *ros_args],
+                                env=env, stdout=out, stderr=out)
+    try:
+        with ros_client(domain, ns, name) as client:
+            yield proc, client, ns
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_line(log_path, text: str, timeout: float = 30.0) -> None:
+    """Wait until ``text`` is in the file ``log_path``; AssertionError with the log if not."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            if text in f.read():
+                return
+        time.sleep(0.05)
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        raise AssertionError(f"{text!r} not in the node's log:\n{f.read()}")
