@@ -28,7 +28,11 @@ Threading: /ask is an async callback in a reentrant callback group, as are
 the action's callbacks. They validate the request, hand it to the worker (a
 bounded queue, one generation at a time) and await a future the worker
 completes, so any number of queued requests hold no executor thread.
-Lifecycle and parameter services stay in the default mutually exclusive group.
+The lifecycle services have a reentrant group of their own and the parameter
+services keep the node's default group, so ``get_state`` and the parameter
+services answer while a configure (an export, minutes on a robot) runs; a
+second transition requested meanwhile is refused by the state machine.
+Runtime parameters changed during a configure apply once it ends.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import (LifecycleNode, LifecycleNodeMixin, LifecycleState,
+                             TransitionCallbackReturn)
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -133,7 +139,11 @@ class EdgeLLMNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         fix_mmap_threshold()
-        super().__init__(node_name, **kwargs)
+        # What LifecycleNode.__init__ does, but with the lifecycle services in a group of
+        # their own: in the node's default group (where the parameter services are) a
+        # configure would keep get_state and the parameter services from answering.
+        Node.__init__(self, node_name, **kwargs)
+        LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec))
         self._limit_descriptors()
@@ -305,7 +315,18 @@ class EdgeLLMNode(LifecycleNode):
             with self._lock:
                 self._state = "unconfigured"
             return TransitionCallbackReturn.FAILURE
-        self._engine = engine
+        with self._lock:
+            closing = self._closing
+            if not closing:
+                self._engine = engine
+        if closing:     # a signal came while configuring: the process is leaving
+            engine.close()
+            log.warning(f"configure finished while the node is {closing}; engine closed")
+            return TransitionCallbackReturn.FAILURE
+        # runtime parameters may have changed while configuring: the values now apply
+        settings = settings_from_parameters(self._values())
+        engine.set_adapter(settings.lora)
+        engine.set_eagle(settings.eagle)
         self._counters.reset()
         self._tokens = self.create_publisher(Token, TOKENS_TOPIC, TOKENS_QOS)
         self._camera = LatestFrame(self, compressed=settings.image_compressed)
@@ -364,7 +385,7 @@ class EdgeLLMNode(LifecycleNode):
         self._generate.destroy()
         super().destroy_node()
 
-    def close(self, why: str = "shutting down", timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    def close(self, why: str = "shutting down", timeout: Optional[float] = None) -> bool:
         """Answer every pending call and goal, then free the engine.
 
         Call it before the context goes away (edgellm_node does on SIGINT, SIGTERM and
@@ -373,12 +394,14 @@ class EdgeLLMNode(LifecycleNode):
         New requests get NOT_ACTIVE ("the node is <why>"), waiting ones too, the running
         generation stops at its next token and is answered CANCELLED with its partial
         text. Returns once every answer has been handed to the executor (which must
-        still spin), False if that took longer than ``timeout`` seconds.
+        still spin), False if that took longer than ``timeout`` seconds (default
+        CLOSE_TIMEOUT_S).
         """
+        timeout = CLOSE_TIMEOUT_S if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = why
-        self._release(why)
-        deadline = time.monotonic() + timeout
+        self._release(why, stop_timeout=timeout)
         with self._inflight_cond:
             while self._inflight:
                 left = deadline - time.monotonic()
@@ -392,7 +415,7 @@ class EdgeLLMNode(LifecycleNode):
         time.sleep(0.2)
         return True
 
-    def _release(self, why: str) -> None:
+    def _release(self, why: str, stop_timeout: float = STOP_TIMEOUT_S) -> None:
         with self._lock:
             self._state = "unconfigured"
             self._cancel_reason = f"the node was {why}" if not self._closing \
@@ -401,11 +424,11 @@ class EdgeLLMNode(LifecycleNode):
         engine, self._engine = self._engine, None
         if worker is not None and not worker.stop(
                 NotActive(f"the node was {why} before this request started"),
-                timeout=STOP_TIMEOUT_S):
+                timeout=stop_timeout):
             # Closing the engine under a running generation could crash the
             # process: keep it (and say so) rather than free it.
             self.get_logger().error(
-                f"the generation did not stop within {STOP_TIMEOUT_S:.0f} s; "
+                f"the generation did not stop within {stop_timeout:.1f} s; "
                 "its engine is left to the garbage collector")
             engine = None
         if self._tokens is not None:
