@@ -45,7 +45,7 @@ from dataclasses import fields
 from typing import Any, Dict, List, Optional, Tuple
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+                                ParameterType, SetParametersResult)
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import (LifecycleNode, LifecycleNodeMixin, LifecycleState,
                              TransitionCallbackReturn)
@@ -106,6 +106,28 @@ CLOSE_TIMEOUT_S = 10.0
 #: EAGLE tree parameters -> the EagleLimits field (a configure-time parameter) bounding them.
 LIMITED_BY = {f"eagle.{f.name}": f.metadata["limit"] for f in fields(EagleConfig)
               if "limit" in f.metadata}
+
+
+#: rcl_interfaces ParameterType -> the word a reason uses (rclpy's own says "expected '4' got '2'").
+TYPE_NAMES = {
+    ParameterType.PARAMETER_NOT_SET: "no value", ParameterType.PARAMETER_BOOL: "bool",
+    ParameterType.PARAMETER_INTEGER: "integer", ParameterType.PARAMETER_DOUBLE: "double",
+    ParameterType.PARAMETER_STRING: "string", ParameterType.PARAMETER_BYTE_ARRAY: "byte array",
+    ParameterType.PARAMETER_BOOL_ARRAY: "bool array",
+    ParameterType.PARAMETER_INTEGER_ARRAY: "integer array",
+    ParameterType.PARAMETER_DOUBLE_ARRAY: "double array",
+    ParameterType.PARAMETER_STRING_ARRAY: "string array",
+}
+
+
+def wrong_type_reason(name: str, want: int, param: Parameter) -> str:
+    """Why a value of the wrong ROS type is refused, naming both types."""
+    got = param.type_.value
+    hint = ""
+    if want == ParameterType.PARAMETER_DOUBLE and got == ParameterType.PARAMETER_INTEGER:
+        hint = f" (write {float(param.value)!r}, not {param.value!r})"
+    return (f"Wrong parameter type: {name} must be {TYPE_NAMES.get(want, want)}, got "
+            f"{TYPE_NAMES.get(got, got)} {param.value!r}{hint}")
 
 
 def parameter_descriptor(spec: ParamSpec,
@@ -227,6 +249,31 @@ class EdgeLLMNode(LifecycleNode):
     # -- parameters ----------------------------------------------------------
     def _values(self) -> Dict[str, Any]:
         return {name: self.get_parameter(name).value for name in SPECS}
+
+    def _wrong_type(self, params: List[Parameter]) -> Optional[SetParametersResult]:
+        """A refusal naming both types when a value's type is not its parameter's, else None.
+
+        rclpy checks the type before any callback and names the types by their enum
+        numbers; so set_parameters and set_parameters_atomically (what the parameter
+        services call) check first.
+        """
+        for p in params:
+            if p.name in SPECS and p.type_ != Parameter.Type.NOT_SET:
+                want = self.describe_parameter(p.name).type
+                if p.type_.value != want:
+                    return SetParametersResult(successful=False,
+                                               reason=wrong_type_reason(p.name, want, p))
+        return None
+
+    def set_parameters(self, parameter_list: List[Parameter]) -> List[SetParametersResult]:
+        """Set parameters as rclpy does, refusing a wrong type with both types named."""
+        return [self._wrong_type([p]) or super(EdgeLLMNode, self).set_parameters([p])[0]
+                for p in parameter_list]
+
+    def set_parameters_atomically(self, parameter_list: List[Parameter]) -> SetParametersResult:
+        """Set parameters atomically as rclpy does, refusing a wrong type with both types named."""
+        return self._wrong_type(parameter_list) or super().set_parameters_atomically(
+            parameter_list)
 
     def _check_parameters(self, params: List[Parameter]) -> SetParametersResult:
         """Refuse a change with the reason; nothing is applied here."""

@@ -69,7 +69,7 @@ class NodeSettings:
     defaults: RequestDefaults  # runtime: applies to the next request
     lora: str = ""            # runtime: adapter of the next requests
     eagle: EagleConfig = field(default_factory=EagleConfig)  # runtime
-    max_image_age: float = ranged(2.0, 0.0, 3600.0, open_lo=True)  # runtime: seconds
+    max_image_age: float = ranged(2.0, 0.001, 3600.0)  # runtime: seconds
     image_compressed: bool = False  # configure-time
 
     def __post_init__(self) -> None:
@@ -77,7 +77,7 @@ class NodeSettings:
 
 
 def _span(r: Range) -> Tuple[Number, Number]:
-    """A Range as a descriptor's inclusive (low, high); an open low end is stated in the text."""
+    """A Range as a descriptor's inclusive (low, high)."""
     return (r.lo, r.hi)
 
 
@@ -138,7 +138,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("sampling.top_k", _REQUEST.sampling.top_k,
               "default top-k; 0 = no limit", range=_span(range_of(SamplingConfig, "top_k"))),
     ParamSpec("sampling.top_p", _REQUEST.sampling.top_p,
-              "default nucleus mass in (0, 1] (0 itself is refused); 1 = no limit",
+              "default nucleus mass, 0.001 to 1; 1 = no limit",
               range=_span(range_of(SamplingConfig, "top_p"))),
     ParamSpec("sampling.seed", -1,
               "default random seed; -1 = fresh entropy for every request",
@@ -193,8 +193,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "subscribe to image/compressed (sensor_msgs/CompressedImage) too",
               configure_time=True),
     ParamSpec("max_image_age", _NODE.max_image_age,
-              "seconds after which the latest camera frame is too old for use_image; "
-              "more than 0 (0 itself is refused)",
+              "seconds after which the latest camera frame is too old for use_image (by its "
+              "stamp and by when it arrived)",
               range=_span(range_of(NodeSettings, "max_image_age"))),
 )
 
