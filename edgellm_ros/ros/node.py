@@ -60,8 +60,8 @@ from ..runtime.config import EagleConfig, EagleLimits
 from ..runtime.generation import GenerationResult
 from ..msg import GoalRejection, Status, Token
 from ..srv import Ask
-from .ask import (ImageUnavailable, NotActive, error_code_name, error_message, fill_error,
-                  fill_result, generation_request)
+from .ask import (ImageUnavailable, NotActive, check_limits, error_code_name, error_message,
+                  fill_error, fill_result, generation_request)
 from .camera import LatestFrame
 from .generate import GENERATE_ACTION, GenerateServer, rejection_text
 from .memory import fix_mmap_threshold, trim_heap
@@ -504,6 +504,7 @@ class EdgeLLMNode(LifecycleNode):
         with self._lock:
             if self._state != "active" or self._worker is None or self._closing:
                 raise NotActive(self._not_active_message())
+            check_limits(request, self._defaults.limits)
             engine = self._engine
             if request.lora:
                 engine.adapters.check(request.lora)

@@ -13,7 +13,7 @@ message, and all of it is testable without ROS. No rclpy import here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EagleLimits,
@@ -43,8 +43,38 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class RequestLimits:
+    """The largest request the node takes (runtime parameters ``limits.*``).
+
+    Checked before any work: a request above one is answered INVALID_REQUEST naming
+    the field, its size and the parameter. The defaults suit a robot's questions
+    (a few KB of text, a few camera frames) with room to spare.
+    """
+
+    # UTF-8 bytes of prompt and of system_prompt, each (64 KiB: ~16k tokens of English).
+    prompt_bytes: int = ranged(65536, 1, 2**30)
+    # Messages of one conversation.
+    messages: int = ranged(64, 1, 2**20)
+    # UTF-8 bytes of all the messages' contents together.
+    messages_bytes: int = ranged(262144, 1, 2**30)
+    # Stop strings of one request.
+    stop_strings: int = ranged(16, 0, 2**20)
+    # UTF-8 bytes of one stop string.
+    stop_bytes: int = ranged(256, 1, 2**20)
+    # Images of one request: the inline image or the camera frame, and images[].
+    images: int = ranged(4, 0, 1024)
+    # Bytes of one inline image's data (16 MiB: a 3840x2160 yuv422 or mono16 frame).
+    image_bytes: int = ranged(16 * 2**20, 1, 2**31 - 1)
+    # UTF-8 bytes of json_schema or grammar.
+    constraint_bytes: int = ranged(65536, 1, 2**30)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, ConfigError, "limits.")
+
+
+@dataclass(frozen=True)
 class RequestDefaults:
-    """What an Ask request's zero/empty fields mean; runtime parameters."""
+    """What an Ask request's zero/empty fields mean, and the largest one; runtime parameters."""
 
     # System message when the request has none; None = the template's default.
     system_prompt: Optional[str] = None
@@ -54,6 +84,8 @@ class RequestDefaults:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Requests that may wait behind the running one.
     queue_size: int = ranged(8, 0, MAX_QUEUE_SIZE)
+    # The largest request taken.
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         # The runtime's own request check names the bad value.
@@ -84,7 +116,20 @@ def _span(r: Range) -> Tuple[Number, Number]:
 _ENGINE = EngineConfig()
 _EAGLE = EagleConfig()
 _REQUEST = RequestDefaults()
+_LIMITS = RequestLimits()
 _NODE = NodeSettings(_ENGINE, _REQUEST)
+#: Descriptions of the limits.* parameters (RequestLimits' fields).
+LIMIT_TEXT = {
+    "prompt_bytes": "largest prompt, and largest system_prompt, in UTF-8 bytes; a larger "
+                    "request gets INVALID_REQUEST before any work",
+    "messages": "most messages in one conversation",
+    "messages_bytes": "largest conversation: UTF-8 bytes of all message contents together",
+    "stop_strings": "most stop strings in one request",
+    "stop_bytes": "longest stop string, in UTF-8 bytes",
+    "images": "most images in one request (the inline image or camera frame, and images)",
+    "image_bytes": "largest inline image, bytes of its data",
+    "constraint_bytes": "largest json_schema or grammar, in UTF-8 bytes",
+}
 #: The shipped demo adapter of the embedded model (adapters/radiology).
 DEMO_ADAPTER = "radiology:adapters/radiology"
 
@@ -146,6 +191,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("queue_size", _REQUEST.queue_size,
               "requests that may wait while one generates; more get QUEUE_FULL",
               range=_span(range_of(RequestDefaults, "queue_size"))),
+    *(ParamSpec(f"limits.{f.name}", getattr(_LIMITS, f.name), LIMIT_TEXT[f.name],
+                range=_span(range_of(RequestLimits, f.name))) for f in fields(RequestLimits)),
     ParamSpec("lora_adapters", [DEMO_ADAPTER],
               "LoRA adapters (PEFT folders) loaded at configure, as 'name:path'; relative "
               "paths resolve against the package's share folder; '' entries are ignored. "
@@ -244,7 +291,8 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         sampling=SamplingConfig(
             temperature=float(v["sampling.temperature"]), top_k=v["sampling.top_k"],
             top_p=float(v["sampling.top_p"]), seed=None if seed == -1 else seed),
-        queue_size=v["queue_size"])
+        queue_size=v["queue_size"],
+        limits=RequestLimits(**{f.name: v[f"limits.{f.name}"] for f in fields(RequestLimits)}))
     return NodeSettings(engine=engine, defaults=defaults, lora=v["lora"], eagle=eagle,
                         max_image_age=float(v["max_image_age"]),
                         image_compressed=v["image_compressed"])
