@@ -42,7 +42,7 @@ import itertools
 import threading
 import time
 from dataclasses import fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType, SetParametersResult)
@@ -62,6 +62,7 @@ from ..msg import GoalRejection, Status, Token
 from ..srv import Ask
 from .ask import (ImageUnavailable, NotActive, check_limits, error_code_name, error_message,
                   fill_error, fill_result, generation_request)
+from .callers import CHECK_PERIOD_S, CallerWatch, ask_watch, goal_watch
 from .camera import LatestFrame
 from .generate import GENERATE_ACTION, GenerateServer, rejection_text
 from .memory import fix_mmap_threshold, trim_heap
@@ -197,8 +198,11 @@ class EdgeLLMNode(LifecycleNode):
         group = ReentrantCallbackGroup()
         self._ask = self.create_service(Ask, ASK_SERVICE, self._on_ask, qos_profile=ASK_QOS,
                                         callback_group=group)
+        # Running and waiting requests -> whether their caller is still there.
+        self._callers: Dict[TokenStream, CallerWatch] = {}
         self._generate = GenerateServer(
-            self, self._admit, self._cancel_job, self._goal_rejected,
+            self, lambda goal: self._admit(goal, self._goal_watch), self._cancel_job,
+            self._goal_rejected,
             finished=self._answered, cancelled_because=lambda: self._cancel_reason)
         # Reports in every state: a robot monitor sees an unconfigured node too.
         self._status = self.create_publisher(Status, STATUS_TOPIC, STATUS_QOS)
@@ -208,6 +212,8 @@ class EdgeLLMNode(LifecycleNode):
         self._report_timer = self.create_timer(REPORT_PERIOD_S, self._report,
                                                callback_group=group)
         self._hint_timer = self.create_timer(HINT_DELAY_S, self._hint_once)
+        self._caller_timer = self.create_timer(CHECK_PERIOD_S, self._check_callers,
+                                               callback_group=group)
         self._publish_status()
 
     @property
@@ -493,9 +499,10 @@ class EdgeLLMNode(LifecycleNode):
             self.get_logger().info(f"{why}: engine freed")
 
     # -- requests: /ask and ~/generate --------------------------------------
-    def _admit(self, request: Any) -> TokenStream:
+    def _admit(self, request: Any, watch: Callable[[], CallerWatch]) -> TokenStream:
         """Check and queue one request (an Ask request or a Generate goal).
 
+        ``watch()`` makes the CallerWatch that stops it if its caller goes away.
         Raises EdgeLLMError when it cannot be queued: nothing was queued then.
         Checked and queued under the lock deactivate/cleanup take: no request
         slips into the queue after the node left the active state.
@@ -520,7 +527,38 @@ class EdgeLLMNode(LifecycleNode):
             except BaseException:
                 self._answered()
                 raise
+        try:
+            self._callers[stream] = watch()
+        except Exception as exc:  # the graph could not be read: the request runs unwatched
+            self.get_logger().warning(f"request {stream.request_id}: caller not watched: {exc!r}")
         return stream
+
+    def _token_subscribers(self) -> int:
+        pub = self._tokens
+        return pub.get_subscription_count() if pub is not None else 0
+
+    def _ask_watch(self) -> CallerWatch:
+        return ask_watch(self, self.ask_service_name, self._token_subscribers)
+
+    def _goal_watch(self) -> CallerWatch:
+        return goal_watch(self, self.generate_action_name, self._token_subscribers)
+
+    def _check_callers(self) -> None:
+        """Stop each request whose caller has left the graph (callers.py says how it is seen)."""
+        for stream, watch in list(self._callers.items()):
+            if stream.done.done():
+                self._callers.pop(stream, None)
+                continue
+            try:
+                gone = watch.gone()
+            except Exception:  # context going away: the node is closing anyway
+                continue
+            if gone:
+                self._callers.pop(stream, None)
+                self.get_logger().warning(
+                    f"request {stream.request_id}: its caller has left (no client of it and no "
+                    f"{TOKENS_TOPIC} subscriber in the graph); stopping its generation")
+                self._cancel_job(stream.job)
 
     def _answered(self) -> None:
         """One admitted call or goal has its answer."""
@@ -558,7 +596,7 @@ class EdgeLLMNode(LifecycleNode):
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
         """Answer one request; nothing raised here reaches the executor."""
         try:
-            stream = self._admit(request)
+            stream = self._admit(request, self._ask_watch)
         except Exception as exc:
             self._counters.refused()
             if not isinstance(exc, EdgeLLMError):
