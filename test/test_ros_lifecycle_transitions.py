@@ -5,6 +5,7 @@ unconfigured; a good configure then works; configure/cleanup cycles do not
 grow memory; shutdown finalizes.
 """
 
+import tempfile
 import threading
 import time
 
@@ -13,7 +14,8 @@ from rcl_interfaces.msg import Log
 
 from edgellm_ros.srv import Ask
 
-NODE_PARAMETERS = {"max_seq_len": 256}
+NODE_PARAMETERS = {"max_seq_len": 256,
+                   "allowed_roots": ["default", tempfile.gettempdir()]}   # tmp_path: a bad model
 CYCLES = 10
 
 

@@ -19,7 +19,7 @@ def test_every_parameter_is_declared_with_its_descriptor(ros_graph):
     names = [p.name for p in PARAMETERS]
     for spec, d in zip(PARAMETERS, c.describe_parameters(*names)):
         assert d.name == spec.name and d.description == spec.description
-        assert not d.read_only and not d.dynamic_typing
+        assert d.read_only == (spec.name == "allowed_roots") and not d.dynamic_typing
         assert ("configure-time" in d.additional_constraints) == (spec.name in CONFIGURE_TIME)
         if spec.range is None:
             assert not d.integer_range and not d.floating_point_range

@@ -137,7 +137,8 @@ def parameter_descriptor(spec: ParamSpec,
 
     The EAGLE tree parameters' ranges end at ``limits`` (the eagle.max_* values) when given.
     """
-    d = ParameterDescriptor(name=spec.name, description=spec.description)
+    d = ParameterDescriptor(name=spec.name, description=spec.description,
+                            read_only=spec.read_only)
     constraints = [spec.constraints] if spec.constraints else []
     if spec.configure_time:
         # Not read_only: ROS would then refuse every change, even while

