@@ -42,10 +42,12 @@ def ros_client(domain: int, namespace: str, name: str = "test_client"):
     cn = rclpy.create_node(name, context=context, namespace=namespace)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(cn)
+    # made before the executor spins: an ActionClient seen half-constructed by a spinning
+    # executor kills its thread ("'ActionClient' object has no attribute '_lock'")
+    client = EdgeLLMClient(cn)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        client = EdgeLLMClient(cn)
         client.wait_for_node()
         yield client
     finally:
