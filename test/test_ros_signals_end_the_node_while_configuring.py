@@ -53,3 +53,7 @@ def test_a_signal_during_an_export_ends_the_node_within_two_seconds(tmp_path, si
                                      f"{log.read_text()}"
     text = log.read_text()
     assert "engine written" not in text, "the export finished before the signal: no test"
+    # the interrupted export left no engine folder, at most its temporary one
+    engines = cache / "engines"
+    left = [p.name for p in engines.iterdir()] if engines.exists() else []
+    assert all(name.startswith(".") for name in left), f"left in the cache: {left}"
