@@ -91,9 +91,11 @@ def ros_graph(request):
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     executor.add_node(client_node)
+    # made before the executor spins: an ActionClient seen half-constructed by a spinning
+    # executor kills its thread ("'ActionClient' object has no attribute '_lock'")
+    client = EdgeLLMClient(client_node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    client = EdgeLLMClient(client_node)
     try:
         client.wait_for_node()
         yield SimpleNamespace(node=node, client=client, client_node=client_node,

@@ -43,10 +43,12 @@ def ros_client(domain: int, namespace: str, name: str = "test_client"):
     cn = rclpy.create_node(name, context=context, namespace=namespace)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(cn)
+    # made before the executor spins: an ActionClient seen half-constructed by a spinning
+    # executor kills its thread ("'ActionClient' object has no attribute '_lock'")
+    client = EdgeLLMClient(cn)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        client = EdgeLLMClient(cn)
         client.wait_for_node()
         yield client
     finally:
@@ -77,3 +79,43 @@ class RosoutWatcher:
             return any(all(w in line for w in words) for line in self.lines)
         with self.cond:
             assert self.cond.wait_for(found, timeout), (words, self.lines)
+
+
+@contextlib.contextmanager
+def node_process(log_path, *ros_args: str, env=None, name: str = "test_client"):
+    """``edgellm_node`` as ``ros2 run`` starts it, in a namespace and domain of its own, its
+    output in ``log_path``; yields (process, client, namespace). Killed at the end if alive."""
+    import random
+    import subprocess
+
+    from ament_index_python.packages import get_package_prefix
+
+    ns = f"/n{os.getpid()}_{random.randint(0, 99999)}"
+    exe = os.path.join(get_package_prefix("edgellm_ros"), "lib", "edgellm_ros", "edgellm_node")
+    domain = random.randint(1, 101)
+    env = dict(os.environ, **(env or {}), ROS_DOMAIN_ID=str(domain),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen([exe, "--ros-args", "-r", f"__ns:={ns}", *ros_args],
+                                env=env, stdout=out, stderr=out)
+    try:
+        with ros_client(domain, ns, name) as client:
+            yield proc, client, ns
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_line(log_path, text: str, timeout: float = 30.0) -> None:
+    """Wait until ``text`` is in the file ``log_path``; AssertionError with the log if not."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            if text in f.read():
+                return
+        time.sleep(0.05)
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        raise AssertionError(f"{text!r} not in the node's log:\n{f.read()}")

@@ -48,7 +48,7 @@ def test_no_system_prompt_anywhere_means_the_template_default():
     (dict(prompt=""), "prompt must be a non-empty string"),
     (dict(prompt="   "), "prompt must be a non-empty string"),
     (dict(prompt="hi", temperature=-1.0), "temperature must be in [0, 100], got -1.0"),
-    (dict(prompt="hi", top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+    (dict(prompt="hi", top_p=1.5), "top_p must be in [0.001, 1], got 1.5"),
     (dict(prompt="hi", top_k=-2), "top_k must be -1 (no limit), 0 (node default) or > 0"),
     (dict(prompt="hi", seed=-5), "got -5"),
     (dict(prompt="hi", max_new_tokens=100000), "got 100000"),

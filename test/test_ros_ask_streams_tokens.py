@@ -50,7 +50,7 @@ def test_greedy_answers_are_repeatable_and_stop_strings_cut(active):
 
 @pytest.mark.parametrize("fields, code, words", [
     (dict(prompt=""), "INVALID_REQUEST", "prompt must be a non-empty string"),
-    (dict(prompt="hi", top_p=2.0), "INVALID_REQUEST", "top_p must be in (0, 1], got 2.0"),
+    (dict(prompt="hi", top_p=2.0), "INVALID_REQUEST", "top_p must be in [0.001, 1], got 2.0"),
     (dict(prompt="hi", use_image=True), "IMAGE_ERROR", "no vision encoder"),
     (dict(prompt="hi", lora="nope"), "UNKNOWN_ADAPTER", "'nope'; loaded adapters: radiology"),
     (dict(prompt="word " * 600), "CONTEXT_FULL", "max_seq_len=512"),

@@ -16,7 +16,8 @@ def _vlm_folder() -> str:
     return write_tiny_vlm_once(_PARENT, ensure_engine("", "", log=lambda m: None))
 
 
-NODE_PARAMETERS = {"model": _vlm_folder(), "engine_dir": os.path.join(_PARENT, "engine"),
+NODE_PARAMETERS = {"allowed_roots": ["default", _PARENT], "model": _vlm_folder(),
+                   "engine_dir": os.path.join(_PARENT, "engine"),
                    "max_seq_len": 256, "max_image_age": 5.0}
 
 
@@ -100,3 +101,55 @@ def test_old_frames_and_unknown_encodings_are_refused_while_serving(ros_graph):
         assert ok.success, ok.message
     finally:
         assert c.transition("deactivate") and c.transition("cleanup")
+
+
+def test_future_stamps_and_clock_jumps_never_make_a_frame_young(ros_graph):
+    """Issue 22: a frame stamped an hour ahead was used forever. Now a stamp in the future
+    (beyond the 0.5 s tolerance) is an IMAGE_ERROR with the reason, and a frame is as old as
+    the time since it arrived (steady clock) even when the node's clock says otherwise."""
+    from builtin_interfaces.msg import Time
+    from rclpy.parameter import Parameter
+    from rosgraph_msgs.msg import Clock
+
+    c, node = ros_graph.client, ros_graph.node
+    assert c.transition("configure") and c.transition("activate")
+    clock_pub = ros_graph.client_node.create_publisher(Clock, "/clock", 10)
+    try:
+        now = ros_graph.client_node.get_clock().now()
+        ahead = Time(sec=now.to_msg().sec + 3600, nanosec=0)
+        _publish_and_wait(ros_graph, _image_msg(7, stamp=ahead))
+        r = c.ask("See?", use_image=True, max_new_tokens=2)
+        assert not r.success and r.error_code == r.IMAGE_ERROR, r.message
+        assert "in the future" in r.message and "tolerance 0.5 s" in r.message, r.message
+        # within the tolerance (clock skew): used
+        near = (now + rclpy_duration(0.3)).to_msg()
+        _publish_and_wait(ros_graph, _image_msg(7, stamp=near))
+        r = c.ask("See?", use_image=True, max_new_tokens=2)
+        assert r.success, r.message
+
+        # the node's clock stops (simulated time paused, or a clock set back): the frame
+        # still ages by when it arrived
+        node.set_parameters([Parameter("use_sim_time", value=True)])
+        assert c.set_parameters(max_image_age=1.0)[0].successful
+        deadline = time.monotonic() + 10
+        while node.get_clock().now().nanoseconds != 1000 * 10**9:
+            assert time.monotonic() < deadline, "the node did not take /clock"
+            clock_pub.publish(Clock(clock=Time(sec=1000)))
+            time.sleep(0.05)
+        _publish_and_wait(ros_graph, _image_msg(8, stamp=Time(sec=1000)))
+        r = c.ask("See?", use_image=True, max_new_tokens=2)
+        assert r.success, r.message                 # stamp age 0, arrived just now
+        time.sleep(1.3)
+        r = c.ask("See?", use_image=True, max_new_tokens=2)
+        assert not r.success and r.error_code == r.IMAGE_ERROR, r.message
+        assert "when it arrived (steady clock)" in r.message and "max_image_age=1" in r.message
+    finally:
+        node.set_parameters([Parameter("use_sim_time", value=False)])
+        c.set_parameters(max_image_age=5.0)
+        ros_graph.client_node.destroy_publisher(clock_pub)
+        assert c.transition("deactivate") and c.transition("cleanup")
+
+
+def rclpy_duration(seconds: float):
+    from rclpy.duration import Duration
+    return Duration(nanoseconds=int(seconds * 1e9))

@@ -47,7 +47,7 @@ def active_once(ros_graph):
 
 
 @pytest.mark.parametrize("fields, code, words", [
-    (dict(prompt="hi", top_p=2.0), "INVALID_REQUEST", "top_p must be in (0, 1], got 2.0"),
+    (dict(prompt="hi", top_p=2.0), "INVALID_REQUEST", "top_p must be in [0.001, 1], got 2.0"),
     (dict(prompt="hi", lora="nope"), "UNKNOWN_ADAPTER", "'nope'; loaded adapters: radiology"),
     (dict(prompt="hi", use_image=True), "IMAGE_ERROR", "no vision encoder"),
     (dict(prompt="hi", json_schema="{}", grammar="start: /a/"), "INVALID_REQUEST",

@@ -23,7 +23,8 @@ def _vlm_folder() -> str:
     return write_tiny_vlm_once(_PARENT, ensure_engine("", "", log=lambda m: None))
 
 
-NODE_PARAMETERS = {"model": _vlm_folder(), "engine_dir": os.path.join(_PARENT, "engine"),
+NODE_PARAMETERS = {"allowed_roots": ["default", _PARENT], "model": _vlm_folder(),
+                   "engine_dir": os.path.join(_PARENT, "engine"),
                    "max_seq_len": 256, "max_image_age": 600.0}  # not about age: a loaded CI machine
 
 

@@ -5,13 +5,15 @@ unconfigured; a good configure then works; configure/cleanup cycles do not
 grow memory; shutdown finalizes.
 """
 
+import tempfile
 import time
 
 from support import RosoutWatcher, rss_mib
 
 from edgellm_ros.srv import Ask
 
-NODE_PARAMETERS = {"max_seq_len": 256}
+NODE_PARAMETERS = {"max_seq_len": 256,
+                   "allowed_roots": ["default", tempfile.gettempdir()]}   # tmp_path: a bad model
 CYCLES = 10
 
 

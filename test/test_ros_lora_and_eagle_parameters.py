@@ -20,7 +20,8 @@ def _write_draft() -> str:
 
 # float32 weights: EAGLE's greedy output is then bit-exact (with the INT4 graphs' int8
 # activations a verify step and a one-row step may part at a near-tie, see the README)
-NODE_PARAMETERS = {"max_seq_len": 512, "eagle.draft": _write_draft(), "quantization": "none"}
+NODE_PARAMETERS = {"max_seq_len": 512, "eagle.draft": _write_draft(), "quantization": "none",
+                   "allowed_roots": ["default", os.path.dirname(_DRAFT)]}
 Q = "What do you see in front of the robot?"
 
 

@@ -64,7 +64,8 @@ def test_every_parameter_has_a_description_and_a_range_holding_its_default():
 
 def test_values_map_to_typed_config():
     s = settings_from_parameters({
-        "model": "/models/x.gguf", "backend": "onnxruntime", "max_seq_len": 64,
+        "model": "/models/x.gguf", "allowed_roots": ["/models"], "backend": "onnxruntime",
+        "max_seq_len": 64,
         "system_prompt": "Be brief.", "sampling.temperature": 0.7, "sampling.top_k": 40,
         "sampling.top_p": 0.9, "sampling.seed": 7, "max_new_tokens": 12, "queue_size": 0,
         "unknown.parameter": "ignored"})
@@ -114,4 +115,5 @@ def test_lora_and_eagle_parameters_are_validated_with_the_reason():
     assert settings_from_parameters({"eagle.confidence_threshold": 0.35}).eagle.confidence_threshold == 0.35
     with pytest.raises(ConfigError, match="eagle.confidence_threshold must be in \\[0, 1\\], got 1.5"):
         settings_from_parameters({"eagle.confidence_threshold": 1.5})
-    assert settings_from_parameters({"model": "/m.gguf"}).engine.lora_adapters == ()
+    assert settings_from_parameters({"model": "/m.gguf", "allowed_roots": ["/"]}
+                                    ).engine.lora_adapters == ()

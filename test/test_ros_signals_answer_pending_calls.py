@@ -5,17 +5,14 @@ A real subprocess, as ``ros2 run`` / ``ros2 launch`` start it; an /ask in
 flight and a goal waiting behind it when the signal comes.
 """
 
-import os
-import random
 import signal
-import subprocess
 import threading
 import time
 
 import pytest
 from action_msgs.msg import GoalStatus
-from ament_index_python.packages import get_package_prefix
-from support import ros_client
+from support import node_process as start_node
+from support import wait_for_line
 
 from edgellm_ros.action import Generate
 from edgellm_ros.srv import Ask
@@ -25,32 +22,11 @@ STORY = "Tell me a long story about a robot."
 
 @pytest.fixture()
 def node_process(tmp_path):
-    """edgellm_node in namespace /sig<pid>, its stderr in a file, and a client of it."""
-    ns = f"/sig{os.getpid()}_{random.randint(0, 9999)}"
-    exe = os.path.join(get_package_prefix("edgellm_ros"), "lib", "edgellm_ros", "edgellm_node")
-    domain = random.randint(1, 101)
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1")
+    """edgellm_node in a namespace of its own, its output in a file, and a client of it."""
     log = tmp_path / "node.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([exe, "--ros-args", "-r", f"__ns:={ns}",
-                                 "-p", "max_seq_len:=512"], env=env, stdout=out, stderr=out)
-    try:
-        with ros_client(domain, ns, "signal_test_client") as client:
-            yield proc, client, log, ns
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def wait_for_line(log, text, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} not in the node's log:\n{log.read_text()}")
+    with start_node(log, "-p", "max_seq_len:=512", name="signal_test_client") \
+            as (proc, client, ns):
+        yield proc, client, log, ns
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -67,7 +43,11 @@ def test_a_signal_during_a_generation_answers_every_caller(node_process, signum)
     assert started.wait(60), "the generation did not start"
     waiting = client.generate_async("Say hi.", max_new_tokens=4)
     assert waiting.accepted()
+    exited = []
+    waiter = threading.Thread(target=lambda: exited.append((proc.wait(), time.monotonic())))
+    sent = time.monotonic()
     proc.send_signal(signum)
+    waiter.start()
 
     res = client.result(call, timeout=20)        # the caller is answered
     assert not res.success and res.error_code == Ask.Response.CANCELLED
@@ -76,7 +56,9 @@ def test_a_signal_during_a_generation_answers_every_caller(node_process, signum)
     goal = waiting.result(timeout=20)
     assert waiting.status == GoalStatus.STATUS_ABORTED
     assert goal.error_code == Generate.Result.NOT_ACTIVE and "shutting down" in goal.message
-    assert proc.wait(timeout=30) == 0
+    waiter.join(timeout=30)
+    status, at = exited[0]
+    assert status == 0 and at - sent < 2.0, f"exit {status} {at - sent:.2f} s after {signum.name}"
     text = log.read_text()
     for bad in ("RCLError", "Failed to publish", "context is invalid", "Traceback"):
         assert bad not in text, text

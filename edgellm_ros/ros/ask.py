@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 from ..runtime.config import ChatMessage, GenerationRequest, SamplingConfig
 from ..errors import EdgeLLMError, InvalidRequest
 from ..runtime.generation import GenerationResult
-from .params import RequestDefaults
+from .params import RequestDefaults, RequestLimits
 
 
 class NotActive(EdgeLLMError):
@@ -115,6 +115,46 @@ def _new_fields(ask: Any, n_images: int) -> Dict[str, Any]:
         wanted["messages"] = tuple(ChatMessage(role=r, content=c, images=i)
                                    for r, c, i in wanted["messages"])
     return wanted
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_limits(ask: Any, limits: RequestLimits) -> None:
+    """Raise InvalidRequest when a field of the request is larger than ``limits`` allow.
+
+    Cheap (sizes only), so the node runs it before any other work on the request.
+    """
+    def refuse(what: str, size: int, unit: str, name: str) -> None:
+        raise InvalidRequest(f"{what} is {size}{unit}, more than limits.{name}="
+                             f"{getattr(limits, name)}{unit}")
+
+    for field_name in ("prompt", "system_prompt"):
+        size = _utf8_bytes(getattr(ask, field_name))
+        if size > limits.prompt_bytes:
+            refuse(field_name, size, " bytes", "prompt_bytes")
+    if len(ask.messages) > limits.messages:
+        refuse("messages", len(ask.messages), " messages", "messages")
+    size = sum(_utf8_bytes(m.content) for m in ask.messages)
+    if size > limits.messages_bytes:
+        refuse("messages (contents together)", size, " bytes", "messages_bytes")
+    if len(ask.stop) > limits.stop_strings:
+        refuse("stop", len(ask.stop), " strings", "stop_strings")
+    for i, s in enumerate(ask.stop):
+        if _utf8_bytes(s) > limits.stop_bytes:
+            refuse(f"stop[{i}]", _utf8_bytes(s), " bytes", "stop_bytes")
+    for field_name in ("json_schema", "grammar"):
+        size = _utf8_bytes(getattr(ask, field_name))
+        if size > limits.constraint_bytes:
+            refuse(field_name, size, " bytes", "constraint_bytes")
+    if ask.use_image:
+        if 1 + len(ask.images) > limits.images:
+            refuse("use_image with images", 1 + len(ask.images), " images", "images")
+        for what, img in [("image", ask.image)] + [(f"images[{i}]", m)
+                                                   for i, m in enumerate(ask.images)]:
+            if len(img.data) > limits.image_bytes:
+                refuse(f"{what}.data", len(img.data), " bytes", "image_bytes")
 
 
 def generation_request(ask: Any, defaults: RequestDefaults,

@@ -28,7 +28,11 @@ Threading: /ask is an async callback in a reentrant callback group, as are
 the action's callbacks. They validate the request, hand it to the worker (a
 bounded queue, one generation at a time) and await a future the worker
 completes, so any number of queued requests hold no executor thread.
-Lifecycle and parameter services stay in the default mutually exclusive group.
+The lifecycle services have a reentrant group of their own and the parameter
+services keep the node's default group, so ``get_state`` and the parameter
+services answer while a configure (an export, minutes on a robot) runs; a
+second transition requested meanwhile is refused by the state machine.
+Runtime parameters changed during a configure apply once it ends.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ import itertools
 import threading
 import time
 from dataclasses import fields
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+                                ParameterType, SetParametersResult)
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import (LifecycleNode, LifecycleNodeMixin, LifecycleState,
+                             TransitionCallbackReturn)
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -54,8 +60,9 @@ from ..runtime.config import EagleConfig, EagleLimits
 from ..runtime.generation import GenerationResult
 from ..msg import GoalRejection, Status, Token
 from ..srv import Ask
-from .ask import (ImageUnavailable, NotActive, error_code_name, error_message, fill_error,
-                  fill_result, generation_request)
+from .ask import (ImageUnavailable, NotActive, check_limits, error_code_name, error_message,
+                  fill_error, fill_result, generation_request)
+from .callers import CHECK_PERIOD_S, CallerWatch, ask_watch, goal_watch
 from .camera import LatestFrame
 from .generate import GENERATE_ACTION, GenerateServer, rejection_text
 from .memory import fix_mmap_threshold, trim_heap
@@ -102,13 +109,36 @@ LIMITED_BY = {f"eagle.{f.name}": f.metadata["limit"] for f in fields(EagleConfig
               if "limit" in f.metadata}
 
 
+#: rcl_interfaces ParameterType -> the word a reason uses (rclpy's own says "expected '4' got '2'").
+TYPE_NAMES = {
+    ParameterType.PARAMETER_NOT_SET: "no value", ParameterType.PARAMETER_BOOL: "bool",
+    ParameterType.PARAMETER_INTEGER: "integer", ParameterType.PARAMETER_DOUBLE: "double",
+    ParameterType.PARAMETER_STRING: "string", ParameterType.PARAMETER_BYTE_ARRAY: "byte array",
+    ParameterType.PARAMETER_BOOL_ARRAY: "bool array",
+    ParameterType.PARAMETER_INTEGER_ARRAY: "integer array",
+    ParameterType.PARAMETER_DOUBLE_ARRAY: "double array",
+    ParameterType.PARAMETER_STRING_ARRAY: "string array",
+}
+
+
+def wrong_type_reason(name: str, want: int, param: Parameter) -> str:
+    """Why a value of the wrong ROS type is refused, naming both types."""
+    got = param.type_.value
+    hint = ""
+    if want == ParameterType.PARAMETER_DOUBLE and got == ParameterType.PARAMETER_INTEGER:
+        hint = f" (write {float(param.value)!r}, not {param.value!r})"
+    return (f"Wrong parameter type: {name} must be {TYPE_NAMES.get(want, want)}, got "
+            f"{TYPE_NAMES.get(got, got)} {param.value!r}{hint}")
+
+
 def parameter_descriptor(spec: ParamSpec,
                          limits: Optional[EagleLimits] = None) -> ParameterDescriptor:
     """The ROS descriptor of one parameter of the table.
 
     The EAGLE tree parameters' ranges end at ``limits`` (the eagle.max_* values) when given.
     """
-    d = ParameterDescriptor(name=spec.name, description=spec.description)
+    d = ParameterDescriptor(name=spec.name, description=spec.description,
+                            read_only=spec.read_only)
     constraints = [spec.constraints] if spec.constraints else []
     if spec.configure_time:
         # Not read_only: ROS would then refuse every change, even while
@@ -133,7 +163,11 @@ class EdgeLLMNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         fix_mmap_threshold()
-        super().__init__(node_name, **kwargs)
+        # What LifecycleNode.__init__ does, but with the lifecycle services in a group of
+        # their own: in the node's default group (where the parameter services are) a
+        # configure would keep get_state and the parameter services from answering.
+        Node.__init__(self, node_name, **kwargs)
+        LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
         for spec in PARAMETERS:
             self.declare_parameter(spec.name, spec.default, parameter_descriptor(spec))
         self._limit_descriptors()
@@ -165,8 +199,11 @@ class EdgeLLMNode(LifecycleNode):
         group = ReentrantCallbackGroup()
         self._ask = self.create_service(Ask, ASK_SERVICE, self._on_ask, qos_profile=ASK_QOS,
                                         callback_group=group)
+        # Running and waiting requests -> whether their caller is still there.
+        self._callers: Dict[TokenStream, CallerWatch] = {}
         self._generate = GenerateServer(
-            self, self._admit, self._cancel_job, self._goal_rejected,
+            self, lambda goal: self._admit(goal, self._goal_watch), self._cancel_job,
+            self._goal_rejected,
             finished=self._answered, cancelled_because=lambda: self._cancel_reason)
         # Reports in every state: a robot monitor sees an unconfigured node too.
         self._status = self.create_publisher(Status, STATUS_TOPIC, STATUS_QOS)
@@ -176,6 +213,8 @@ class EdgeLLMNode(LifecycleNode):
         self._report_timer = self.create_timer(REPORT_PERIOD_S, self._report,
                                                callback_group=group)
         self._hint_timer = self.create_timer(HINT_DELAY_S, self._hint_once)
+        self._caller_timer = self.create_timer(CHECK_PERIOD_S, self._check_callers,
+                                               callback_group=group)
         self._publish_status()
 
     @property
@@ -217,6 +256,31 @@ class EdgeLLMNode(LifecycleNode):
     # -- parameters ----------------------------------------------------------
     def _values(self) -> Dict[str, Any]:
         return {name: self.get_parameter(name).value for name in SPECS}
+
+    def _wrong_type(self, params: List[Parameter]) -> Optional[SetParametersResult]:
+        """A refusal naming both types when a value's type is not its parameter's, else None.
+
+        rclpy checks the type before any callback and names the types by their enum
+        numbers; so set_parameters and set_parameters_atomically (what the parameter
+        services call) check first.
+        """
+        for p in params:
+            if p.name in SPECS and p.type_ != Parameter.Type.NOT_SET:
+                want = self.describe_parameter(p.name).type
+                if p.type_.value != want:
+                    return SetParametersResult(successful=False,
+                                               reason=wrong_type_reason(p.name, want, p))
+        return None
+
+    def set_parameters(self, parameter_list: List[Parameter]) -> List[SetParametersResult]:
+        """Set parameters as rclpy does, refusing a wrong type with both types named."""
+        return [self._wrong_type([p]) or super(EdgeLLMNode, self).set_parameters([p])[0]
+                for p in parameter_list]
+
+    def set_parameters_atomically(self, parameter_list: List[Parameter]) -> SetParametersResult:
+        """Set parameters atomically as rclpy does, refusing a wrong type with both types named."""
+        return self._wrong_type(parameter_list) or super().set_parameters_atomically(
+            parameter_list)
 
     def _check_parameters(self, params: List[Parameter]) -> SetParametersResult:
         """Refuse a change with the reason; nothing is applied here."""
@@ -305,7 +369,18 @@ class EdgeLLMNode(LifecycleNode):
             with self._lock:
                 self._state = "unconfigured"
             return TransitionCallbackReturn.FAILURE
-        self._engine = engine
+        with self._lock:
+            closing = self._closing
+            if not closing:
+                self._engine = engine
+        if closing:     # a signal came while configuring: the process is leaving
+            engine.close()
+            log.warning(f"configure finished while the node is {closing}; engine closed")
+            return TransitionCallbackReturn.FAILURE
+        # runtime parameters may have changed while configuring: the values now apply
+        settings = settings_from_parameters(self._values())
+        engine.set_adapter(settings.lora)
+        engine.set_eagle(settings.eagle)
         self._counters.reset()
         self._tokens = self.create_publisher(Token, TOKENS_TOPIC, TOKENS_QOS)
         self._camera = LatestFrame(self, compressed=settings.image_compressed)
@@ -364,7 +439,7 @@ class EdgeLLMNode(LifecycleNode):
         self._generate.destroy()
         super().destroy_node()
 
-    def close(self, why: str = "shutting down", timeout: float = CLOSE_TIMEOUT_S) -> bool:
+    def close(self, why: str = "shutting down", timeout: Optional[float] = None) -> bool:
         """Answer every pending call and goal, then free the engine.
 
         Call it before the context goes away (edgellm_node does on SIGINT, SIGTERM and
@@ -373,12 +448,14 @@ class EdgeLLMNode(LifecycleNode):
         New requests get NOT_ACTIVE ("the node is <why>"), waiting ones too, the running
         generation stops at its next token and is answered CANCELLED with its partial
         text. Returns once every answer has been handed to the executor (which must
-        still spin), False if that took longer than ``timeout`` seconds.
+        still spin), False if that took longer than ``timeout`` seconds (default
+        CLOSE_TIMEOUT_S).
         """
+        timeout = CLOSE_TIMEOUT_S if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = why
-        self._release(why)
-        deadline = time.monotonic() + timeout
+        self._release(why, stop_timeout=timeout)
         with self._inflight_cond:
             while self._inflight:
                 left = deadline - time.monotonic()
@@ -392,7 +469,7 @@ class EdgeLLMNode(LifecycleNode):
         time.sleep(0.2)
         return True
 
-    def _release(self, why: str) -> None:
+    def _release(self, why: str, stop_timeout: float = STOP_TIMEOUT_S) -> None:
         with self._lock:
             self._state = "unconfigured"
             self._cancel_reason = f"the node was {why}" if not self._closing \
@@ -401,11 +478,11 @@ class EdgeLLMNode(LifecycleNode):
         engine, self._engine = self._engine, None
         if worker is not None and not worker.stop(
                 NotActive(f"the node was {why} before this request started"),
-                timeout=STOP_TIMEOUT_S):
+                timeout=stop_timeout):
             # Closing the engine under a running generation could crash the
             # process: keep it (and say so) rather than free it.
             self.get_logger().error(
-                f"the generation did not stop within {STOP_TIMEOUT_S:.0f} s; "
+                f"the generation did not stop within {stop_timeout:.1f} s; "
                 "its engine is left to the garbage collector")
             engine = None
         if self._tokens is not None:
@@ -423,9 +500,10 @@ class EdgeLLMNode(LifecycleNode):
             self.get_logger().info(f"{why}: engine freed")
 
     # -- requests: /ask and ~/generate --------------------------------------
-    def _admit(self, request: Any) -> TokenStream:
+    def _admit(self, request: Any, watch: Callable[[], CallerWatch]) -> TokenStream:
         """Check and queue one request (an Ask request or a Generate goal).
 
+        ``watch()`` makes the CallerWatch that stops it if its caller goes away.
         Raises EdgeLLMError when it cannot be queued: nothing was queued then.
         Checked and queued under the lock deactivate/cleanup take: no request
         slips into the queue after the node left the active state.
@@ -434,6 +512,7 @@ class EdgeLLMNode(LifecycleNode):
         with self._lock:
             if self._state != "active" or self._worker is None or self._closing:
                 raise NotActive(self._not_active_message())
+            check_limits(request, self._defaults.limits)
             engine = self._engine
             if request.lora:
                 engine.adapters.check(request.lora)
@@ -449,7 +528,38 @@ class EdgeLLMNode(LifecycleNode):
             except BaseException:
                 self._answered()
                 raise
+        try:
+            self._callers[stream] = watch()
+        except Exception as exc:  # the graph could not be read: the request runs unwatched
+            self.get_logger().warning(f"request {stream.request_id}: caller not watched: {exc!r}")
         return stream
+
+    def _token_subscribers(self) -> int:
+        pub = self._tokens
+        return pub.get_subscription_count() if pub is not None else 0
+
+    def _ask_watch(self) -> CallerWatch:
+        return ask_watch(self, self.ask_service_name, self._token_subscribers)
+
+    def _goal_watch(self) -> CallerWatch:
+        return goal_watch(self, self.generate_action_name, self._token_subscribers)
+
+    def _check_callers(self) -> None:
+        """Stop each request whose caller has left the graph (callers.py says how it is seen)."""
+        for stream, watch in list(self._callers.items()):
+            if stream.done.done():
+                self._callers.pop(stream, None)
+                continue
+            try:
+                gone = watch.gone()
+            except Exception:  # context going away: the node is closing anyway
+                continue
+            if gone:
+                self._callers.pop(stream, None)
+                self.get_logger().warning(
+                    f"request {stream.request_id}: its caller has left (no client of it and no "
+                    f"{TOKENS_TOPIC} subscriber in the graph); stopping its generation")
+                self._cancel_job(stream.job)
 
     def _answered(self) -> None:
         """One admitted call or goal has its answer."""
@@ -487,7 +597,7 @@ class EdgeLLMNode(LifecycleNode):
     async def _on_ask(self, request: Ask.Request, response: Ask.Response) -> Ask.Response:
         """Answer one request; nothing raised here reaches the executor."""
         try:
-            stream = self._admit(request)
+            stream = self._admit(request, self._ask_watch)
         except Exception as exc:
             self._counters.refused()
             if not isinstance(exc, EdgeLLMError):

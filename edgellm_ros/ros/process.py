@@ -6,6 +6,15 @@ the worker's last messages fail with "publisher's context is invalid"). A
 context's ``on_shutdown`` callbacks run after that, too late as well. So the
 process installs its own handlers (``rclpy.init(signal_handler_options=NO)``)
 and lets the node answer everything before the context goes.
+
+A signal ends the process within :data:`EXIT_DEADLINE_S` seconds whatever the
+node is doing. A configure that exports or loads an engine cannot be
+interrupted (the export runs in native code), so once the deadline passes the
+process leaves with ``os._exit`` after answering what it could; an export cut
+short leaves only its temporary folder, which the next export ignores. The
+lifecycle services run in a callback group of their own, and the executor has
+threads to spare, so ``get_state`` and the parameter services answer while a
+configure runs.
 """
 
 from __future__ import annotations
@@ -21,6 +30,22 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+#: Seconds from a SIGINT / SIGTERM to the end of the process, at the latest.
+EXIT_DEADLINE_S = 1.5
+#: Executor threads: a configure holds one for its whole length; get_state, the
+#: parameter services, /ask and the action need the others.
+MIN_EXECUTOR_THREADS = 4
+
+
+def _leave(why: str = "") -> NoReturn:
+    """End the process now (status 0), with the logs flushed; see run_node."""
+    if why:
+        print(f"[edgellm_node] {why}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
+
 
 def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> NoReturn:
     """Spin ``make_node()`` until its ``finalized`` future is done or a signal comes.
@@ -29,11 +54,14 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
     SIGTERM (Ctrl-C, ``ros2 launch`` stopping) are handled here, not by rclpy:
     the executor keeps spinning while ``close`` answers every pending call and
     goal; only then is the context shut down. A second signal ends the process
-    at once. The process then exits with status 0.
+    at once, and whatever is still running :data:`EXIT_DEADLINE_S` seconds after
+    the first (a configure exporting an engine, say) is left behind by ``os._exit``.
+    The process then exits with status 0.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = make_node()
-    executor = MultiThreadedExecutor()
+    executor = MultiThreadedExecutor(
+        num_threads=max(MIN_EXECUTOR_THREADS, len(os.sched_getaffinity(0))))
     executor.add_node(node)
     stop = threading.Event()
     caught: List[str] = []
@@ -42,6 +70,11 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
         caught.append(signal.Signals(signum).name)
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, signal.SIG_DFL)
+        watchdog = threading.Timer(EXIT_DEADLINE_S, _leave, args=(
+            f"{caught[0]}: still busy after {EXIT_DEADLINE_S:g} s (a configure exporting or "
+            "loading, or a call not yet answered); leaving without waiting",))
+        watchdog.daemon = True
+        watchdog.start()
         stop.set()
 
     for s in (signal.SIGINT, signal.SIGTERM):
@@ -54,7 +87,8 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
             pass
         if caught:
             node.get_logger().info(f"{caught[0]}: answering pending requests, then exiting")
-        node.close(f"shutting down ({caught[0]})" if caught else "shut down")
+        node.close(f"shutting down ({caught[0]})" if caught else "shut down",
+                   timeout=EXIT_DEADLINE_S if caught else None)
     except ExternalShutdownException:
         pass
     finally:
@@ -65,7 +99,4 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
     # Everything is answered and closed. Leave without the interpreter's teardown, which
     # destroys native threads (DDS, ONNX Runtime's pools) in no fixed order: seen ending a
     # clean SIGINT exit in "terminate called without an active exception" (SIGABRT).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(0)
+    _leave()

@@ -36,27 +36,31 @@ Number = Union[int, float]
 
 @dataclass(frozen=True)
 class Range:
-    """Limits of a numeric field: [lo, hi], or (lo, hi] when ``open_lo``."""
+    """Limits of a numeric field, both ends included: [lo, hi].
+
+    Closed on purpose: a ROS parameter descriptor states an inclusive range, so
+    a field whose lowest legal value is above 0 says which (``top_p`` 0.001, not
+    "more than 0"), and the descriptor allows exactly what the node accepts.
+    """
 
     lo: Number
     hi: Number
-    open_lo: bool = False
 
     def __contains__(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             return False
         v = cast(float, value)   # an int or a float; compared as it is (no rounding)
-        return (self.lo < v if self.open_lo else self.lo <= v) and v <= self.hi
+        return self.lo <= v <= self.hi
 
     def __str__(self) -> str:
         def num(x: Number) -> str:
             return f"{x:g}" if isinstance(x, float) else str(x)
-        return f"{'(' if self.open_lo else '['}{num(self.lo)}, {num(self.hi)}]"
+        return f"[{num(self.lo)}, {num(self.hi)}]"
 
 
-def ranged(default: Any, lo: Number, hi: Number, open_lo: bool = False) -> Any:
-    """A dataclass field whose value must lie in ``Range(lo, hi, open_lo)``."""
-    return field(default=default, metadata={"range": Range(lo, hi, open_lo)})
+def ranged(default: Any, lo: Number, hi: Number) -> Any:
+    """A dataclass field whose value must lie in ``Range(lo, hi)``."""
+    return field(default=default, metadata={"range": Range(lo, hi)})
 
 
 def range_of(cls: Type[Any], name: str) -> Range:
@@ -241,7 +245,7 @@ class SamplingConfig:
     # Keep only the k most likely tokens; 0 = no limit.
     top_k: int = ranged(0, 0, 1_000_000)
     # Keep the smallest set whose probability reaches top_p; 1.0 = no limit.
-    top_p: float = ranged(1.0, 0.0, 1.0, open_lo=True)
+    top_p: float = ranged(1.0, 0.001, 1.0)
     # Seed of the request's random generator; None = fresh entropy.
     seed: Optional[int] = ranged(None, 0, 2**63 - 1)
 
