@@ -9,6 +9,7 @@ on one request only answers that request INVALID_REQUEST with the reason and
 the node answers the next one.
 """
 
+import tempfile
 import time
 
 from support import RosoutWatcher
@@ -16,7 +17,8 @@ from support import RosoutWatcher
 from edgellm_ros.srv import Ask
 from edgellm_ros.synthetic import hostile
 
-NODE_PARAMETERS = {"max_seq_len": 256, "quantization": "none", "fused_ops": False}
+NODE_PARAMETERS = {"max_seq_len": 256, "quantization": "none", "fused_ops": False,
+                   "allowed_roots": ["default", tempfile.gettempdir()]}   # tmp_path: the hostile files
 
 
 def _failed_configure(c, log, *words):
