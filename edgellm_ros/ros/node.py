@@ -293,8 +293,8 @@ class EdgeLLMNode(LifecycleNode):
             log.info(f"configuring: model={settings.engine.model or '(embedded default)'} "
                      f"backend={settings.engine.backend} "
                      f"max_seq_len={settings.engine.max_seq_len}")
-            from ..runtime.engine import Engine  # heavy imports only when configuring
-            engine = Engine.load(settings.engine, log=log.info)
+            from ..runtime.engine import open_engine  # heavy imports only when configuring
+            engine = open_engine(settings.engine, log=log.info)
             try:
                 engine.set_eagle(settings.eagle)
             except EdgeLLMError:
