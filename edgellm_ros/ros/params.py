@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EagleLimits,
                               EngineConfig, GenerationRequest, Range, RemoteConfig, SamplingConfig,
-                              check_ranges, range_of, ranged)
+                              SCHEMA_FORMATS, check_ranges, range_of, ranged)
 from ..errors import ConfigError
 from ..runtime.resources import share_dir
 
@@ -221,6 +221,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "backend remote: request field that carries a grammar (grammar: llama.cpp's "
               "server; structured_outputs.grammar: vLLM); empty = grammars are refused",
               configure_time=True),
+    ParamSpec("remote.schema_format", _REMOTE.schema_format,
+              "backend remote: how response_format carries json_schema: json_schema (OpenAI's: "
+              "vLLM, SGLang, trtllm-serve, llama-server) or json_object (llama-cpp-python's server)",
+              configure_time=True, constraints="one of: " + ", ".join(SCHEMA_FORMATS)),
     ParamSpec("max_image_age", _NODE.max_image_age,
               "seconds after which the latest camera frame is too old for use_image; "
               "more than 0 (0 itself is refused)",
@@ -268,7 +272,8 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
             url=v["remote.url"], model=v["remote.model"], api_key_env=v["remote.api_key_env"],
             timeout_s=float(v["remote.timeout_s"]), max_retries=v["remote.max_retries"],
             lora_models=tuple(s for s in v["remote.lora_models"] if s),
-            image_max_side=v["remote.image_max_side"], grammar_field=v["remote.grammar_field"]))
+            image_max_side=v["remote.image_max_side"], grammar_field=v["remote.grammar_field"],
+            schema_format=v["remote.schema_format"]))
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
                         v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"]))
     eagle.check(engine.eagle_limits)

@@ -163,6 +163,9 @@ class EagleConfig:
 
 #: What remote.api_key_env may be: the name of an environment variable (never the key).
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: How response_format carries a JSON schema: OpenAI's json_schema (vLLM, SGLang, trtllm-serve,
+#: llama.cpp's llama-server) or json_object with a "schema" key (llama-cpp-python's server).
+SCHEMA_FORMATS = ("json_schema", "json_object")
 #: A request-body field name, dots for nesting ("structured_outputs.grammar").
 FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -189,9 +192,15 @@ class RemoteConfig:
     # Request-body field that carries a grammar ("grammar": llama.cpp's server;
     # "structured_outputs.grammar": vLLM); "" = the server takes none (refused).
     grammar_field: str = "grammar"
+    # response_format of json_schema: "json_schema" ({"type": "json_schema", "json_schema":
+    # {"schema": ...}}, OpenAI's) or "json_object" ({"type": "json_object", "schema": ...}).
+    schema_format: str = "json_schema"
 
     def __post_init__(self) -> None:
         check_ranges(self, ConfigError, "remote.")
+        if self.schema_format not in SCHEMA_FORMATS:
+            raise ConfigError(f"remote.schema_format must be one of {SCHEMA_FORMATS}, "
+                              f"got {self.schema_format!r}")
         object.__setattr__(self, "lora_models", tuple(self.lora_models))
         if self.url and not re.match(r"https?://[^/\s]+", self.url):
             raise ConfigError(f"remote.url must be an http:// or https:// URL, got {self.url!r}")

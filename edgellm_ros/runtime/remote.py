@@ -12,7 +12,8 @@ A request maps onto one streamed chat completion (:func:`chat_body`):
 - ``messages`` (or ``system_prompt`` + ``prompt``) become chat messages; the
   images a message shows go with it as ``image_url`` parts, JPEG data URLs
   made by OpenCV with the longest side at most ``remote.image_max_side``;
-- ``json_schema`` becomes ``response_format`` (type json_schema); ``grammar``
+- ``json_schema`` becomes ``response_format`` (type json_schema, or json_object
+  with a schema: ``remote.schema_format``); ``grammar``
   goes in the field ``remote.grammar_field`` names (refused when it is "");
 - ``lora`` selects the model name the server serves that adapter as
   (``remote.lora_models``, vLLM's ``--lora-modules``);
@@ -146,8 +147,9 @@ def chat_body(req: GenerationRequest, model: str, remote: RemoteConfig,
             raise InvalidRequest(f"json_schema is not JSON: {exc}") from exc
         if not isinstance(schema, dict):
             raise InvalidRequest(f"json_schema must be a JSON object, got {req.json_schema[:60]!r}")
-        body["response_format"] = {"type": "json_schema",
-                                   "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+        body["response_format"] = {"type": "json_object", "schema": schema} \
+            if remote.schema_format == "json_object" else \
+            {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
     if req.grammar:
         if not remote.grammar_field:
             raise InvalidRequest("grammar: this node's remote server takes no grammar "
