@@ -97,8 +97,8 @@ class RemoteClient:
         try:
             return [m.id for m in self._call(self._client.models.list, "GET /models").data]
         except (BackendError, InvalidRequest) as exc:
-            raise BackendUnavailable(f"remote server {self.url} does not answer GET /models: "
-                                     f"{exc}") from exc
+            raise BackendUnavailable(f"{exc} (configure checks that the server answers GET /models)") \
+                from exc
 
     def _call(self, fn: Any, what: str, **kwargs: Any) -> Any:
         """``fn(**kwargs)`` with retries of 429/503 and unreachable servers, vendor errors mapped."""
