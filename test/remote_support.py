@@ -97,6 +97,13 @@ class LlamaServer:
             self._log = None
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Connections the tests drop on purpose (cancel, timeouts) print no tracebacks."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 class FaultProxy:
     """An HTTP proxy to ``upstream`` (host, port) that injects faults; see the module docstring.
 
@@ -130,7 +137,7 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 proxy._forward(self, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
