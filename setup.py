@@ -26,6 +26,8 @@ setup(
     packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
     python_requires=">=3.10",
     install_requires=requirements("runtime.txt"),
+    # backend: remote (an OpenAI-compatible server) needs the openai client
+    extras_require={"remote": requirements("remote.txt")},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
         ("share/" + PACKAGE, ["package.xml"]),

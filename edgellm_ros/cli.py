@@ -15,7 +15,8 @@ import json
 import sys
 from typing import TYPE_CHECKING, List, Optional
 
-from .runtime.config import INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EngineConfig, GenerationRequest, SamplingConfig
+from .runtime.config import (INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EngineConfig, GenerationRequest,
+                             RemoteConfig, SamplingConfig)
 from .errors import EdgeLLMError
 
 if TYPE_CHECKING:
@@ -26,7 +27,11 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="GGUF file or Hugging Face folder "
                    "(default: the embedded SmolLM2-135M-Instruct Q4_1)")
     p.add_argument("--engine-dir", default="", help="engine folder (default: user cache)")
-    p.add_argument("--backend", default="auto", help="auto, onnxruntime or tensorrt")
+    p.add_argument("--backend", default="auto", help="auto, onnxruntime, tensorrt or remote (--remote-url)")
+    p.add_argument("--remote-url", default="", help="backend remote: the server's OpenAI API, e.g. "
+                   "http://gpu-host:8000/v1")
+    p.add_argument("--remote-model", default="", help="backend remote: served model name (default: its only one)")
+    p.add_argument("--remote-api-key-env", default="", help="backend remote: environment variable holding the key")
     p.add_argument("--max-seq-len", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = backend default)")
     p.add_argument("--quantization", default=EngineConfig.quantization, choices=QUANTIZATIONS,
@@ -52,7 +57,9 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
                         quantization=a.quantization, int4_compute=a.int4_compute,
                         fused_ops=not a.plain_ops,
                         lora_adapters=tuple(a.lora_adapter), lora=a.lora,
-                        eagle_draft=a.eagle_draft)
+                        eagle_draft=a.eagle_draft,
+                        remote=RemoteConfig(url=a.remote_url, model=a.remote_model,
+                                            api_key_env=a.remote_api_key_env))
 
 
 def _log(verbose: bool):
@@ -60,14 +67,14 @@ def _log(verbose: bool):
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .runtime.engine import Engine
+    from .runtime.engine import open_engine
 
     req = GenerationRequest(
         prompt=a.prompt, system_prompt=a.system, max_new_tokens=a.max_new_tokens,
         sampling=SamplingConfig(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                                 seed=a.seed),
         stop=tuple(a.stop or ()), raw=a.raw)
-    engine = Engine.load(_engine_config(a), log=_log(a.verbose))
+    engine = open_engine(_engine_config(a), log=_log(a.verbose))
     if a.eagle:
         given = {"drafting_top_k": a.eagle_top_k, "drafting_step": a.eagle_step,
                  "verify_tree_size": a.eagle_tree, "confidence_threshold": a.eagle_threshold}

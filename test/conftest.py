@@ -160,3 +160,23 @@ def engine(default_engine_dir):
                       log=lambda m: None)
     yield eng
     eng.close()
+
+
+# --- backend remote: a real OpenAI-compatible server (test/remote_support.py) ---
+
+@pytest.fixture(scope="session")
+def llama_server():
+    """llama.cpp's server (llama-cpp-python) on the embedded GGUF, for the whole session."""
+    from remote_support import LlamaServer
+    server = LlamaServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_proxy(llama_server):
+    """A recording, fault-injecting proxy in front of llama_server (its own per module)."""
+    from remote_support import FaultProxy
+    proxy = FaultProxy(("127.0.0.1", llama_server.port))
+    yield proxy
+    proxy.close()

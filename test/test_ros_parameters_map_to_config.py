@@ -48,7 +48,10 @@ def test_configure_time_parameters_are_the_engine_ones():
                               "prompt_cache_bytes", "lora_adapters", "max_lora_rank",
                               "eagle.draft", "eagle.max_top_k", "eagle.max_step",
                               "eagle.max_tree", "image_compressed", "split_images",
-                              "quantization", "int4_compute", "fused_ops"}
+                              "quantization", "int4_compute", "fused_ops", "remote.url", "remote.model",
+                              "remote.api_key_env", "remote.timeout_s", "remote.max_retries",
+                              "remote.lora_models", "remote.image_max_side", "remote.grammar_field",
+                              "remote.schema_format"}
 
 
 def test_every_parameter_has_a_description_and_a_range_holding_its_default():

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 from ..runtime.config import ChatMessage, GenerationRequest, SamplingConfig
 from ..errors import EdgeLLMError, InvalidRequest
 from ..runtime.generation import GenerationResult
+from ..runtime.remote import StreamInterrupted
 from .params import RequestDefaults, RequestLimits
 
 
@@ -192,7 +193,13 @@ def generation_request(ask: Any, defaults: RequestDefaults,
 
 
 def fill_error(response: Any, exc: BaseException) -> Any:
-    """Mark ``response`` failed with the code and message of ``exc``."""
+    """Mark ``response`` failed with the code and message of ``exc``.
+
+    A remote stream that broke off (StreamInterrupted) leaves its partial answer
+    and statistics in the response too.
+    """
+    if isinstance(exc, StreamInterrupted):
+        _copy_answer(response, exc.partial)
     response.success = False
     response.error_code = getattr(type(response), error_code_name(exc))
     response.message = error_message(exc)
@@ -206,6 +213,20 @@ def fill_result(response: Any, result: GenerationResult,
     A cancelled generation is a failure (CANCELLED, ``cancelled_because`` saying who
     stopped it).
     """
+    _copy_answer(response, result)
+    if result.finish_reason == "cancelled":
+        why = cancelled_because or "the node was cleaned up or shut down"
+        return fill_error(response, Cancelled(
+            f"the generation was cancelled ({why}); "
+            f"text holds the {result.generated_tokens} tokens generated before"))
+    response.success = True
+    response.error_code = type(response).OK
+    response.message = ""
+    return response
+
+
+def _copy_answer(response: Any, result: GenerationResult) -> None:
+    """The answer's text and statistics into a response (or an action result)."""
     response.text = result.text
     response.finish_reason = result.finish_reason
     response.prompt_tokens = int(result.prompt_tokens)
@@ -218,12 +239,3 @@ def fill_result(response: Any, result: GenerationResult,
         response.drafted_tokens = int(result.eagle.drafted_tokens)
         response.accepted_tokens = int(result.eagle.accepted_tokens)
         response.mean_acceptance_length = float(result.eagle.mean_acceptance_length)
-    if result.finish_reason == "cancelled":
-        why = cancelled_because or "the node was cleaned up or shut down"
-        return fill_error(response, Cancelled(
-            f"the generation was cancelled ({why}); "
-            f"text holds the {result.generated_tokens} tokens generated before"))
-    response.success = True
-    response.error_code = type(response).OK
-    response.message = ""
-    return response

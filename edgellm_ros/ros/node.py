@@ -354,11 +354,14 @@ class EdgeLLMNode(LifecycleNode):
             self._state = "configuring"
         try:
             settings = settings_from_parameters(self._values())
-            log.info(f"configuring: model={settings.engine.model or '(embedded default)'} "
+            rc = settings.engine.remote
+            log.info(f"configuring: backend remote, server {rc.url}, model {rc.model or '(its only one)'}"
+                     if settings.engine.backend == "remote" else
+                     f"configuring: model={settings.engine.model or '(embedded default)'} "
                      f"backend={settings.engine.backend} "
                      f"max_seq_len={settings.engine.max_seq_len}")
-            from ..runtime.engine import Engine  # heavy imports only when configuring
-            engine = Engine.load(settings.engine, log=log.info)
+            from ..runtime.engine import open_engine  # heavy imports only when configuring
+            engine = open_engine(settings.engine, log=log.info)
             try:
                 engine.set_eagle(settings.eagle)
             except EdgeLLMError:

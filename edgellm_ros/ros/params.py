@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig, EagleLimits,
-                              EngineConfig, GenerationRequest, Range, SamplingConfig, check_ranges,
-                              parse_adapter_spec, range_of, ranged)
+                              EngineConfig, GenerationRequest, Range, RemoteConfig, SamplingConfig,
+                              SCHEMA_FORMATS, check_ranges, parse_adapter_spec, range_of, ranged)
 from ..errors import ConfigError
 from ..runtime.resources import share_dir
 from .roots import DEFAULT as DEFAULT_ROOTS
@@ -134,6 +134,8 @@ LIMIT_TEXT = {
     "image_bytes": "largest inline image, bytes of its data",
     "constraint_bytes": "largest json_schema or grammar, in UTF-8 bytes",
 }
+
+_REMOTE = RemoteConfig()
 #: The shipped demo adapter of the embedded model (adapters/radiology).
 DEMO_ADAPTER = "radiology:adapters/radiology"
 
@@ -155,7 +157,7 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               configure_time=True),
     ParamSpec("backend", _ENGINE.backend,
               "inference backend: auto (TensorRT when usable, else ONNX Runtime), "
-              "onnxruntime or tensorrt",
+              "onnxruntime, tensorrt, or remote (an OpenAI-compatible server answers: remote.*)",
               configure_time=True, constraints="one of: " + ", ".join(BACKENDS)),
     ParamSpec("quantization", _ENGINE.quantization,
               "decoder weights: int4 (block-wise INT4, the GGUF's own blocks where it has "
@@ -249,6 +251,38 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("image_compressed", _NODE.image_compressed,
               "subscribe to image/compressed (sensor_msgs/CompressedImage) too",
               configure_time=True),
+    ParamSpec("remote.url", _REMOTE.url,
+              "backend remote: base URL of the server's OpenAI API, e.g. http://gpu-host:8000/v1 "
+              "(vLLM, trtllm-serve, SGLang, llama.cpp's server)", configure_time=True),
+    ParamSpec("remote.model", _REMOTE.model,
+              "backend remote: the served model name (GET /v1/models); empty = the only one "
+              "the server serves", configure_time=True),
+    ParamSpec("remote.api_key_env", _REMOTE.api_key_env,
+              "backend remote: NAME of the environment variable holding the API key (never "
+              "the key itself); empty = no key", configure_time=True),
+    ParamSpec("remote.timeout_s", _REMOTE.timeout_s,
+              "backend remote: seconds to connect and to wait for each piece of an answer; "
+              "more than 0 (0 itself is refused)", configure_time=True,
+              range=_span(range_of(RemoteConfig, "timeout_s"))),
+    ParamSpec("remote.max_retries", _REMOTE.max_retries,
+              "backend remote: retries (exponential backoff) of a request the server answers "
+              "429/503 or that cannot connect, before the first token only", configure_time=True,
+              range=_span(range_of(RemoteConfig, "max_retries"))),
+    ParamSpec("remote.lora_models", [""],
+              "backend remote: LoRA adapters the server serves as model names, "
+              "'name:served_model' (vLLM --lora-modules); '' entries are ignored; lora picks one",
+              configure_time=True),
+    ParamSpec("remote.image_max_side", _REMOTE.image_max_side,
+              "backend remote: longest side in pixels of an image sent (JPEG data URL)",
+              configure_time=True, range=_span(range_of(RemoteConfig, "image_max_side"))),
+    ParamSpec("remote.grammar_field", _REMOTE.grammar_field,
+              "backend remote: request field that carries a grammar (grammar: llama.cpp's "
+              "server; structured_outputs.grammar: vLLM); empty = grammars are refused",
+              configure_time=True),
+    ParamSpec("remote.schema_format", _REMOTE.schema_format,
+              "backend remote: how response_format carries json_schema: json_schema (OpenAI's: "
+              "vLLM, SGLang, trtllm-serve, llama-server) or json_object (llama-cpp-python's server)",
+              configure_time=True, constraints="one of: " + ", ".join(SCHEMA_FORMATS)),
     ParamSpec("max_image_age", _NODE.max_image_age,
               "seconds after which the latest camera frame is too old for use_image (by its "
               "stamp and by when it arrived)",
@@ -289,9 +323,12 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         if not ok:
             raise ConfigError(f"{name} must be of type {want.__name__}, got {value!r}")
     max_seq_len = v["max_seq_len"]
+    remote = v["backend"] == "remote"
+    if remote:
+        _refuse_local_only(v)
     # EngineConfig checks each entry and that lora names one of them
     adapters = tuple(a for a in v["lora_adapters"]
-                     if a and not (v["model"] and a == DEMO_ADAPTER))
+                     if a and not ((v["model"] or remote) and a == DEMO_ADAPTER))
     engine = EngineConfig(
         model=v["model"], engine_dir=v["engine_dir"], backend=v["backend"],
         quantization=v["quantization"], int4_compute=v["int4_compute"], fused_ops=v["fused_ops"],
@@ -301,7 +338,13 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"],
         lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
         lora=v["lora"], eagle_draft=v["eagle.draft"], split_images=v["split_images"],
-        eagle_limits=EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"]))
+        eagle_limits=EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"]),
+        remote=RemoteConfig(
+            url=v["remote.url"], model=v["remote.model"], api_key_env=v["remote.api_key_env"],
+            timeout_s=float(v["remote.timeout_s"]), max_retries=v["remote.max_retries"],
+            lora_models=tuple(s for s in v["remote.lora_models"] if s),
+            image_max_side=v["remote.image_max_side"], grammar_field=v["remote.grammar_field"],
+            schema_format=v["remote.schema_format"]))
     _check_paths(v, adapters)
     eagle = EagleConfig(v["eagle.enabled"], v["eagle.drafting_top_k"], v["eagle.drafting_step"],
                         v["eagle.verify_tree_size"], float(v["eagle.confidence_threshold"]))
@@ -320,3 +363,17 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
     return NodeSettings(engine=engine, defaults=defaults, lora=v["lora"], eagle=eagle,
                         max_image_age=float(v["max_image_age"]),
                         image_compressed=v["image_compressed"])
+
+
+def _refuse_local_only(v: Mapping[str, Any]) -> None:
+    """Backend remote: EAGLE parameters and local adapters are refused unless left at their defaults."""
+    for name in sorted(v):
+        if name.startswith("eagle.") and v[name] != DEFAULTS[name]:
+            raise ConfigError(f"{name}: backend remote runs no local EAGLE draft (the server does its "
+                              "own speculative decoding); leave the eagle.* parameters at their "
+                              f"defaults, got {v[name]!r}")
+    local = [a for a in v["lora_adapters"] if a and a != DEMO_ADAPTER]
+    if local:
+        raise ConfigError(f"lora_adapters: backend remote loads no local adapter (got {local[0]!r}); "
+                          "name the server's adapter models in remote.lora_models as "
+                          "'name:served_model'")

@@ -64,7 +64,7 @@ def fill_status(msg: Any, state: str, engine: Any, queue_depth: int, queue_size:
         msg.kv_rows_in_use = counters.kv_rows
     if engine is None:
         return msg
-    msg.model = engine.config.model or "(embedded default)"
+    msg.model = engine.model_label
     msg.backend = engine.backend
     msg.vision = engine.vision is not None
     msg.lora = engine.adapter

@@ -15,7 +15,7 @@ import threading
 from typing import Any, Callable, List, Optional, Tuple
 
 from ..msg import Token
-from ..runtime.generation import GenerationResult, TokenEvent
+from ..runtime.generation import FLUSH_ID, GenerationResult, TokenEvent
 
 Outcome = Tuple[Optional[GenerationResult], Optional[BaseException]]
 
@@ -60,7 +60,7 @@ class TokenStream:
 
     def on_token(self, event: TokenEvent) -> None:
         with self._lock:
-            if event.token_id >= 0:
+            if event.token_id != FLUSH_ID:
                 self._generated += 1
             self._streamed.append(event.text)
             self._send(event.text)

@@ -17,12 +17,13 @@ import numbers
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Optional, Tuple, Type, Union, cast
+from typing import Any, Dict, Optional, Tuple, Type, Union, cast
 
 from ..contract import QUANTIZATIONS
 from ..errors import ConfigError, InvalidRequest
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+#: "remote": an OpenAI-compatible server answers (RemoteConfig); no local model is loaded.
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "remote")
 #: What ONNX Runtime's INT4 kernels compute in: int8 activations per block
 #: (accuracy level 4, fastest) or float32 (accuracy level 1, exact products).
 INT4_COMPUTE = ("int8", "float32")
@@ -85,15 +86,20 @@ def check_adapter_name(name: str) -> str:
     return name
 
 
+def split_named(spec: str, listing: str, what: str) -> Tuple[str, str]:
+    """'name:what' -> (adapter name, what), split at the first ':'; ConfigError naming ``listing``."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"{listing} entries must be strings, got {spec!r}")
+    name, sep, value = spec.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise ConfigError(f"{listing} entry {spec!r} is not 'name:{what}'")
+    return check_adapter_name(name), value
+
+
 def parse_adapter_spec(spec: str, base_dir: str = "") -> Tuple[str, str]:
     """'name:path' -> (name, absolute path); relative paths resolve against base_dir."""
-    if not isinstance(spec, str):
-        raise ConfigError(f"lora_adapters entries must be strings, got {spec!r}")
-    name, sep, path = spec.partition(":")
-    name, path = name.strip(), path.strip()
-    if not sep or not name or not path:
-        raise ConfigError(f"lora_adapters entry {spec!r} is not 'name:path'")
-    check_adapter_name(name)
+    name, path = split_named(spec, "lora_adapters", "path")
     path = os.path.expanduser(path)
     if not os.path.isabs(path) and base_dir:
         path = os.path.join(base_dir, path)
@@ -159,6 +165,67 @@ class EagleConfig:
         return math.log(self.confidence_threshold) if self.confidence_threshold > 0 else -math.inf
 
 
+#: What remote.api_key_env may be: the name of an environment variable (never the key).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: How response_format carries a JSON schema: OpenAI's json_schema (vLLM, SGLang, trtllm-serve,
+#: llama.cpp's llama-server) or json_object with a "schema" key (llama-cpp-python's server).
+SCHEMA_FORMATS = ("json_schema", "json_object")
+#: A request-body field name, dots for nesting ("structured_outputs.grammar").
+FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where the OpenAI-compatible server is and how the node talks to it."""
+
+    # Base URL of the server's OpenAI API, e.g. "http://gpu-host:8000/v1" ("" = none given).
+    url: str = ""
+    # Model name the server serves (its /v1/models id); "" = the only model it serves.
+    model: str = ""
+    # Name of the environment variable holding the API key ("" = no key); never the key.
+    api_key_env: str = ""
+    # Seconds to connect, and to wait for the first and for each further piece of an answer.
+    timeout_s: float = ranged(60.0, 0.001, 3600.0)
+    # Retries of a request the server refuses with 429 or 503 (or cannot be reached),
+    # with exponential backoff, before the first token only.
+    max_retries: int = ranged(2, 0, 10)
+    # LoRA adapters the server serves as model names (vLLM's --lora-modules), "name:served_model".
+    lora_models: Tuple[str, ...] = ()
+    # Longest side of an image sent to the server (a JPEG data URL); larger ones are shrunk.
+    image_max_side: int = ranged(1024, 16, 8192)
+    # Request-body field that carries a grammar ("grammar": llama.cpp's server;
+    # "structured_outputs.grammar": vLLM); "" = the server takes none (refused).
+    grammar_field: str = "grammar"
+    # response_format of json_schema: "json_schema" ({"type": "json_schema", "json_schema":
+    # {"schema": ...}}, OpenAI's) or "json_object" ({"type": "json_object", "schema": ...}).
+    schema_format: str = "json_schema"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, ConfigError, "remote.")
+        if self.schema_format not in SCHEMA_FORMATS:
+            raise ConfigError(f"remote.schema_format must be one of {SCHEMA_FORMATS}, "
+                              f"got {self.schema_format!r}")
+        object.__setattr__(self, "lora_models", tuple(self.lora_models))
+        if self.url and not re.match(r"https?://[^/\s]+", self.url):
+            raise ConfigError(f"remote.url must be an http:// or https:// URL, got {self.url!r}")
+        if self.api_key_env and not ENV_NAME.fullmatch(self.api_key_env):
+            raise ConfigError("remote.api_key_env must be the NAME of an environment variable "
+                              "holding the key (letters, digits, '_'); the value given is not one "
+                              f"({len(self.api_key_env)} characters, not shown: it may be a key)")
+        if self.grammar_field and not FIELD_PATH.fullmatch(self.grammar_field):
+            raise ConfigError(f"remote.grammar_field must be a field name (dots for nesting), "
+                              f"got {self.grammar_field!r}")
+        names = [split_named(s, "remote.lora_models", "served_model")[0] for s in self.lora_models]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"remote.lora_models: adapter name {name!r} is used twice")
+
+    @property
+    def served_adapters(self) -> Dict[str, str]:
+        """Adapter name -> the model name the server serves it as."""
+        return dict(split_named(s, "remote.lora_models", "served_model") for s in self.lora_models)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """What to load and how much memory to reserve; fixed at configure."""
@@ -169,7 +236,8 @@ class EngineConfig:
     # Folder of the exported engine (ONNX, manifest, tokenizer);
     # "" = a folder under the user cache keyed by the model's hash.
     engine_dir: str = ""
-    # "auto" picks TensorRT when importable with a GPU, else ONNX Runtime.
+    # "auto" picks TensorRT when importable with a GPU, else ONNX Runtime; "remote"
+    # hands generation to an OpenAI-compatible server (``remote``), no local model.
     backend: str = "auto"
     # Rows of the KV cache, prompt and answer together.
     max_seq_len: int = ranged(2048, 16, 131072)
@@ -208,6 +276,8 @@ class EngineConfig:
     # Vision models: split large images into tiles as the model's processor does
     # (True) or encode one resized tile per image (False: ~15x less work per frame).
     split_images: bool = False
+    # backend "remote": the server that answers (the fields above it ignores, but lora).
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -222,17 +292,23 @@ class EngineConfig:
         if self.int4_compute not in INT4_COMPUTE:
             raise ConfigError(f"int4_compute must be one of {INT4_COMPUTE}, got {self.int4_compute!r}")
         object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
-        names = self.adapter_names
+        names = tuple(parse_adapter_spec(spec)[0] for spec in self.lora_adapters)
         for name in names:
             if names.count(name) > 1:
                 raise ConfigError(f"adapter name {name!r} is used twice")
-        if self.lora and self.lora not in names:
-            raise ConfigError(f"unknown LoRA adapter {self.lora!r}; lora_adapters names: "
-                              f"{', '.join(names) or 'none'}")
+        if self.backend == "remote" and not self.remote.url:
+            raise ConfigError("backend remote needs remote.url, the server's OpenAI API "
+                              "(e.g. http://gpu-host:8000/v1)")
+        if self.lora and self.lora not in self.adapter_names:
+            listing = "remote.lora_models" if self.backend == "remote" else "lora_adapters"
+            raise ConfigError(f"unknown LoRA adapter {self.lora!r}; {listing} names: "
+                              f"{', '.join(self.adapter_names) or 'none'}")
 
     @property
     def adapter_names(self) -> Tuple[str, ...]:
-        """The names of lora_adapters, in order (each entry's format checked)."""
+        """The adapters' names, in order: lora_adapters' (remote.lora_models' with backend remote)."""
+        if self.backend == "remote":
+            return tuple(self.remote.served_adapters)
         return tuple(parse_adapter_spec(spec)[0] for spec in self.lora_adapters)
 
 

@@ -228,6 +228,11 @@ class Engine:
             log("text-only model: requests with images are refused")
         return cls(config, art.folder, mcfg, tokenizer, decoder, backend.name, registry, drafter, vision)
 
+    @property
+    def model_label(self) -> str:
+        """What ~/status shows as the model."""
+        return self.config.model or "(embedded default)"
+
     def attach_drafter(self, drafter: Optional[Drafter]) -> None:
         """Run the next requests with this EAGLE draft (None: without one)."""
         assert self.decoder is not None, "the engine is closed"
@@ -315,3 +320,15 @@ class Engine:
             close_tokenizer()
         self.decoder = None
         self.generator = None  # type: ignore[assignment]
+
+
+def open_engine(config: EngineConfig, log: Log = print) -> Any:
+    """The engine ``config`` asks for: an Engine, or a RemoteEngine for backend "remote".
+
+    Both answer ``generate(request, on_token, cancel)`` and have the adapter and EAGLE
+    setters the node uses; the remote one loads no local model (runtime/remote.py).
+    """
+    if config.backend == "remote":
+        from .remote import RemoteEngine
+        return RemoteEngine.load(config, log)
+    return Engine.load(config, log)

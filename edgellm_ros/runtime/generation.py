@@ -43,6 +43,8 @@ FINISH_STOP_STRING = "stop_string"  # one of the request's stop strings
 FINISH_LENGTH = "length"            # max_new_tokens reached
 FINISH_CONTEXT = "context_full"     # the KV cache (max_seq_len) is full
 FINISH_CANCELLED = "cancelled"      # cancel event set from another thread
+FLUSH_ID = -1       # TokenEvent.token_id of a final text-only flush (no token)
+PIECE_ID = -2       # TokenEvent.token_id of a remote server's piece (one token, id unknown)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class TokenEvent:
     """One streamed piece of the answer."""
 
     index: int      # 0, 1, 2... contiguous over the request
-    token_id: int   # the generated token; -1 for a final text-only flush
+    token_id: int   # the generated token; FLUSH_ID for a final text-only flush, PIECE_ID for
+    #                 one piece of a remote server's stream (a token whose id is not known)
     text: str       # new text (may be "" while a character is incomplete)
 
 
@@ -70,7 +73,7 @@ class GenerationResult:
     eagle: Optional[SpecStats] = None  # speculative decoding counters (EAGLE on)
 
 
-class _StopMatcher:
+class StopMatcher:
     """Finds stop strings in streamed text and holds back possible beginnings."""
 
     def __init__(self, stops: Sequence[str]):
@@ -317,7 +320,7 @@ class Generator:
         # a constraint allows end tokens only where the answer is complete: they end it even
         # with ignore_eos
         stop_ids = frozenset() if req.ignore_eos and constraint is None else self.tok.stop_ids
-        stops = _StopMatcher(req.stop)
+        stops = StopMatcher(req.stop)
         stream = self.tok.stream()
         text = ""
         emitted = 0
