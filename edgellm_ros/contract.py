@@ -164,6 +164,9 @@ class DecoderStep(GraphStep, Protocol):
     def set_fast_head(self, fast: bool) -> None:
         """Use the two-pass LM head for the next steps (no-op without one)."""
 
+    def set_row_padding(self, on: bool) -> None:
+        """Run one-token steps as two rows, so a token's row gets the bits a many-row step gives it."""
+
 
 @runtime_checkable
 class DraftStep(GraphStep, Protocol):

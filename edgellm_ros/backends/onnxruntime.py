@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..contract import (HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT, AdapterWeights,
+from ..contract import (HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT, MASK_VALUE, AdapterWeights,
                         ArrayFunction, DecoderStep, DraftStep, LoraSlots, Log, lora_input_names, module_shapes)
 from ..errors import BackendError, BackendUnavailable, ModelLoadError
 from ..models.spec import ModelConfig
@@ -82,15 +82,20 @@ class _BoundStep:
         self.max_seq_len = max_seq_len
         self.max_chunk = max_chunk
         self.onnx_path = onnx_path
+        #: one-token steps run as two rows (set_row_padding): ONNX Runtime's kernels have
+        #: one-row paths whose rounding differs from their many-row paths
+        self.row_padding = False
         self.session = make_session(onnx_path, num_threads, spin, int4_compute)
         self.embeddings = embeddings                                         # [V, H]
         past_shape = {i.name: i.shape for i in self.session.get_inputs()}[self.kv_names(0)[0]]
         # fused graph (GroupQueryAttention): head-major buffers bound whole, once
         self.fused = isinstance(past_shape[2], str)
-        self.kv = KVCache(layers, max_seq_len, kv_heads, head_dim, head_major=self.fused)
+        # one spare row: the padding row of a one-token step at P = max_seq_len - 1
+        self.kv = KVCache(layers, max_seq_len + 1, kv_heads, head_dim, head_major=self.fused)
+        max_chunk = max(max_chunk, 2)
         self._embeds = np.zeros((max_chunk, hidden_size), np.float32)        # [T, H]
         self._pos = np.zeros(max_chunk, np.int64)                             # [T]
-        self._mask = np.zeros(max_chunk * max_seq_len, np.float32)            # [T * S]
+        self._mask = np.zeros(max_chunk * (max_seq_len + 1), np.float32)      # [T * S]
         self._lidx = np.zeros(max_chunk, np.int64)                            # [L]
         self._logits = np.zeros((max_chunk, vocab), np.float32)               # [L, V']
         feat = {o.name: o.shape for o in self.session.get_outputs()}[self.hidden_output][-1]
@@ -153,6 +158,22 @@ class _BoundStep:
         """Whether this graph has the two-pass LM head (export.lm_head.head_modes)."""
         return self._head_rows is not None
 
+    def set_row_padding(self, on: bool) -> None:
+        """Run one-token steps as two rows from now on (on), or as one row.
+
+        ONNX Runtime's CPU kernels take special one-row paths (MLAS: the 4-bit
+        MatMulNBits int8-compute kernel for blocks of 32 and more, the sgemm of
+        GroupQueryAttention's probabilities x V) whose float rounding differs
+        from their many-row paths, while a row of a many-row step gets the same
+        bits whatever the row count. With int8 activations such one-ulp
+        differences flip roundings and grow to ~1 logit, so a step of T rows
+        (EAGLE's verification) and T one-token steps part at near-ties. Padded,
+        a one-token step runs the token and a copy of it (causal: row 0 never
+        sees the copy, whose KV row at P+1 the next step overwrites) and reads
+        row 0's logits: bit for bit what a T-row step gives that token's row.
+        """
+        self.row_padding = bool(on)
+
     def set_fast_head(self, fast: bool) -> None:
         """The next steps' LM head: two-pass or whole.
 
@@ -207,10 +228,28 @@ class _BoundStep:
                 self._embeds[0] = self.embeddings[token_ids[0]]
             else:
                 np.take(self.embeddings, token_ids, axis=0, out=self._embeds[:t])
+        if t == 1 and self.row_padding:
+            return self._padded_step(p, positions, mask)
         n_logits = fill_step(self._pos, self._mask, self._lidx, self._tri, p, t, positions, mask,
                              logits_rows)
         self._run(p, t, n_logits)
         return self._logits[:n_logits]
+
+    def _padded_step(self, p: int, positions: Optional[np.ndarray], mask: Optional[np.ndarray]
+                     ) -> np.ndarray:
+        """The one-token step as two rows: the token and its copy (see set_row_padding)."""
+        self._embeds[1] = self._embeds[0]
+        if positions is not None:
+            positions = np.array([positions[0], positions[0] + 1])
+        if mask is not None:     # the token's row as given, the copy's row sees it too
+            wide = np.zeros((2, p + 2), np.float32)
+            wide[:, :p + 1] = mask[0]
+            wide[0, p + 1] = MASK_VALUE
+            mask = wide
+        fill_step(self._pos, self._mask, self._lidx, self._tri, p, 2, positions, mask, "last")
+        self._lidx[0] = 0        # row 0's logits: one row, as the unpadded step returns
+        self._run(p, 2, 1)
+        return self._logits[:1]
 
     def _bind_extra(self, t: int) -> None:
         """Subclasses bind their own extra inputs here."""

@@ -222,8 +222,16 @@ class Engine:
         return cls(config, art.folder, mcfg, tokenizer, decoder, backend.name, registry, drafter, vision)
 
     def attach_drafter(self, drafter: Optional[Drafter]) -> None:
-        """Run the next requests with this EAGLE draft (None: without one)."""
+        """Run the next requests with this EAGLE draft (None: without one).
+
+        With a draft, one-token steps run padded to two rows
+        (DecoderStep.set_row_padding), so that greedy EAGLE's verify rows and
+        plain decoding's steps compute each token bit for bit alike and
+        eagle.enabled never changes a greedy answer (docs/EAGLE.md: the cause
+        and the cost).
+        """
         assert self.decoder is not None, "the engine is closed"
+        self.decoder.set_row_padding(drafter is not None)
         self.drafter = drafter
         self.generator = Generator(self.decoder, self.tokenizer, self.prompt_cache,
                                    drafter=drafter, vision=self.vision)
