@@ -251,7 +251,7 @@ class Generator:
         d_logits, d_hidden = drafter.catch_up(
             drafter.done, ids[drafter.done + 1:] + [root], self._feats[drafter.done:P])
         yield from speculative_tokens(self.decoder, drafter, ec, root, P, d_logits, d_hidden,
-                                      accept, stats)
+                                      accept, stats, chain=sampling.greedy)
 
     def _generate(self, req: GenerationRequest, on_token: Optional[Callable[[TokenEvent], None]],
                   cancel: Optional[threading.Event], adapter: str, ec: EagleConfig,
