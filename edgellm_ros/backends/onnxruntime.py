@@ -254,6 +254,10 @@ class _BoundStep:
     def _bind_extra(self, t: int) -> None:
         """Subclasses bind their own extra inputs here."""
 
+    def _hidden_binding(self) -> Tuple[int, int]:
+        """(width, address) of the hidden output's buffer."""
+        return self.feature_size, self._addr["_hidden"]
+
     def _run(self, p: int, t: int, n_logits: int) -> None:
         a, dev = self._addr, self._cpu
         b = self._binding._iobinding
@@ -267,7 +271,8 @@ class _BoundStep:
             b.bind_input("position_ids", dev, i64, (1, t), a["_pos"])
             b.bind_input("logits_index", dev, i64, (n_logits,), a["_lidx"])
             b.bind_output("logits", dev, f32, (n_logits, vocab), a["_logits"])
-            b.bind_output(self.hidden_output, dev, f32, (1, t, self.feature_size), a["_hidden"])
+            width, addr = self._hidden_binding()
+            b.bind_output(self.hidden_output, dev, f32, (1, t, width), addr)
             self._bind_extra(t)
             self._bound[id(b)] = (t, n_logits)
         if not self.fused:
@@ -296,15 +301,35 @@ class _BoundStep:
 
 
 class OrtDecoder(_BoundStep):
-    """The base model's decoder graph, with optional LoRA slots."""
+    """The base model's decoder graph, with optional LoRA slots.
+
+    plain_path: the plain variant of the same family (no LoRA slots, no
+    EAGLE features), opened as a second session on the same KV cache and
+    input buffers, its binding made once. It runs the steps while no adapter
+    is selected and no features are wanted (set_features): the LoRA graph
+    with zero adapters gives the same bits (x @ W + 0), at the cost of its
+    630 extra small kernels a step, and the features graph its Concat.
+    """
 
     def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
                  max_seq_len: int, max_chunk: int, num_threads: int = 0,
-                 lora_slots: Sequence[Tuple[int, str]] = (), int4_compute: str = "int8"):
+                 lora_slots: Sequence[Tuple[int, str]] = (), int4_compute: str = "int8",
+                 plain_path: str = ""):
         c = self.config = config
         super().__init__(onnx_path, c.hidden_size, c.vocab_size, c.num_layers, c.num_kv_heads,
                          c.head_dim, embeddings, max_seq_len, max_chunk, num_threads,
                          int4_compute=int4_compute)
+        self._main = (self._binding, self._c_run)
+        self._plain: Optional[Tuple[Any, Any]] = None
+        self._plain_session: Any = None
+        self.features = True            # whether the next steps must output hidden_states (F)
+        self.prefer_plain = True        # False: the main session always (benchmarks, tests)
+        if plain_path:
+            self._plain_session = make_session(plain_path, num_threads, True, int4_compute)
+            self._hidden_plain = np.zeros((self._hidden.shape[0], c.hidden_size), np.float32)  # [T, H]
+            binding = self._plain_session.io_binding()
+            self._bind_static(binding)
+            self._plain = (binding, self._plain_session._sess.run_with_iobinding)
         # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
         self.lora_slots = list(lora_slots)
         self._lora_tables: Dict[str, Tuple[Any, list]] = {}
@@ -313,6 +338,36 @@ class OrtDecoder(_BoundStep):
         if self.lora_slots:
             self.add_adapter("", {})
             self.set_adapter("")
+        self._select()
+
+    # -- the session of the next steps -----------------------------------------------
+    @property
+    def runs_plain(self) -> bool:
+        """Whether the next steps run the plain session (no adapter, no features)."""
+        return self._plain is not None and self.prefer_plain and not self.features and not self.active_adapter
+
+    def set_features(self, on: bool) -> None:
+        """Whether the next steps must output the EAGLE features (EAGLE on); no rebinding."""
+        self.features = bool(on)
+        self._select()
+
+    def _select(self) -> None:
+        if self.runs_plain:
+            assert self._plain is not None
+            self._binding, self._c_run = self._plain
+        elif self.lora_slots:
+            self._binding, self._c_run = self._lora_tables[self.active_adapter or ""][0], self._main[1]
+        else:
+            self._binding, self._c_run = self._main
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """[max_chunk, F] hidden output of the last step ([max_chunk, H] from the plain session)."""
+        return self._hidden_plain if self.runs_plain else self._hidden
+
+    def _hidden_binding(self) -> Tuple[int, int]:
+        return (self.config.hidden_size, self._hidden_plain.ctypes.data) if self.runs_plain else \
+            (self.feature_size, self._addr["_hidden"])
 
     # -- LoRA ----------------------------------------------------------------------
     def add_adapter(self, name: str, weights: AdapterWeights) -> None:
@@ -340,15 +395,20 @@ class OrtDecoder(_BoundStep):
         self._lora_tables[name] = (binding, keep)
 
     def set_adapter(self, name: str) -> None:
-        """Run the next steps with the adapter's binding (no copy, no rebinding)."""
+        """Run the next steps with the adapter's binding (no copy, no rebinding).
+
+        "" runs the plain session when there is one and no features are wanted.
+        """
         if name not in self._lora_tables:
             raise BackendError(f"adapter {name!r} was not prepared for this decoder")
-        self._binding = self._lora_tables[name][0]
         self.active_adapter = name
+        self._select()
 
     def close(self) -> None:
         if self._lora_tables:
             self._lora_tables.clear()
+        self._plain = self._main = None  # type: ignore[assignment]
+        self._plain_session = None
         super().close()
 
 
@@ -413,10 +473,11 @@ class OrtBackend:
         self.num_threads, self.int4_compute, self.log = num_threads, int4_compute, log
 
     def open_decoder(self, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
-                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int
-                     ) -> DecoderStep:
+                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int,
+                     plain_graph: str = "") -> DecoderStep:
         return OrtDecoder(os.path.join(folder, graph + ".onnx"), config, embeddings, max_seq_len, max_chunk,
-                          self.num_threads, lora_slots=lora_slots, int4_compute=self.int4_compute)
+                          self.num_threads, lora_slots=lora_slots, int4_compute=self.int4_compute,
+                          plain_path=os.path.join(folder, plain_graph + ".onnx") if plain_graph else "")
 
     def open_draft(self, folder: str, draft_sub: str, draft_cfg: Any, vocab: int, embeddings: np.ndarray,
                    max_seq_len: int, max_chunk: int, decoder: Optional[DecoderStep] = None

@@ -257,8 +257,11 @@ class Generator:
                   cancel: Optional[threading.Event], adapter: str, ec: EagleConfig,
                   constraint: Optional[Constraint]) -> GenerationResult:
         t0 = time.perf_counter()
+        use_eagle = bool(ec.enabled and self.drafter is not None)
         if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
+        # no adapter and EAGLE off: the plain session, where the backend has one
+        self.decoder.set_features(use_eagle)
         ids, cuts = self.build_prompt(req)
         # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly.
         # Not with a constraint: the mask may remove every exact candidate, and the argmax over
@@ -268,7 +271,6 @@ class Generator:
         if len(ids) >= limit:
             raise ContextFull(
                 f"prompt is {len(ids)} tokens; max_seq_len={limit} leaves no room for an answer")
-        use_eagle = bool(ec.enabled and self.drafter is not None)
         stats = SpecStats()
         # a constraint allows end tokens only where the answer is complete: they end it even
         # with ignore_eos

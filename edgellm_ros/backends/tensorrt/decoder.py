@@ -308,6 +308,9 @@ class TrtDecoder:
     def set_fast_head(self, fast: bool) -> None:
         """No two-pass LM head here: every logit is exact already."""
 
+    def set_features(self, on: bool) -> None:
+        """Nothing to choose: TensorRT runs the one engine it built."""
+
     def set_row_padding(self, on: bool) -> None:
         """Not applied: which TensorRT tactics round a one-row step differently is not known here."""
 
