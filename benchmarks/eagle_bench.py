@@ -5,8 +5,11 @@
 
 Prompts: the held-out ("eval") prompts of tools/data/eagle_prompts.jsonl.
 Greedy decoding, so every setting produces the same tokens as EAGLE off
-(checked here too; with int8 compute the verify rows round differently, see
-the README). Prints one JSON object: the baseline and one row per
+(checked here too: ``identical_to_plain_greedy``). With a draft loaded the
+engine runs one-token steps padded to two rows (what makes greedy EAGLE
+exact, docs/EAGLE.md); ``unpadded_decode_tokens_per_s`` is EAGLE off with
+one-row steps, in the same rounds, and ``padded_over_unpadded`` the padded
+baseline's tokens/s over it. Prints one JSON object: the baseline and one row per
 (drafting_top_k, drafting_step, verify_tree_size[, confidence_threshold]; 0
 when not given), like TensorRT-Edge-LLM's sweep. Mean acceptance length = tokens committed per verify step, bonus
 token included.
@@ -19,6 +22,8 @@ import json
 import os
 import statistics
 import time
+
+from cpu_bench import machine
 
 from edgellm_ros.runtime.config import EngineConfig, GenerationRequest
 from edgellm_ros.runtime.engine import Engine
@@ -74,17 +79,19 @@ def main() -> None:
                     "tokens/s are medians over the passes")
     a = ap.parse_args()
     grid = [parse_setting(g) for g in a.grid.split("/")] if a.grid else GRID
+    info = machine()
     eng = Engine.load(EngineConfig(eagle_draft=a.draft, max_seq_len=1024, num_threads=a.threads,
                                    quantization=a.quantization), log=lambda m: None)
     prompts = load_prompts(a.prompts)
     t0 = time.perf_counter()
-    settings = [None] + grid               # None: EAGLE off
+    settings = [None, "unpadded"] + grid   # None: EAGLE off; "unpadded": and one-row steps
     tps: dict = {s: [] for s in settings}
     outs, stats = {}, {}
     for r in range(max(a.rounds, 1)):
         shift = r % len(settings)
         for setting in settings[shift:] + settings[:shift]:
-            eng.set_eagle(EagleConfig(True, *setting) if setting else EagleConfig(False))
+            eng.set_eagle(EagleConfig(True, *setting) if isinstance(setting, tuple) else EagleConfig(False))
+            eng.decoder.set_row_padding(setting != "unpadded")
             out, speed, st = run(eng, prompts, a.max_new_tokens)
             tps[setting].append(speed)
             outs.setdefault(setting, out)
@@ -98,9 +105,12 @@ def main() -> None:
                      "decode_tokens_per_s": round(speed, 1), "speedup": round(speed / base_tps, 3),
                      **stats[setting].as_dict(), "identical_to_plain_greedy": outs[setting] == outs[None]})
     eng.close()
-    print(json.dumps({"prompts": len(prompts), "max_new_tokens": a.max_new_tokens,
+    print(json.dumps({"machine": info, "prompts": len(prompts), "max_new_tokens": a.max_new_tokens,
                       "quantization": a.quantization, "rounds": max(a.rounds, 1),
-                      "baseline_decode_tokens_per_s": round(base_tps, 1), "sweep": rows,
+                      "baseline_decode_tokens_per_s": round(base_tps, 1),
+                      "unpadded_decode_tokens_per_s": round(statistics.median(tps["unpadded"]), 1),
+                      "padded_over_unpadded": round(base_tps / statistics.median(tps["unpadded"]), 3),
+                      "unpadded_identical_to_padded": outs["unpadded"] == outs[None], "sweep": rows,
                       "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
 
 

@@ -164,6 +164,12 @@ class DecoderStep(GraphStep, Protocol):
     def set_fast_head(self, fast: bool) -> None:
         """Use the two-pass LM head for the next steps (no-op without one)."""
 
+    def set_features(self, on: bool) -> None:
+        """Whether the next steps must output the EAGLE features (``hidden`` [T, F])."""
+
+    def set_row_padding(self, on: bool) -> None:
+        """Run one-token steps as two rows, so a token's row gets the bits a many-row step gives it."""
+
 
 @runtime_checkable
 class DraftStep(GraphStep, Protocol):
@@ -198,9 +204,13 @@ class Backend(Protocol):
     name: str       # "onnxruntime" or "tensorrt"
 
     def open_decoder(self, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
-                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int
-                     ) -> DecoderStep:
-        """The decoder graph ``graph`` of the engine folder, its KV cache allocated."""
+                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int,
+                     plain_graph: str = "") -> DecoderStep:
+        """The decoder graph ``graph`` of the engine folder, its KV cache allocated.
+
+        plain_graph: the family's plain variant (no LoRA slots, no features), which
+        a backend may run while no adapter and no features are wanted ("" = none).
+        """
 
     def open_draft(self, folder: str, draft_sub: str, draft_cfg: Any, vocab: int, embeddings: np.ndarray,
                    max_seq_len: int, max_chunk: int, decoder: Optional[DecoderStep] = None

@@ -423,9 +423,8 @@ def test_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw)
     """EAGLE on the fused graph (GroupQueryAttention with the tree as attention_bias,
     head-major compaction; quantized: the two-pass LM head in the verify steps) gives
     plain greedy's tokens; so does it on the plain int4 graph, which int4 + float32
-    compute runs (the fused int4 graph's offsets are rounded to 8 bits). With int4_compute "int8" it
-    need not: ONNX Runtime's MatMulNBits rounds activations differently for one row
-    and for many (see the next test), so verify and decode steps see different logits."""
+    compute runs (the fused int4 graph's offsets are rounded to 8 bits). The int8-compute
+    graphs: test_eagle_greedy_gives_plain_greedys_tokens_on_every_graph.py."""
     from edgellm_ros.runtime.config import GenerationRequest
     from edgellm_ros.runtime.speculative import EagleConfig
     eng = _load(**kw)
@@ -448,8 +447,9 @@ def test_engine_is_exact_with_eagle_and_the_prompt_cache(default_engine_dir, kw)
 
 
 def test_int8_compute_rounds_one_row_and_many_rows_differently(default_engine_dir):
-    """Why EAGLE is bit-exact only with float32 compute: the same tokens as one chunk
-    and as single steps agree to 1e-3 in float32 compute, not in int8 compute."""
+    """Why an engine with an EAGLE draft pads one-token steps (OrtDecoder.set_row_padding):
+    without a draft (no padding), the same tokens as one chunk and as single steps agree
+    to 1e-3 in float32 compute, not in int8 compute."""
     ids = PROMPT + [504, 3575, 282, 4649, 314]
     diffs = {}
     for compute in ("float32", "int8"):

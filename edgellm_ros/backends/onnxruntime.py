@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..contract import (HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT, AdapterWeights,
+from ..contract import (HEAD_FAST_INPUT, HEAD_FLOAT_INPUT, HEAD_INT8_INPUT, HEAD_ROWS_INPUT, MASK_VALUE, AdapterWeights,
                         ArrayFunction, DecoderStep, DraftStep, LoraSlots, Log, lora_input_names, module_shapes)
 from ..errors import BackendError, BackendUnavailable, ModelLoadError
 from ..models.spec import ModelConfig
@@ -82,15 +82,20 @@ class _BoundStep:
         self.max_seq_len = max_seq_len
         self.max_chunk = max_chunk
         self.onnx_path = onnx_path
+        #: one-token steps run as two rows (set_row_padding): ONNX Runtime's kernels have
+        #: one-row paths whose rounding differs from their many-row paths
+        self.row_padding = False
         self.session = make_session(onnx_path, num_threads, spin, int4_compute)
         self.embeddings = embeddings                                         # [V, H]
         past_shape = {i.name: i.shape for i in self.session.get_inputs()}[self.kv_names(0)[0]]
         # fused graph (GroupQueryAttention): head-major buffers bound whole, once
         self.fused = isinstance(past_shape[2], str)
-        self.kv = KVCache(layers, max_seq_len, kv_heads, head_dim, head_major=self.fused)
+        # one spare row: the padding row of a one-token step at P = max_seq_len - 1
+        self.kv = KVCache(layers, max_seq_len + 1, kv_heads, head_dim, head_major=self.fused)
+        max_chunk = max(max_chunk, 2)
         self._embeds = np.zeros((max_chunk, hidden_size), np.float32)        # [T, H]
         self._pos = np.zeros(max_chunk, np.int64)                             # [T]
-        self._mask = np.zeros(max_chunk * max_seq_len, np.float32)            # [T * S]
+        self._mask = np.zeros(max_chunk * (max_seq_len + 1), np.float32)      # [T * S]
         self._lidx = np.zeros(max_chunk, np.int64)                            # [L]
         self._logits = np.zeros((max_chunk, vocab), np.float32)               # [L, V']
         feat = {o.name: o.shape for o in self.session.get_outputs()}[self.hidden_output][-1]
@@ -153,6 +158,22 @@ class _BoundStep:
         """Whether this graph has the two-pass LM head (export.lm_head.head_modes)."""
         return self._head_rows is not None
 
+    def set_row_padding(self, on: bool) -> None:
+        """Run one-token steps as two rows from now on (on), or as one row.
+
+        ONNX Runtime's CPU kernels take special one-row paths (MLAS: the 4-bit
+        MatMulNBits int8-compute kernel for blocks of 32 and more, the sgemm of
+        GroupQueryAttention's probabilities x V) whose float rounding differs
+        from their many-row paths, while a row of a many-row step gets the same
+        bits whatever the row count. With int8 activations such one-ulp
+        differences flip roundings and grow to ~1 logit, so a step of T rows
+        (EAGLE's verification) and T one-token steps part at near-ties. Padded,
+        a one-token step runs the token and a copy of it (causal: row 0 never
+        sees the copy, whose KV row at P+1 the next step overwrites) and reads
+        row 0's logits: bit for bit what a T-row step gives that token's row.
+        """
+        self.row_padding = bool(on)
+
     def set_fast_head(self, fast: bool) -> None:
         """The next steps' LM head: two-pass or whole.
 
@@ -207,13 +228,35 @@ class _BoundStep:
                 self._embeds[0] = self.embeddings[token_ids[0]]
             else:
                 np.take(self.embeddings, token_ids, axis=0, out=self._embeds[:t])
+        if t == 1 and self.row_padding:
+            return self._padded_step(p, positions, mask)
         n_logits = fill_step(self._pos, self._mask, self._lidx, self._tri, p, t, positions, mask,
                              logits_rows)
         self._run(p, t, n_logits)
         return self._logits[:n_logits]
 
+    def _padded_step(self, p: int, positions: Optional[np.ndarray], mask: Optional[np.ndarray]
+                     ) -> np.ndarray:
+        """The one-token step as two rows: the token and its copy (see set_row_padding)."""
+        self._embeds[1] = self._embeds[0]
+        if positions is not None:
+            positions = np.array([positions[0], positions[0] + 1])
+        if mask is not None:     # the token's row as given, the copy's row sees it too
+            wide = np.zeros((2, p + 2), np.float32)
+            wide[:, :p + 1] = mask[0]
+            wide[0, p + 1] = MASK_VALUE
+            mask = wide
+        fill_step(self._pos, self._mask, self._lidx, self._tri, p, 2, positions, mask, "last")
+        self._lidx[0] = 0        # row 0's logits: one row, as the unpadded step returns
+        self._run(p, 2, 1)
+        return self._logits[:1]
+
     def _bind_extra(self, t: int) -> None:
         """Subclasses bind their own extra inputs here."""
+
+    def _hidden_binding(self) -> Tuple[int, int]:
+        """(width, address) of the hidden output's buffer."""
+        return self.feature_size, self._addr["_hidden"]
 
     def _run(self, p: int, t: int, n_logits: int) -> None:
         a, dev = self._addr, self._cpu
@@ -228,7 +271,8 @@ class _BoundStep:
             b.bind_input("position_ids", dev, i64, (1, t), a["_pos"])
             b.bind_input("logits_index", dev, i64, (n_logits,), a["_lidx"])
             b.bind_output("logits", dev, f32, (n_logits, vocab), a["_logits"])
-            b.bind_output(self.hidden_output, dev, f32, (1, t, self.feature_size), a["_hidden"])
+            width, addr = self._hidden_binding()
+            b.bind_output(self.hidden_output, dev, f32, (1, t, width), addr)
             self._bind_extra(t)
             self._bound[id(b)] = (t, n_logits)
         if not self.fused:
@@ -257,15 +301,35 @@ class _BoundStep:
 
 
 class OrtDecoder(_BoundStep):
-    """The base model's decoder graph, with optional LoRA slots."""
+    """The base model's decoder graph, with optional LoRA slots.
+
+    plain_path: the plain variant of the same family (no LoRA slots, no
+    EAGLE features), opened as a second session on the same KV cache and
+    input buffers, its binding made once. It runs the steps while no adapter
+    is selected and no features are wanted (set_features): the LoRA graph
+    with zero adapters gives the same bits (x @ W + 0), at the cost of its
+    630 extra small kernels a step, and the features graph its Concat.
+    """
 
     def __init__(self, onnx_path: str, config: ModelConfig, embeddings: np.ndarray,
                  max_seq_len: int, max_chunk: int, num_threads: int = 0,
-                 lora_slots: Sequence[Tuple[int, str]] = (), int4_compute: str = "int8"):
+                 lora_slots: Sequence[Tuple[int, str]] = (), int4_compute: str = "int8",
+                 plain_path: str = ""):
         c = self.config = config
         super().__init__(onnx_path, c.hidden_size, c.vocab_size, c.num_layers, c.num_kv_heads,
                          c.head_dim, embeddings, max_seq_len, max_chunk, num_threads,
                          int4_compute=int4_compute)
+        self._main = (self._binding, self._c_run)
+        self._plain: Optional[Tuple[Any, Any]] = None
+        self._plain_session: Any = None
+        self.features = True            # whether the next steps must output hidden_states (F)
+        self.prefer_plain = True        # False: the main session always (benchmarks, tests)
+        if plain_path:
+            self._plain_session = make_session(plain_path, num_threads, True, int4_compute)
+            self._hidden_plain = np.zeros((self._hidden.shape[0], c.hidden_size), np.float32)  # [T, H]
+            binding = self._plain_session.io_binding()
+            self._bind_static(binding)
+            self._plain = (binding, self._plain_session._sess.run_with_iobinding)
         # LoRA: one binding table per adapter, built once; "" binds rank-1 zeros
         self.lora_slots = list(lora_slots)
         self._lora_tables: Dict[str, Tuple[Any, list]] = {}
@@ -274,6 +338,36 @@ class OrtDecoder(_BoundStep):
         if self.lora_slots:
             self.add_adapter("", {})
             self.set_adapter("")
+        self._select()
+
+    # -- the session of the next steps -----------------------------------------------
+    @property
+    def runs_plain(self) -> bool:
+        """Whether the next steps run the plain session (no adapter, no features)."""
+        return self._plain is not None and self.prefer_plain and not self.features and not self.active_adapter
+
+    def set_features(self, on: bool) -> None:
+        """Whether the next steps must output the EAGLE features (EAGLE on); no rebinding."""
+        self.features = bool(on)
+        self._select()
+
+    def _select(self) -> None:
+        if self.runs_plain:
+            assert self._plain is not None
+            self._binding, self._c_run = self._plain
+        elif self.lora_slots:
+            self._binding, self._c_run = self._lora_tables[self.active_adapter or ""][0], self._main[1]
+        else:
+            self._binding, self._c_run = self._main
+
+    @property
+    def hidden(self) -> np.ndarray:
+        """[max_chunk, F] hidden output of the last step ([max_chunk, H] from the plain session)."""
+        return self._hidden_plain if self.runs_plain else self._hidden
+
+    def _hidden_binding(self) -> Tuple[int, int]:
+        return (self.config.hidden_size, self._hidden_plain.ctypes.data) if self.runs_plain else \
+            (self.feature_size, self._addr["_hidden"])
 
     # -- LoRA ----------------------------------------------------------------------
     def add_adapter(self, name: str, weights: AdapterWeights) -> None:
@@ -301,15 +395,20 @@ class OrtDecoder(_BoundStep):
         self._lora_tables[name] = (binding, keep)
 
     def set_adapter(self, name: str) -> None:
-        """Run the next steps with the adapter's binding (no copy, no rebinding)."""
+        """Run the next steps with the adapter's binding (no copy, no rebinding).
+
+        "" runs the plain session when there is one and no features are wanted.
+        """
         if name not in self._lora_tables:
             raise BackendError(f"adapter {name!r} was not prepared for this decoder")
-        self._binding = self._lora_tables[name][0]
         self.active_adapter = name
+        self._select()
 
     def close(self) -> None:
         if self._lora_tables:
             self._lora_tables.clear()
+        self._plain = self._main = None  # type: ignore[assignment]
+        self._plain_session = None
         super().close()
 
 
@@ -374,10 +473,11 @@ class OrtBackend:
         self.num_threads, self.int4_compute, self.log = num_threads, int4_compute, log
 
     def open_decoder(self, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
-                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int
-                     ) -> DecoderStep:
+                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int,
+                     plain_graph: str = "") -> DecoderStep:
         return OrtDecoder(os.path.join(folder, graph + ".onnx"), config, embeddings, max_seq_len, max_chunk,
-                          self.num_threads, lora_slots=lora_slots, int4_compute=self.int4_compute)
+                          self.num_threads, lora_slots=lora_slots, int4_compute=self.int4_compute,
+                          plain_path=os.path.join(folder, plain_graph + ".onnx") if plain_graph else "")
 
     def open_draft(self, folder: str, draft_sub: str, draft_cfg: Any, vocab: int, embeddings: np.ndarray,
                    max_seq_len: int, max_chunk: int, decoder: Optional[DecoderStep] = None

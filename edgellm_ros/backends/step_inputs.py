@@ -37,8 +37,9 @@ def fill_step(pos: np.ndarray, mask_flat: np.ndarray, lidx: np.ndarray, tri: np.
     """
     if positions is not None:
         pos[:t] = positions
-    elif t == 1:   # the decode step: no temporary array
+    elif t <= 2:   # the decode step (two rows when padded): no temporary array
         pos[0] = p
+        pos[t - 1] = p + t - 1
     else:
         pos[:t] = np.arange(p, p + t)
     m = mask_flat[:t * (p + t)].reshape(t, p + t)

@@ -83,6 +83,7 @@ class Artifacts:
     model_config: ModelConfig
     embeddings: np.ndarray          # [V, H], memory-mapped
     graph: str                      # the decoder variant to run (engine_dir.graph_name)
+    plain_graph: str                # the family's plain variant when graph is another one, else ""
     draft_dir: str                  # the EAGLE draft's checkpoint folder, "" = none
     draft: Optional[Tuple[Any, Dict[str, np.ndarray]]]   # (DraftConfig, weights) of it
     has_vision: bool                # vision.json: a vision-language model
@@ -125,6 +126,7 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
         manifest = ensure_family(folder, config.quantization, fused, log,
                                  rope_rows=config.max_seq_len + limits.max_expanded)
     graph = graph_name(bool(config.lora_adapters), eagle3, config.quantization, fused)
+    plain = graph_name(False, False, config.quantization, fused)
     entry = manifest["graphs"][graph]
     if fused and config.max_seq_len + limits.max_expanded > entry["rope_rows"]:
         raise ConfigError(f"max_seq_len={config.max_seq_len} (+{limits.max_expanded} EAGLE rows) "
@@ -133,7 +135,8 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
     log(f"decoder graph {graph} ({config.quantization} weights"
         f"{', ' + config.int4_compute + ' compute' if config.quantization != 'none' else ''}"
         f"{', fused ops' if fused else ''})")
-    return Artifacts(folder, manifest, mcfg, embeddings, graph, draft_dir, draft,
+    return Artifacts(folder, manifest, mcfg, embeddings, graph,
+                     plain if plain != graph and plain in manifest["graphs"] else "", draft_dir, draft,
                      os.path.exists(os.path.join(folder, "vision.json")))
 
 
@@ -211,8 +214,10 @@ class Engine:
         chunk = min(config.prefill_chunk, config.max_seq_len)
         mods = art.manifest["graphs"][art.graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
+        # the plain variant runs the steps that need neither an adapter nor EAGLE's features
         decoder = backend.open_decoder(art.folder, art.graph, mcfg, np.asarray(art.embeddings), config.max_seq_len,
-                                       max(chunk, 1 + limits.max_tree), slots, config.max_lora_rank)
+                                       max(chunk, 1 + limits.max_tree), slots, config.max_lora_rank,
+                                       art.plain_graph)
         for ad in registry.adapters.values():
             decoder.add_adapter(ad.name, ad.weights)
         drafter = open_drafter(art, backend, decoder, config, limits, chunk) if art.draft is not None else None
@@ -234,8 +239,16 @@ class Engine:
         return self.config.model or "(embedded default)"
 
     def attach_drafter(self, drafter: Optional[Drafter]) -> None:
-        """Run the next requests with this EAGLE draft (None: without one)."""
+        """Run the next requests with this EAGLE draft (None: without one).
+
+        With a draft, one-token steps run padded to two rows
+        (DecoderStep.set_row_padding), so that greedy EAGLE's verify rows and
+        plain decoding's steps compute each token bit for bit alike and
+        eagle.enabled never changes a greedy answer (docs/EAGLE.md: the cause
+        and the cost).
+        """
         assert self.decoder is not None, "the engine is closed"
+        self.decoder.set_row_padding(drafter is not None)
         self.drafter = drafter
         self.generator = Generator(self.decoder, self.tokenizer, self.prompt_cache,
                                    drafter=drafter, vision=self.vision)

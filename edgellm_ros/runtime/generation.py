@@ -167,6 +167,7 @@ class Generator:
         start = cuts[-2].pos
         if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
+        self.decoder.set_features(False)   # the session the request ran on (EAGLE was off)
         self._image_rows = None       # the answer shows no image
         p = start
         while p < len(ids):
@@ -297,14 +298,17 @@ class Generator:
         d_logits, d_hidden = drafter.catch_up(
             drafter.done, ids[drafter.done + 1:] + [root], self._feats[drafter.done:P])
         yield from speculative_tokens(self.decoder, drafter, ec, root, P, d_logits, d_hidden,
-                                      accept, stats)
+                                      accept, stats, chain=sampling.greedy)
 
     def _generate(self, req: GenerationRequest, on_token: Optional[Callable[[TokenEvent], None]],
                   cancel: Optional[threading.Event], adapter: str, ec: EagleConfig,
                   constraint: Optional[Constraint]) -> GenerationResult:
         t0 = time.perf_counter()
+        use_eagle = bool(ec.enabled and self.drafter is not None)
         if self.decoder.lora_slots:
             self.decoder.set_adapter(adapter)
+        # no adapter and EAGLE off: the plain session, where the backend has one
+        self.decoder.set_features(use_eagle)
         prompt = self._render(req)
         ids, cuts = prompt.ids, prompt.cuts
         # greedy reads only the best logits: the CPU graph's two-pass LM head gives them exactly.
@@ -315,7 +319,6 @@ class Generator:
         if len(ids) >= limit:
             raise ContextFull(
                 f"prompt is {len(ids)} tokens; max_seq_len={limit} leaves no room for an answer")
-        use_eagle = bool(ec.enabled and self.drafter is not None)
         stats = SpecStats()
         # a constraint allows end tokens only where the answer is complete: they end it even
         # with ignore_eos

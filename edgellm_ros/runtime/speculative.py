@@ -95,6 +95,31 @@ class Tree:
         m[:, n_past:] = np.where(vis, 0.0, MASK_VALUE)
         return m
 
+    def best_chain(self) -> "Tree":
+        """The tree's path with the most expected accepted tokens, as a chain.
+
+        A node's value is its path probability under the draft plus its best
+        child's value; the chain follows the best child from the root. Greedy
+        verification keeps only this chain (see speculative_tokens).
+        """
+        n = len(self.tokens)
+        value = np.exp(self.scores.astype(np.float64))
+        best = np.full(n + 1, -1)            # best child of each verify row (0 = root)
+        for j in range(n - 1, -1, -1):       # children come after their parents
+            parent = int(self.parents[j]) + 1
+            if best[parent] < 0 or value[j] > value[best[parent] - 1]:
+                if parent:
+                    value[parent - 1] = np.exp(self.scores[parent - 1]) + value[j]
+                best[parent] = j + 1
+        path = []
+        row = best[0]
+        while row > 0:
+            path.append(row - 1)
+            row = best[row]
+        keep = np.array(path, np.int64)
+        return Tree(tokens=self.tokens[keep], parents=np.arange(len(keep), dtype=np.int64) - 1,
+                    depths=np.arange(1, len(keep) + 1, dtype=np.int64), scores=self.scores[keep])
+
     def children(self) -> List[List[int]]:
         """Children of each verify row (0 = root, j + 1 = node j), best draft score first."""
         kids: List[List[int]] = [[] for _ in range(len(self.tokens) + 1)]
@@ -258,12 +283,22 @@ class Drafter:
 def speculative_tokens(decoder: Any, drafter: Drafter, ec: EagleConfig, root: int, P: int,
                        draft_logits: np.ndarray, draft_hidden: np.ndarray,
                        accept: Callable[[Tree, np.ndarray], Tuple[List[int], int]],
-                       stats: SpecStats) -> Iterator[int]:
+                       stats: SpecStats, chain: bool = False) -> Iterator[int]:
     """Yield committed tokens after ``root`` round by round, until the context is full.
 
     On entry the base cache holds P rows, the draft cache P rows (the last
     pair being (root, feature P-1)), and draft_logits / draft_hidden are the
     draft's outputs for that last pair.
+
+    chain (greedy requests): verify only the tree's best chain
+    (Tree.best_chain). A verify row computes bit for bit what a one-token step
+    of that token computes only when it attends to consecutive rows, the
+    prefix and then its ancestors, as a chain's rows do: a node after a
+    sibling sees a gap in its columns, and ONNX Runtime's softmax and
+    probabilities x V then add the same numbers in another order (1e-5 in
+    float32, ~1 logit once int8 activations round them). Its token could still
+    be taken, but neither its logits nor its KV rows could, so it would bring
+    nothing the bonus token does not. Sampling keeps the tree.
     """
     limit = decoder.max_seq_len
     while True:
@@ -277,6 +312,8 @@ def speculative_tokens(decoder: Any, drafter: Drafter, ec: EagleConfig, root: in
             return
         tree = drafter.build_tree(draft_logits, draft_hidden,
                                   replace(ec, verify_tree_size=min(ec.verify_tree_size, room)))
+        if chain:
+            tree = tree.best_chain()
         n = len(tree.tokens)
         logits = decoder.forward(P, [root] + tree.tokens.tolist(), positions=P + np.concatenate(
             [[0], tree.depths]), mask=tree.verify_mask(P), logits_rows="all")

@@ -24,8 +24,9 @@ class TrtBackend:
         self.log = log
 
     def open_decoder(self, folder: str, graph: str, config: ModelConfig, embeddings: np.ndarray,
-                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int
-                     ) -> DecoderStep:
+                     max_seq_len: int, max_chunk: int, lora_slots: LoraSlots, max_lora_rank: int,
+                     plain_graph: str = "") -> DecoderStep:
+        """The decoder engine of ``graph`` (one engine: plain_graph is not built as well)."""
         from .decoder import TrtDecoder
         return TrtDecoder.from_engine_folder(folder, graph, config, embeddings, max_seq_len, max_chunk,
                                              max_lora_rank, lora_slots, self.log)

@@ -308,6 +308,12 @@ class TrtDecoder:
     def set_fast_head(self, fast: bool) -> None:
         """No two-pass LM head here: every logit is exact already."""
 
+    def set_features(self, on: bool) -> None:
+        """Nothing to choose: TensorRT runs the one engine it built."""
+
+    def set_row_padding(self, on: bool) -> None:
+        """Not applied: which TensorRT tactics round a one-row step differently is not known here."""
+
     def embeds_buffer(self, t: int) -> np.ndarray:
         """[t, H] host (pinned) view of the embeddings input, for callers that bring their own."""
         return self._h["inputs_embeds"].array[:t]
