@@ -29,8 +29,9 @@ def node_process(tmp_path):
         yield proc, client, log, ns
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_during_a_generation_answers_every_caller(node_process, signum):
+@pytest.mark.parametrize("signum, repeats", [(signal.SIGINT, 1), (signal.SIGTERM, 1), (signal.SIGINT, 2)])
+def test_a_signal_during_a_generation_answers_every_caller(node_process, signum, repeats):
+    """repeats=2: the signal twice, 50 ms apart, as `ros2 launch` without a terminal sends it."""
     proc, client, log, ns = node_process
     # unconfigured, the node says once how to start it, with its real name
     wait_for_line(log, f"ros2 lifecycle set {ns}/edgellm configure")
@@ -47,6 +48,9 @@ def test_a_signal_during_a_generation_answers_every_caller(node_process, signum)
     waiter = threading.Thread(target=lambda: exited.append((proc.wait(), time.monotonic())))
     sent = time.monotonic()
     proc.send_signal(signum)
+    for _ in range(repeats - 1):
+        time.sleep(0.05)
+        proc.send_signal(signum)
     waiter.start()
 
     res = client.result(call, timeout=20)        # the caller is answered

@@ -27,6 +27,7 @@ class GatedEngine:
         self._lock = threading.Lock()
 
     def generate(self, request, on_token=None, cancel=None):
+        deaf = request.prompt == "deaf"     # a step that ignores cancel (a long prefill chunk)
         with self._lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
@@ -36,7 +37,7 @@ class GatedEngine:
                 raise ContextFull("prompt is 9999 tokens")
             on_token(TokenEvent(0, 5, "a"))
             while not self.release.wait(0.01):
-                if cancel.is_set():
+                if cancel.is_set() and not deaf:
                     return GenerationResult("a", [5], "cancelled", 3, 1)
             return GenerationResult("a", [5], "length", 3, 1)
         finally:
@@ -137,3 +138,15 @@ def test_stop_cancels_the_running_request_and_refuses_new_ones(setup):
     assert r2 is None and isinstance(e2, NotActive)
     with pytest.raises(NotActive):
         worker.submit(out.job(3))
+
+
+def test_stop_answers_a_running_request_that_outlasts_the_timeout_with_its_streamed_text(setup):
+    engine, out, worker, size = setup
+    worker.submit(out.job(1, prompt="deaf"))
+    assert engine.started.acquire(timeout=10)
+    assert not worker.stop(NotActive("shutting down"), timeout=0.2)
+    (result, error), = out.wait(1)               # answered now, not when the step ends
+    assert error is None and result.finish_reason == "cancelled" and result.text == "a"
+    engine.release.set()                         # the step ends: its own outcome is dropped
+    worker._thread.join(10)
+    assert not worker._thread.is_alive() and out.done[1] == (result, None)

@@ -458,7 +458,8 @@ class EdgeLLMNode(LifecycleNode):
         deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = why
-        self._release(why, stop_timeout=timeout)
+        # the worker gets part of the time, so that an abandoned call is still answered in it
+        self._release(why, stop_timeout=0.6 * timeout)
         with self._inflight_cond:
             while self._inflight:
                 left = deadline - time.monotonic()

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, List, NoReturn, Optional
 
 import rclpy
@@ -32,6 +33,8 @@ from rclpy.signals import SignalHandlerOptions
 
 #: Seconds from a SIGINT / SIGTERM to the end of the process, at the latest.
 EXIT_DEADLINE_S = 1.5
+#: Seconds after a first signal during which another one is taken as a repeat of it.
+REPEAT_WINDOW_S = 1.0
 #: Executor threads: a configure holds one for its whole length; get_state, the
 #: parameter services, /ask and the action need the others.
 MIN_EXECUTOR_THREADS = 4
@@ -53,9 +56,10 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
     The node must offer ``finalized`` (a Future) and ``close(why)``. SIGINT and
     SIGTERM (Ctrl-C, ``ros2 launch`` stopping) are handled here, not by rclpy:
     the executor keeps spinning while ``close`` answers every pending call and
-    goal; only then is the context shut down. A second signal ends the process
-    at once, and whatever is still running :data:`EXIT_DEADLINE_S` seconds after
-    the first (a configure exporting an engine, say) is left behind by ``os._exit``.
+    goal; only then is the context shut down. A second signal more than
+    :data:`REPEAT_WINDOW_S` after the first ends the process at once, and whatever
+    is still running :data:`EXIT_DEADLINE_S` seconds after the first (a configure
+    exporting an engine, say) is left behind by ``os._exit``.
     The process then exits with status 0.
     """
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -66,10 +70,18 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
     stop = threading.Event()
     caught: List[str] = []
 
+    first: List[float] = []
+
     def on_signal(signum: int, _frame: Any) -> None:
+        if first:
+            # `ros2 launch` without a terminal forwards SIGINT to a process group that got it
+            # already, systemd sends SIGTERM to the whole group: a repeat within the window is
+            # the same stop (the watchdog bounds it); a later one, a user's, ends it at once
+            if time.monotonic() - first[0] > REPEAT_WINDOW_S:
+                os._exit(128 + signum)
+            return
+        first.append(time.monotonic())
         caught.append(signal.Signals(signum).name)
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_DFL)
         watchdog = threading.Timer(EXIT_DEADLINE_S, _leave, args=(
             f"{caught[0]}: still busy after {EXIT_DEADLINE_S:g} s (a configure exporting or "
             "loading, or a call not yet answered); leaving without waiting",))

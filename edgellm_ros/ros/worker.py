@@ -31,6 +31,10 @@ class Job:
     on_done: DoneCallback
     # Set to stop the generation at the next token.
     cancel: threading.Event = field(default_factory=threading.Event)
+    # The text streamed so far (what an abandoned job is answered with).
+    streamed: List[str] = field(default_factory=list)
+    # Whether on_done has been called (it is called once).
+    finished: bool = False
 
 
 class GenerationWorker:
@@ -77,8 +81,9 @@ class GenerationWorker:
     def stop(self, error: BaseException, timeout: Optional[float] = None) -> bool:
         """Drop queued jobs with ``error``, cancel the running one, end the thread.
 
-        The running job still gets its outcome (a "cancelled" result).
-        Returns False if the thread did not end within ``timeout``.
+        The running job still gets its outcome (a "cancelled" result); if the thread did
+        not end within ``timeout`` (a long prefill chunk), it gets it now, with the text
+        streamed so far, and False is returned.
         """
         with self._cond:
             self._stopping = True
@@ -87,7 +92,17 @@ class GenerationWorker:
             self._cond.notify_all()
         self.drop_waiting(error)
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if not self._thread.is_alive():
+            return True
+        # A step that outlasts the timeout (a long prefill chunk on a busy CPU): its caller is
+        # answered now with what was streamed; the thread's own outcome is dropped later.
+        with self._cond:
+            job = self._running
+        if job is not None:
+            self._finish(job, GenerationResult(
+                text="".join(job.streamed), token_ids=[], finish_reason=FINISH_CANCELLED,
+                prompt_tokens=0, generated_tokens=len(job.streamed)), None)
+        return False
 
     def cancel(self, job: Job) -> None:
         """Stop ``job``.
@@ -124,21 +139,32 @@ class GenerationWorker:
             result: Optional[GenerationResult] = None
             error: Optional[BaseException] = None
             try:
-                result = self._engine.generate(job.request, on_token=job.on_token,
+                result = self._engine.generate(job.request, on_token=self._streaming(job),
                                                cancel=job.cancel)
             except Exception as exc:  # delivered to the caller, never kills the thread
                 error = exc
             with self._cond:
                 self._running = None
             self._finish(job, result, error)
-            if result is not None:
+            if result is not None and not self._stopping:
                 try:  # the answer's rows for the conversation's next turn, once it is answered
                     self._engine.cache_answer()
                 except Exception as exc:  # the next request's prefill simply computes them
                     self._log(f"request {job.request_id}: caching the answer failed: {exc!r}")
 
+    @staticmethod
+    def _streaming(job: Job) -> Callable[[TokenEvent], None]:
+        def on_token(ev: TokenEvent) -> None:
+            job.streamed.append(ev.text)
+            job.on_token(ev)
+        return on_token
+
     def _finish(self, job: Job, result: Optional[GenerationResult],
                 error: Optional[BaseException]) -> None:
+        with self._cond:
+            if job.finished:     # answered already (abandoned by stop)
+                return
+            job.finished = True
         try:
             job.on_done(result, error)
         except Exception as exc:  # a broken callback must not stop the worker
