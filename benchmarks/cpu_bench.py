@@ -309,7 +309,11 @@ def main() -> None:
         ap.error("--eagle takes top_k,step,tree[,threshold]")
     top_k, step, tree = (int(x) for x in eagle[:3])
     threshold = float(eagle[3]) if len(eagle) == 4 else 0.0
-    result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "machine": machine(), "settings": {
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "date": time.strftime("%Y-%m-%d"),
+                              "commit": git.stdout.strip() or None,
+                              "command": " ".join(["python", "benchmarks/cpu_bench.py", *sys.argv[1:]]),
+                              "machine": machine(), "settings": {
         "threads": a.threads, "rounds": a.rounds, "warmup_rounds": a.warmup, "new_tokens": a.new_tokens,
         "prefill_tokens": a.prefill_tokens, "greedy": True, "ignore_eos": True, "question": a.question,
         "eagle": {"drafting_top_k": top_k, "drafting_step": step, "verify_tree_size": tree,

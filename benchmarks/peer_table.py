@@ -156,6 +156,14 @@ def label(row: Dict[str, Any], data: Dict[str, Any]) -> str:
     return text + (" (the best peer)" if row.get("best") else "")
 
 
+def load(data: Dict[str, Any]) -> str:
+    """", load average X before / Y after" where the run recorded it (a shared machine's other work)."""
+    m = data.get("machine", {})
+    if "load_average_1m_before" not in m:
+        return ""
+    return f", load average {m['load_average_1m_before']} before / {m.get('load_average_1m_after', '?')} after"
+
+
 def table(cpu: str, results: str = RESULTS) -> str:
     """Markdown: the run's line, then one row per runtime with quality beside speed."""
     speed = newest("cpu_bench", cpu, results)
@@ -168,7 +176,7 @@ def table(cpu: str, results: str = RESULTS) -> str:
     head = (f"`{data.get('command', 'python benchmarks/cpu_bench.py')}` ({data['date']}, commit "
             f"{data.get('commit') or 'not recorded'}): **{cpu_of(data)}**, "
             f"{settings.get('threads', data.get('threads', 2))} threads each, medians of "
-            f"{settings.get('rounds', data.get('rounds', '?'))} alternating rounds "
+            f"{settings.get('rounds', data.get('rounds', '?'))} alternating rounds{load(data)} "
             f"(`benchmarks/results/{os.path.basename(path)}`). Quality: "
             + (f"`benchmarks/results/{os.path.basename(quality[0])}` ({quality[1]['date']}), top-1 agreement and "
                "mean KL against the float32 model on the shipped text sample."
