@@ -247,4 +247,6 @@ CASES: Dict[str, Tuple[str, Callable[[str], Loaded]]] = {
                   lora_weights_missing)),
         ("draft", (draft_target_layer_99, draft_config_not_json, draft_weights_truncated)),
     ) for f in fs}
-QUICK = ("gguf_head_count_0", "lora_alpha_nan", "draft_target_layer_99")
+#: (draft_target_layer_99 is left out: on main at 6c18814 it makes configure re-export the whole base
+#: engine before it fails, minutes on 2 cores.)
+QUICK = ("gguf_head_count_0", "lora_alpha_nan", "draft_config_not_json")

@@ -304,7 +304,7 @@ class Bench:
         default_queue = n.c.get_parameters("queue_size")[0]
         for label, queue in (("node_queue_size", default_queue), ("queue_holds_all", a.clients * a.per_client)):
             n.c.set_parameters(queue_size=queue)
-            pool = Client(a.domain, n.ns, a.clients, name="burst")
+            pool = Client(a.domain, n.ns, a.clients, name=f"burst_{label}_")
             try:
                 for c in pool.clients:
                     c.wait_for_node()
@@ -384,15 +384,26 @@ class Bench:
                 return {"error": "the generation did not start"}
             goal = n.c.generate_async("Say hi.", max_new_tokens=4)
             goal.accepted()
+            answers: Dict[str, Any] = {}
+            wait = self.a.signal_wait + 5
+
+            def answer(label: str, get: Callable[[], Any]) -> None:
+                try:
+                    r = get()
+                    answers[label] = f"code {r.error_code}: {r.message[:80]}"
+                except TimeoutError:
+                    answers[label] = False
+            waiters = [threading.Thread(target=answer, args=("ask", lambda: n.c.result(call, timeout=wait))),
+                       threading.Thread(target=answer, args=("goal", lambda: goal.result(timeout=wait)))]
+            for t in waiters:   # the goal's get_result request goes out before the signal
+                t.start()
+            time.sleep(0.5)
             children = n.ps.children(recursive=True)
             exit_s = n.signal_exit_s(sig, self.a.signal_wait)
             entry: Dict[str, Any] = {"exit_s": exit_s, "exit_status": n.proc.poll()}
-            for label, get in (("ask", lambda: n.c.result(call, timeout=5)), ("goal", lambda: goal.result(timeout=5))):
-                try:
-                    r = get()
-                    entry[f"{label}_answered"] = f"code {r.error_code}: {r.message[:80]}"
-                except TimeoutError:
-                    entry[f"{label}_answered"] = False
+            for t in waiters:
+                t.join(timeout=wait + 5)
+            entry.update({f"{k}_answered": answers.get(k, False) for k in ("ask", "goal")})
             if exit_s is None:
                 n.proc.kill()
                 n.proc.wait()
@@ -510,7 +521,11 @@ def main() -> None:
         else:
             result["node_logs_kept"] = a.workdir
     ok_sections = {k: v for k, v in result["sections"].items() if "bench_error" not in v}
-    result["summary"] = summary(ok_sections)
+    try:
+        result["summary"] = summary(ok_sections)
+    except Exception as exc:  # the figures are still written
+        result["summary"], result["summary_error"] = [], f"{type(exc).__name__}: {exc}"
+        log(f"summary failed: {result['summary_error']}")
     result["goals_missed"] = [r["figure"] for r in result["summary"] if r["met"] is False]
     result["node_restarts"] = bench.restarts
     result["seconds"] = round(time.perf_counter() - t_all, 1)
@@ -527,6 +542,7 @@ def main() -> None:
         log(f"written: {out}")
     print(text)
     errors = [k for k, v in result["sections"].items() if "bench_error" in v]
+    errors += ["summary"] if "summary_error" in result else []
     sys.exit(2 if errors else (1 if a.strict and result["goals_missed"] else 0))
 
 

@@ -67,6 +67,8 @@ def summary(s: Dict[str, Any]) -> List[Dict[str, Any]]:
         row("configure/cleanup cycles: RSS growth %", g, "< 1", g is not None and g < 1 and c["failed"] == 0)
     if "signals" in s:
         for k, e in s["signals"].items():
+            if not isinstance(e, dict):   # "seconds"
+                continue
             ok = e.get("exit_s") is not None and e["exit_s"] <= 2.0
             row(f"{k}: exit seconds", e.get("exit_s", e.get("error")), "<= 2", ok)
             if "partial_left_behind" in e:
