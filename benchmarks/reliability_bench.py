@@ -492,6 +492,8 @@ def main() -> None:
         if s not in SECTIONS:
             ap.error(f"unknown section {s!r}; known: {', '.join(SECTIONS)}")
     a.workdir = tempfile.mkdtemp(prefix="reliability_bench_")
+    # SIGTERM (kill, a CI timeout) unwinds through the finally below, which ends the node processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(a)
     result: Dict[str, Any] = {
         "benchmark": "reliability_bench (issue 22)", "date": datetime.date.today().isoformat(), "commit": commit(),
