@@ -16,8 +16,11 @@ so that their thread pools never compete; only one computes at any time:
   is, flash attention off (its default) / on;
 - ``ort-genai-int4`` / ``ort-genai-fp32``: onnxruntime-genai on models made by
   its builder from the same GGUF (benchmarks/peer_models.py).
-The peers run in .venv-peers; a peer that is not installed is skipped and
-the JSON says why.
+The peers run in .venv-peers. A requested peer that cannot run (not
+installed, its model not built, its library failing to load or dying
+mid-run) fails the benchmark: exit status 3, the reason on stderr and in the
+JSON's ``error``; it never compares against fewer peers than were asked for
+(ask for fewer with --peers).
 
 Workload, the same token ids everywhere (made once by our tokenizer: the chat
 template around one question, and a plain text cut at exactly --prefill-tokens):
@@ -251,6 +254,20 @@ def machine() -> Dict[str, Any]:
             "load_average_1m_before": round(os.getloadavg()[0], 2)}
 
 
+def fail_for_peers(result: Dict[str, Any], missing: Dict[str, str], skipped: Dict[str, str],
+                   workers: List[Worker]) -> None:
+    """A requested peer cannot run: say which and why, print the JSON, exit 3."""
+    for w in workers:
+        w.close()
+    for name, why in missing.items():
+        log(f"error: requested peer {name} cannot run: {why}")
+    result.update(error="requested peers cannot run: " + ", ".join(missing) + " (see peers_failed); "
+                  "nothing is compared against fewer peers than asked for (--peers picks fewer)",
+                  peers_failed=missing, skipped=skipped)
+    print(json.dumps(result, indent=1))
+    sys.exit(3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=9)
@@ -292,7 +309,11 @@ def main() -> None:
         ap.error("--eagle takes top_k,step,tree[,threshold]")
     top_k, step, tree = (int(x) for x in eagle[:3])
     threshold = float(eagle[3]) if len(eagle) == 4 else 0.0
-    result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "machine": machine(), "settings": {
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "date": time.strftime("%Y-%m-%d"),
+                              "commit": git.stdout.strip() or None,
+                              "command": " ".join(["python", "benchmarks/cpu_bench.py", *sys.argv[1:]]),
+                              "machine": machine(), "settings": {
         "threads": a.threads, "rounds": a.rounds, "warmup_rounds": a.warmup, "new_tokens": a.new_tokens,
         "prefill_tokens": a.prefill_tokens, "greedy": True, "ignore_eos": True, "question": a.question,
         "eagle": {"drafting_top_k": top_k, "drafting_step": step, "verify_tree_size": tree,
@@ -303,30 +324,35 @@ def main() -> None:
         workers.append(Worker(f"ours[{v}]", "ours", a.ours_python, {
             "variant": v, "threads": a.threads, "model": a.model,
             "eagle_top_k": top_k, "eagle_step": step, "eagle_tree": tree, "eagle_threshold": threshold}))
+    missing: Dict[str, str] = {}  # requested peers that cannot run: the run fails
     if peers and not os.path.exists(a.peers_python):
-        for p in peers:
-            skipped[p] = f"{a.peers_python} is missing: run bash scripts/bench_peers_setup.sh"
-        peers = []
-    if peers:
-        folders = peer_folders(a, peers)
-        for p in peers:
-            if p.startswith("ort-genai-") and p not in folders:
-                skipped[p] = folders.get("error", "no model folder")
-                continue
-            kind = "llama.cpp" if p.startswith("llama.cpp") else "ort-genai"
-            workers.append(Worker(p, kind, a.peers_python, {
-                "threads": a.threads, "gguf": folders.get("gguf"), "folder": folders.get(p),
-                "flash_attn": p == "llama.cpp-flash-attn"}))
-    # load one at a time (each load computes: graph optimisation, exports)
-    for w in workers:
+        missing.update({p: f"{a.peers_python} is missing: run bash scripts/bench_peers_setup.sh" for p in peers})
+    folders = peer_folders(a, peers) if peers and not missing else {}
+    for p in peers:
+        if p in missing:
+            continue
+        if p.startswith("ort-genai-") and p not in folders:
+            missing[p] = folders.get("error", "no model folder")
+            continue
+        kind = "llama.cpp" if p.startswith("llama.cpp") else "ort-genai"
+        workers.append(Worker(p, kind, a.peers_python, {
+            "threads": a.threads, "gguf": folders.get("gguf"), "folder": folders.get(p),
+            "flash_attn": p == "llama.cpp-flash-attn"}))
+    # load one at a time (each load computes: graph optimisation, exports), the peers first:
+    # a peer that cannot run ends the benchmark before ours spend minutes loading
+    for w in sorted(workers, key=lambda w: w.kind == "ours"):
+        if missing:
+            break
         log(f"loading {w.name}")
         r = w.call({"cmd": "load", "spec": w.spec})
         if r.get("ok"):
             w.status, w.info = "ok", r["info"]
         else:
             w.status = "skipped" if "skipped" in r else "failed"
-            skipped[w.name] = r.get("skipped") or r.get("error")
+            (skipped if w.kind == "ours" else missing)[w.name] = r.get("skipped") or r.get("error")
             w.close()
+    if missing:
+        fail_for_peers(result, missing, skipped, workers)
     active = [w for w in workers if w.status == "ok"]
     ours = [w for w in active if w.kind == "ours"]
     if not ours:
@@ -357,7 +383,8 @@ def main() -> None:
                 w.disturbed += 1
                 wait_quiet(a.max_foreign, a.quiet_timeout)
             if not res.get("ok"):
-                w.status, skipped[w.name] = "failed", f"round {r}: {res.get('error')}"
+                w.status = "failed"
+                (skipped if w.kind == "ours" else missing)[w.name] = f"round {r}: {res.get('error')}"
                 log(f"{w.name} failed: {res.get('error')}")
                 continue
             if r >= a.warmup:
@@ -389,6 +416,8 @@ def main() -> None:
     result["agreement_problems"] = [n for n, e in runtimes.items()
                                     if e["agreement"].get("expected_identical") and not e["agreement"].get("agrees")]
     result["machine"]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    if missing:  # a peer died mid-run: the figures lack it
+        fail_for_peers(result, missing, skipped, workers)
     text = json.dumps(result, indent=1)
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:

@@ -135,7 +135,7 @@ def ensure_peer_models(model: str = "", peers_python: str = PEERS_PYTHON,
         raise SystemExit(f"peer models are built from a GGUF file, {gguf} is a folder")
     base = model_dir(gguf)
     out = {"gguf": gguf, "hf": os.path.join(base, "hf")}
-    if not os.path.exists(os.path.join(out["hf"], "config.json")):
+    if which and not os.path.exists(os.path.join(out["hf"], "config.json")):  # llama.cpp alone needs none
         log(f"writing the Hugging Face folder {out['hf']}")
         os.makedirs(base, exist_ok=True)
         make_hf_folder(model, out["hf"])

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The peer runtimes of benchmarks/cpu_bench.py (benchmark-only, never needed by
 # the package or its tests), in their own virtual environment .venv-peers/:
-#   1. llama-cpp-python, compiled from source for this CPU (native, no GPU
-#      backend; about 6 minutes on 2 cores), and onnxruntime-genai with what its
-#      model builder needs (torch for the CPU, transformers), all pinned in
-#      requirements/bench-peers.txt;
+#   1. llama-cpp-python, compiled from source for this CPU (no GPU backend;
+#      about 6 minutes on 2 cores) with the instruction sets this machine can
+#      actually run (benchmarks/peer_cpu_flags.py probes each one; GGML_NATIVE
+#      is off: a CPU that reports AMX it does not let a process use killed a
+#      native build with SIGILL), and onnxruntime-genai with what its model
+#      builder needs (torch for the CPU, transformers), all pinned in
+#      requirements/bench-peers.txt; the built llama.cpp must load the embedded
+#      model and generate a token before this script reports success;
 #   2. the peers' model files, built once from the embedded GGUF into
 #      ~/.cache/edgellm_ros/peers/ (benchmarks/peer_models.py, run with the
 #      repository's .venv: run scripts/setup.sh first).
@@ -20,8 +24,6 @@ VENV="$ROOT/.venv-peers"
 PY="$VENV/bin/python"
 BASE_PY="${EDGELLM_PYTHON:-python3}"
 REQ="$ROOT/requirements/bench-peers.txt"
-# A native CPU build of llama.cpp with every GPU backend off.
-LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF -DGGML_HIP=OFF -DGGML_SYCL=OFF -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"
 T0=$SECONDS
 
 log() { printf '[bench-peers %3ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
@@ -32,6 +34,28 @@ for tool in cmake cc c++; do
   command -v "$tool" >/dev/null || die "$tool not found: llama-cpp-python compiles llama.cpp (Debian: apt-get install cmake build-essential)"
 done
 [ -x "$ROOT/.venv/bin/python" ] || die "the repository's .venv is missing: run bash scripts/setup.sh first"
+
+# llama.cpp for the CPU only, GGML_NATIVE off, each instruction set on where a probe ran it here.
+LLAMA_CMAKE_ARGS="$("$BASE_PY" "$ROOT/benchmarks/peer_cpu_flags.py")" || die "the instruction-set probe failed"
+log "llama.cpp CMake flags: $LLAMA_CMAKE_ARGS"
+
+# The built llama.cpp loads the embedded GGUF and generates one token (a build that uses an
+# instruction this CPU cannot run dies here with SIGILL, not in the middle of a benchmark).
+llama_generates() {
+  local gguf
+  gguf="$(PYTHONPATH="$ROOT" "$ROOT/.venv/bin/python" -c \
+    'from edgellm_ros.loaders import resolve_model_source; print(resolve_model_source(""))')" \
+    || die "the embedded model was not found (run bash scripts/setup.sh)"
+  "$PY" - "$gguf" <<'PYEOF'
+import sys
+import llama_cpp
+llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=False)
+ids = llm.tokenize(b"The robot")
+tok = next(iter(llm.generate(ids, temp=0.0, top_k=1, reset=True)))
+print(f"llama.cpp {llama_cpp.__version__} generated token {tok} after {len(ids)} prompt tokens; "
+      + llama_cpp.llama_print_system_info().decode(errors="replace").strip(), file=sys.stderr)
+PYEOF
+}
 
 # --- 1. .venv-peers -------------------------------------------------------------
 if [ "$("$PY" -c 'import os, sys; print(os.path.realpath(sys.prefix))' 2>/dev/null)" != "$VENV" ]; then
@@ -54,9 +78,11 @@ if [ "$(cat "$VENV/.edgellm-requirements" 2>/dev/null)" != "$KEY" ]; then
   fi
   "$PY" -c 'import llama_cpp, onnxruntime_genai, torch, transformers' \
     || die "the peers' packages do not import"
+  llama_generates || die "the built llama.cpp does not generate a token on this CPU (exit $?; 132 = SIGILL: an instruction set this CPU cannot run); flags: $LLAMA_CMAKE_ARGS"
   echo "$KEY" > "$VENV/.edgellm-requirements"
 else
   log "requirements up to date"
+  llama_generates || die "llama.cpp in $VENV does not generate a token on this CPU (exit $?; 132 = SIGILL); remove $VENV/.edgellm-requirements to rebuild it"
 fi
 
 # --- 2. peer models ---------------------------------------------------------------
