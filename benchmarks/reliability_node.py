@@ -62,7 +62,10 @@ class Node:
         from ament_index_python.packages import get_package_prefix
         exe = os.path.join(get_package_prefix("edgellm_ros"), "lib", "edgellm_ros", "edgellm_node")
         args = [exe, "--ros-args", "-r", f"__ns:={self.ns}", "-p", f"max_seq_len:={a.max_seq_len}"]
-        for k, v in (params or {}).items():
+        # the hostile files and export folders live in the work folder: let the node read them,
+        # so that they meet the file checks, not the path allow-list
+        params = {"allowed_roots": ["default", a.workdir], **(params or {})}
+        for k, v in params.items():
             args += ["-p", f"{k}:={json.dumps(v)}"]
         env = dict(os.environ, ROS_DOMAIN_ID=str(a.domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                    PYTHONUNBUFFERED="1")

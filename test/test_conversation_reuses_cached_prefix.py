@@ -150,3 +150,12 @@ def test_images_go_to_the_message_that_shows_them_and_key_the_cache(vlm_engine):
     finally:
         gen.cache = saved
     assert np.array_equal(warm, cold)
+
+
+def test_an_answer_is_not_cached_once_other_rows_overwrote_its_prompt(engine):
+    """A prefill between an answer and its caching would cache rows of another prompt."""
+    gen = engine.generator
+    engine.generate(_turn([(U, "Name a tool.")]))
+    other, cuts = gen.build_prompt(_turn([(S, "Be brief."), (U, "Something else entirely.")]))
+    gen.prefill(other, cuts)
+    assert not engine.cache_answer()

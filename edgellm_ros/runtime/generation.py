@@ -194,6 +194,7 @@ class Generator:
         on the rest when decoding starts).
         """
         dec, drafter = self.decoder, self.drafter if draft else None
+        self._answered = None   # its rows are overwritten now: nothing left to cache
         p = cached = 0
         if cuts and self.cache is not None:
             _, entry = self.cache.longest(ids, [c.pos for c in cuts], self._cache_tag(adapter, draft),
