@@ -30,6 +30,8 @@ the text the sets are made from.
   --speed-priors, alternating every round (medians, min, max); and this
   process's CPU time per token, with one thread for the full and the shipped
   head (a figure other processes on a shared machine disturb less);
+- ``--steps-only``: the graph's decode step alone (ms, two-pass head, steps padded to
+  two rows), whole head against the shipped set, alternating rounds;
 - the form of the reduced output: the graph scattering its [L, K] logits into
   a [L, V] row of -inf (what ships) against the same graph giving [L, K] and
   the runtime mapping the argmax back (decode step time, int4-sym fused).
@@ -200,6 +202,30 @@ def output_form(eng: Engine, rounds: int, steps: int) -> Dict[str, Any]:
             for n, v in times.items()}
 
 
+def step_times(quant: str, threads: int, rounds: int, steps: int = 64) -> Dict[str, Any]:
+    """ms per decode step of the graph alone (two-pass head, steps padded to two rows as with
+    the draft loaded), whole head against the shipped set, alternating rounds."""
+    engs = {"whole_head": load(quant, threads=threads), "shipped": load(quant, "shipped", threads=threads)}
+    times: Dict[str, List[float]] = {k: [] for k in engs}
+    try:
+        for e in engs.values():
+            e.decoder.set_fast_head(True)
+            e.decoder.set_row_padding(True)
+        for r in range(rounds):
+            for k in (list(engs) if r % 2 else list(engs)[::-1]):
+                d = engs[k].decoder
+                t0 = time.perf_counter()
+                for p in range(steps):
+                    d.forward(p, [300 + p])
+                times[k].append((time.perf_counter() - t0) / steps * 1e3)
+    finally:
+        for e in engs.values():
+            e.close()
+    med = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    return {"median_ms": med, "min_ms": {k: round(min(v), 3) for k, v in times.items()},
+            "ratio_whole_over_shipped": round(med["whole_head"] / med["shipped"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -209,6 +235,8 @@ def main() -> None:
     ap.add_argument("--priors", default="0,4096,8192,12288,16384,20480,24576,32768")
     ap.add_argument("--speed-priors", default="8192,32768", help="sets timed besides the shipped one")
     ap.add_argument("--out", default="")
+    ap.add_argument("--steps-only", action="store_true",
+                    help="only the graph's decode step time, whole head against the shipped set")
     a = ap.parse_args()
     t_start = time.time()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
@@ -216,6 +244,11 @@ def main() -> None:
     result: Dict[str, Any] = {"benchmark": "vocab_bench", "commit": commit, "machine": machine(),
                               "threads": a.threads, "command": " ".join(["python"] + sys.argv),
                               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if a.steps_only:
+        result["decode_step"] = {f"{q}@{a.threads}threads": step_times(q, a.threads, a.rounds)
+                                 for q in ("int4-sym", "int4")}
+        finish(result, a, t_start)
+        return
     full = load("int4", threads=a.threads)
     tok, vocab = full.tokenizer, full.model_config.vocab_size
     observed = set(cached_answer_counts(240, 64, a.threads)) | set(project_counts(tok)) | set(draft_vocabulary())
@@ -269,6 +302,10 @@ def main() -> None:
     red = load("int4-sym", "shipped", threads=a.threads)
     result["output_form_int4_sym_shipped"] = output_form(red, a.rounds, 64)
     red.close()
+    finish(result, a, t_start)
+
+
+def finish(result: Dict[str, Any], a: argparse.Namespace, t_start: float) -> None:
     result["machine"]["load_average_1m_after"] = round(os.getloadavg()[0], 2)
     result["wall_s"] = round(time.time() - t_start, 1)
     text = json.dumps(result, indent=1)
