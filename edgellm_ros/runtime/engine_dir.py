@@ -37,7 +37,7 @@ from ..contract import MANIFEST, decoder_io_names, read_manifest
 from ..loaders.files import check_model_files, folder_files, open_regular, read_bounded
 from ..models.eagle import default_target_layers
 from ..models.spec import PROJECTIONS
-from .staging import OWNER, folder_lock, publish, remove_abandoned, staging_folder
+from .staging import OWNER, commit, folder_lock, publish, remove_abandoned, staging_folder
 
 #: Bump when the folder layout changes. Changes of the exporting code are caught
 #: by exporter_digest() as well, so a graph edit never meets a stale folder.
@@ -205,17 +205,18 @@ def ensure_family(folder: str, quantization: str, fused: bool,
         weights = _load_source(manifest["source"])[0]
         with staging_folder(folder, "family") as tmp:
             graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused, rope_rows)
-            for name in os.listdir(tmp):
-                if name != OWNER:
-                    os.replace(os.path.join(tmp, name), os.path.join(folder, name))
             manifest["graphs"].update(graphs)
-            origins = graphs[graph_name(False, False, quantization, fused)]["weight_origins"]
-            log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
-                f"(weights per graph: {origins or 'float32'})")
             part = os.path.join(tmp, MANIFEST)
             with open(part, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1)
-            os.replace(part, os.path.join(folder, MANIFEST))
+            with commit():   # all moved, the manifest last, or none (a process leaving)
+                for name in os.listdir(tmp):
+                    if name not in (OWNER, MANIFEST):
+                        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+                os.replace(part, os.path.join(folder, MANIFEST))
+            origins = graphs[graph_name(False, False, quantization, fused)]["weight_origins"]
+            log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
+                f"(weights per graph: {origins or 'float32'})")
     return manifest
 
 
