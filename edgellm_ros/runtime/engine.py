@@ -215,23 +215,34 @@ class Engine:
         mods = art.manifest["graphs"][art.graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
         # the plain variant runs the steps that need neither an adapter nor EAGLE's features
-        decoder = backend.open_decoder(art.folder, art.graph, mcfg, np.asarray(art.embeddings), config.max_seq_len,
-                                       max(chunk, 1 + limits.max_tree), slots, config.max_lora_rank,
-                                       art.plain_graph)
-        for ad in registry.adapters.values():
-            decoder.add_adapter(ad.name, ad.weights)
-        drafter = open_drafter(art, backend, decoder, config, limits, chunk) if art.draft is not None else None
-        log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
-            f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
-            f"backend {backend.name}")
-        vision = None
-        if art.has_vision:
-            vision = VisionPipeline.from_folder(
-                art.folder, split_images=None if config.split_images else False, backend=backend)
-            log(f"vision encoder loaded ({vision.backend})")
-        else:
-            log("text-only model: requests with images are refused")
-        return cls(config, art.folder, mcfg, tokenizer, decoder, backend.name, registry, drafter, vision)
+        try:
+            decoder = backend.open_decoder(art.folder, art.graph, mcfg, np.asarray(art.embeddings),
+                                           config.max_seq_len, max(chunk, 1 + limits.max_tree), slots,
+                                           config.max_lora_rank, art.plain_graph)
+        except BaseException:
+            tokenizer.close()
+            raise
+        # from here on, a failure (a hostile draft, a broken vision encoder) frees what was opened
+        engine = cls(config, art.folder, mcfg, tokenizer, decoder, backend.name, registry)
+        try:
+            for ad in registry.adapters.values():
+                decoder.add_adapter(ad.name, ad.weights)
+            if art.draft is not None:
+                engine.attach_drafter(open_drafter(art, backend, decoder, config, limits, chunk))
+            log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
+                f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
+                f"backend {backend.name}")
+            if art.has_vision:
+                engine.vision = VisionPipeline.from_folder(
+                    art.folder, split_images=None if config.split_images else False, backend=backend)
+                engine.attach_drafter(engine.drafter)   # the generator reads the vision pipeline
+                log(f"vision encoder loaded ({engine.vision.backend})")
+            else:
+                log("text-only model: requests with images are refused")
+        except BaseException:
+            engine.close()
+            raise
+        return engine
 
     @property
     def model_label(self) -> str:
