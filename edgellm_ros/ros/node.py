@@ -64,6 +64,7 @@ from .ask import (ImageUnavailable, NotActive, check_limits, error_code_name, er
                   fill_error, fill_result, generation_request)
 from .callers import CHECK_PERIOD_S, CallerWatch, ask_watch, goal_watch
 from .camera import LatestFrame
+from .delivery import deliver_retrying
 from .generate import GENERATE_ACTION, GenerateServer, rejection_text
 from .loading import Interrupted, run_unless
 from .memory import fix_mmap_threshold, trim_heap
@@ -201,6 +202,7 @@ class EdgeLLMNode(LifecycleNode):
         group = ReentrantCallbackGroup()
         self._ask = self.create_service(Ask, ASK_SERVICE, self._on_ask, qos_profile=ASK_QOS,
                                         callback_group=group)
+        deliver_retrying(self._ask, self.get_logger().warning)   # a caller still being discovered
         # Running and waiting requests -> whether their caller is still there.
         self._callers: Dict[TokenStream, CallerWatch] = {}
         self._generate = GenerateServer(
