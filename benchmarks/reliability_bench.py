@@ -73,6 +73,8 @@ from reliability_report import commit, machine, pct, summary, tally  # noqa: E40
 SECTIONS = ("bad_requests", "hostile_files", "soak", "concurrency", "configure_cycles", "signals")
 GOOD = {"model": "", "lora_adapters": ["radiology:adapters/radiology"], "eagle.draft": "default", "engine_dir": ""}
 STORY = "Tell me a long story about a robot."
+#: What rclpy prints when the middleware could not deliver a service response.
+DROPPED = "failed to send response (timeout)"
 #: Configure/cleanup cycles before RSS growth is measured: the default node's two decoder
 #: sessions settle in about four (test_ros_lifecycle_transitions sees the same).
 WARMUP_CYCLES = 4
@@ -308,6 +310,7 @@ class Bench:
         default_queue = n.c.get_parameters("queue_size")[0]
         for label, queue in (("node_queue_size", default_queue), ("queue_holds_all", a.clients * a.per_client)):
             n.c.set_parameters(queue_size=queue)
+            mark = len(n.log_text())
             pool = Client(a.domain, n.ns, a.clients, name=f"burst_{label}_")
             try:
                 for c in pool.clients:
@@ -332,6 +335,10 @@ class Bench:
                         key = f"code {r.error_code}: " + (r.message[:50] or "no reason")
                         res["rejected"][key] = res["rejected"].get(key, 0) + 1
                 res["crash"] = not n.alive()
+                # a lost call whose answer the node did send: Fast DDS dropped the response
+                # because the new client's reply reader was not matched yet (rmw_fastrtps waits
+                # max_blocking_time, 100 ms by default; rclpy warns once per process)
+                res["node_saw_response_dropped"] = DROPPED in n.log_text()[mark:]
             finally:
                 pool.close()
             out[label] = res
