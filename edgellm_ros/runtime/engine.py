@@ -342,8 +342,14 @@ class Engine:
         close_tokenizer = getattr(self.tokenizer, "close", None)
         if close_tokenizer is not None:   # the chat template's worker process
             close_tokenizer()
+        # drop the references to what is left (adapter and draft weights, the draft and vision
+        # objects): a closed engine still referenced somewhere (a finished worker, a frame) then
+        # holds nothing of size
         self.decoder = None
         self.generator = None  # type: ignore[assignment]
+        self.drafter = None
+        self.vision = None
+        self.adapters = LoraRegistry()
 
 
 def open_engine(config: EngineConfig, log: Log = print) -> Any:
