@@ -31,8 +31,8 @@ bound, --section-timeout; --quick shrinks every size):
   answered / rejected with a reason / lost, and whether every answered request's
   Token stream equals its text (contiguous indices, one done).
 - ``configure_cycles``: --cycles configure/cleanup cycles, RSS after each cleanup:
-  warm-up = the floor of cycles 5-7 against the first, growth = the floor of the
-  last three against the floor of cycles 5-7 (WARMUP_CYCLES).
+  warm-up = the floor of cycles 2-4 against the first, growth = the floor of the
+  last three against the floor of cycles 2-4 (WARMUP_CYCLES).
 - ``signals``: SIGINT and SIGTERM during a generation with a goal waiting, and
   SIGINT during an export (engine_dir in a scratch folder): seconds to exit
   (goal 2), callers answered, exit status, child processes and files left behind,
@@ -75,9 +75,8 @@ GOOD = {"model": "", "lora_adapters": ["radiology:adapters/radiology"], "eagle.d
 STORY = "Tell me a long story about a robot."
 #: What rclpy prints when the middleware could not deliver a service response.
 DROPPED = "failed to send response (timeout)"
-#: Configure/cleanup cycles before RSS growth is measured: the default node's two decoder
-#: sessions settle in about four (test_ros_lifecycle_transitions sees the same).
-WARMUP_CYCLES = 4
+#: Configure/cleanup cycles before RSS growth is measured (the first loads the libraries).
+WARMUP_CYCLES = 1
 
 
 def log(msg: str) -> None:
@@ -369,8 +368,8 @@ class Bench:
                                "seconds_per_cycle": round(statistics.median(secs), 2) if secs else None,
                                "rss_mib_per_cycle_first_last": [round(r, 1) for r in rss[:3] + rss[-3:]]}
         if len(rss) >= WARMUP_CYCLES + 6:
-            # the first cycles grow RSS while the allocator's arenas and ONNX Runtime's
-            # per-session caches settle (reported as warm-up); growth is measured after them
+            # the first cycle loads ONNX Runtime and the rest (reported as warm-up); growth is
+            # measured after it
             base = min(rss[WARMUP_CYCLES:WARMUP_CYCLES + 3])
             out["rss_warmup_mib"] = round(base - rss[0], 1)
             out["rss_growth_pct"] = round(100 * (min(rss[-3:]) - base) / base, 2)
