@@ -17,6 +17,7 @@ import numpy as np
 from ..backends import open_backend
 from ..contract import Backend, DecoderStep, TextTokenizer, read_manifest
 from ..errors import ConfigError, ModelLoadError
+from ..loaders import resolve_model_source
 from ..models.eagle import draft_layers, load_draft, read_config
 from ..models.spec import ModelConfig
 from .chat import probe_template
@@ -124,7 +125,8 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
         config.quantization == "int4" and config.int4_compute == "float32")
     if config.quantization != "none" or fused:
         manifest = ensure_family(folder, config.quantization, fused, log,
-                                 rope_rows=config.max_seq_len + limits.max_expanded)
+                                 rope_rows=config.max_seq_len + limits.max_expanded,
+                                 source=resolve_model_source(config.model))
     graph = graph_name(bool(config.lora_adapters), eagle3, config.quantization, fused)
     plain = graph_name(False, False, config.quantization, fused)
     entry = manifest["graphs"][graph]

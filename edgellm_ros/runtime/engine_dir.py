@@ -182,12 +182,16 @@ def _family_missing(manifest: Dict[str, Any], quantization: str, fused: bool, ro
 
 
 def ensure_family(folder: str, quantization: str, fused: bool,
-                  log: Callable[[str], object] = print, rope_rows: int = 0) -> Dict[str, Any]:
+                  log: Callable[[str], object] = print, rope_rows: int = 0,
+                  source: str = "") -> Dict[str, Any]:
     """Add a graph family to a current engine folder when it lacks it; return the manifest.
 
     A fused family whose rotary tables cover fewer than ``rope_rows`` positions
     is exported again with enough rows. Files are written into a staging
     folder and moved in, the manifest last, under the folder's lock.
+    source: where the model is now (ensure_engine checked its hash against the
+    manifest); "" = the path the manifest recorded at export, which is gone
+    once the model has moved.
     """
     manifest = read_manifest(folder)
     if manifest is None:
@@ -202,7 +206,7 @@ def ensure_family(folder: str, quantization: str, fused: bool,
             return manifest
         t0 = time.perf_counter()
         log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs into {folder}")
-        weights = _load_source(manifest["source"])[0]
+        weights = _load_source(source or manifest["source"])[0]
         with staging_folder(folder, "family") as tmp:
             graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused, rope_rows)
             manifest["graphs"].update(graphs)
