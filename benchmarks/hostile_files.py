@@ -7,8 +7,10 @@ parameters that load the file (``model``, ``lora_adapters`` or ``eagle.draft``)
 and the fields of one /ask to try when the node configures anyway (a template
 or an adapter that was accepted may still hang or corrupt a request).
 
-These stand in until ``edgellm_ros/synthetic/hostile.py`` (issue 22's file
-fixes) lands; switching means mapping its generators into ``CASES``.
+The damage itself comes from ``edgellm_ros/synthetic/hostile.py`` (the tests'
+generators) wherever that module has it; what is written here are the cases
+made from the real shipped files (patched copies of the embedded GGUF, of the
+radiology adapter and of the EAGLE draft: the issue's own reproductions).
 Standard library, numpy, safetensors and gguf (all in the project's venv).
 """
 
@@ -20,6 +22,9 @@ import shutil
 from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
+
+from edgellm_ros.synthetic import hostile
+from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RADIOLOGY = os.path.join(ROOT, "adapters", "radiology")
@@ -54,10 +59,7 @@ def gguf_empty(d: str) -> Loaded:
 
 
 def gguf_truncated(d: str) -> Loaded:
-    p = os.path.join(d, "truncated.gguf")
-    with open(_default_gguf(), "rb") as src, open(p, "wb") as dst:
-        dst.write(src.read(4 << 20))
-    return _model(p)
+    return _model(hostile.truncated_gguf(os.path.join(d, "truncated.gguf"), _default_gguf()))
 
 
 def gguf_bad_magic(d: str) -> Loaded:
@@ -91,47 +93,44 @@ def model_path_missing(d: str) -> Loaded:
     return _model(os.path.join(d, "no", "such", "model.gguf"))
 
 
-# -- Hugging Face model folders (a tiny Llama with the embedded model's tokenizer) --------------
-def tiny_model_folder(d: str, name: str) -> str:
-    """A seeded tiny Llama folder (vocabulary of the embedded model) with its tokenizer files."""
+# -- Hugging Face model folders (synthetic/hostile.py's tiny Llama) ----------------------------
+def _tokenizer_folder(d: str) -> str:
+    """A folder with the embedded model's tokenizer files (what a template case's model ships)."""
     from edgellm_ros.loaders.gguf import read_metadata
     from edgellm_ros.runtime.tokenizer import Tokenizer
-    from edgellm_ros.synthetic.tiny_models import TINY_LLAMA, write_tiny_model
     from gguf import GGUFReader
 
-    folder = os.path.join(d, name)
-    tok = Tokenizer.from_gguf_metadata(read_metadata(GGUFReader(_default_gguf(), "r")))
-    tok.save_hf_folder(folder)
-    write_tiny_model(folder, {**TINY_LLAMA, "vocab_size": 49152, "max_position_embeddings": 2048})
+    folder = os.path.join(d, "tokenizer")
+    if not os.path.exists(os.path.join(folder, "tokenizer.json")):
+        Tokenizer.from_gguf_metadata(read_metadata(GGUFReader(_default_gguf(), "r"))).save_hf_folder(folder)
     return folder
 
 
-def _with_template(d: str, name: str, template: str) -> Loaded:
-    folder = tiny_model_folder(d, name)
-    path = os.path.join(folder, "tokenizer_config.json")
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    cfg["chat_template"] = template
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(cfg, f)
-    return _model(folder)
-
-
 def template_cpu_bomb(d: str) -> Loaded:
-    return _with_template(d, "template_cpu_bomb", "{% for i in range(100000) %}{% for j in range(100000) %}"
-                          "{% endfor %}{% endfor %}{{ messages[-1]['content'] }}")
+    return _model(hostile.loop_template_model(os.path.join(d, "template_cpu_bomb"), _tokenizer_folder(d)))
 
 
 def template_memory_bomb(d: str) -> Loaded:
-    """About 10 GB of output: run the node under an address-space limit (the bench does)."""
-    return _with_template(d, "template_memory_bomb", "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}")
+    return _model(hostile.memory_bomb_template_model(os.path.join(d, "template_memory_bomb"),
+                                                     _tokenizer_folder(d)))
+
+
+def template_one_op_bomb(d: str) -> Loaded:
+    """One expression asking for 10 GB (stopped by the render worker's memory cap)."""
+    return _model(hostile.template_model(os.path.join(d, "template_one_op_bomb"), _tokenizer_folder(d),
+                                         hostile.ONE_OP_BOMB_TEMPLATE))
 
 
 def safetensors_dev_zero(d: str) -> Loaded:
-    folder = tiny_model_folder(d, "safetensors_dev_zero")
-    os.remove(os.path.join(folder, "model.safetensors"))
-    os.symlink("/dev/zero", os.path.join(folder, "model.safetensors"))
-    return _model(folder)
+    return _model(hostile.dev_zero_model(os.path.join(d, "safetensors_dev_zero")))
+
+
+def safetensors_fifo(d: str) -> Loaded:
+    return _model(hostile.fifo_model(os.path.join(d, "safetensors_fifo")))
+
+
+def safetensors_header_2_pow_40(d: str) -> Loaded:
+    return _model(hostile.lying_header_model(os.path.join(d, "safetensors_header_2_pow_40")))
 
 
 def _truncate(path: str, keep: float) -> None:
@@ -144,13 +143,11 @@ def _write(path: str, text: str) -> None:
 
 
 def safetensors_truncated(d: str) -> Loaded:
-    folder = tiny_model_folder(d, "safetensors_truncated")
-    _truncate(os.path.join(folder, "model.safetensors"), 0.5)
-    return _model(folder)
+    return _model(hostile.truncated_safetensors_model(os.path.join(d, "safetensors_truncated")))
 
 
 def config_not_json(d: str) -> Loaded:
-    folder = tiny_model_folder(d, "config_not_json")
+    folder = write_tiny_model(os.path.join(d, "config_not_json"), TINY_LLAMA)
     _write(os.path.join(folder, "config.json"), "{\"model_type\": \"llama\", ")
     return _model(folder)
 
@@ -192,13 +189,8 @@ def lora_tensors_nan(d: str) -> Loaded:
 
 def lora_bytes_overwritten(d: str) -> Loaded:
     """64 KiB of 0xFF (float NaN) in the middle of the radiology weights."""
-    folder = _radiology_copy(d, "lora_bytes_overwritten")
-    path = os.path.join(folder, "adapter_model.safetensors")
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.seek(size // 2)
-        f.write(b"\xff" * min(65536, size // 4))
-    return _adapter(folder)
+    return _adapter(hostile.overwritten_adapter(os.path.join(d, "lora_bytes_overwritten"), RADIOLOGY,
+                                                length=65536))
 
 
 def lora_weights_missing(d: str) -> Loaded:
@@ -241,12 +233,11 @@ def draft_weights_truncated(d: str) -> Loaded:
 CASES: Dict[str, Tuple[str, Callable[[str], Loaded]]] = {
     f.__name__: (family, f) for family, fs in (
         ("model", (gguf_empty, gguf_truncated, gguf_bad_magic, gguf_head_count_0, gguf_context_length_2147483647,
-                   model_path_missing, safetensors_dev_zero, safetensors_truncated, config_not_json)),
-        ("chat_template", (template_cpu_bomb, template_memory_bomb)),
+                   model_path_missing, safetensors_dev_zero, safetensors_fifo, safetensors_header_2_pow_40,
+                   safetensors_truncated, config_not_json)),
+        ("chat_template", (template_cpu_bomb, template_memory_bomb, template_one_op_bomb)),
         ("lora", (lora_alpha_nan, lora_alpha_1e308, lora_rank_mismatch, lora_tensors_nan, lora_bytes_overwritten,
                   lora_weights_missing)),
         ("draft", (draft_target_layer_99, draft_config_not_json, draft_weights_truncated)),
     ) for f in fs}
-#: (draft_target_layer_99 is left out: on main at 6c18814 it makes configure re-export the whole base
-#: engine before it fails, minutes on 2 cores.)
 QUICK = ("gguf_head_count_0", "lora_alpha_nan", "draft_config_not_json")

@@ -35,10 +35,13 @@ class Client:
         self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
         for nd in self.nodes:
             self.executor.add_node(nd)
-        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
-        self.spinner.start()
+        # the clients (an ActionClient each) exist before the executor spins: rclpy's
+        # ActionClient is a waitable whose lock is made late in its __init__, and an
+        # executor already spinning can ask it for its entities first (AttributeError)
         self.clients = [EdgeLLMClient(nd) for nd in self.nodes]
         self.c = self.clients[0]
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
 
     def close(self) -> None:
         import rclpy

@@ -102,3 +102,22 @@ def test_a_change_of_the_exporting_code_makes_the_folder_stale(tmp_path, default
     ensure_engine(model, out, log=logs.append)
     assert any("exporting" in m for m in logs)
     assert read_manifest(out)["exporter"] == "0123456789abcdef"
+
+
+def test_a_moved_model_still_gets_new_graph_families(tmp_path, default_engine_dir):
+    """The manifest records where the model was at export; after a move (same files, same
+    hash: the folder is current) a new family is exported from where it is now. It used to
+    fail with "model path ... does not exist"."""
+    import shutil
+
+    from edgellm_ros.runtime.config import EngineConfig
+    from edgellm_ros.runtime.engine import Engine
+    old = write_tiny_model(str(tmp_path / "a" / "m"), TINY_LLAMA, tokenizer_from=default_engine_dir)
+    out = str(tmp_path / "engine")
+    ensure_engine(old, out, log=lambda m: None)
+    new = str(tmp_path / "b" / "m")
+    shutil.move(old, new)
+    engine = Engine.load(EngineConfig(model=new, engine_dir=out, quantization="int4", fused_ops=True,
+                                      max_seq_len=64, prefill_chunk=32), log=lambda m: None)
+    engine.close()
+    assert "decoder_int4_fused" in read_manifest(out)["graphs"]

@@ -64,7 +64,9 @@ from .ask import (ImageUnavailable, NotActive, check_limits, error_code_name, er
                   fill_error, fill_result, generation_request)
 from .callers import CHECK_PERIOD_S, CallerWatch, ask_watch, goal_watch
 from .camera import LatestFrame
+from .delivery import deliver_retrying
 from .generate import GENERATE_ACTION, GenerateServer, rejection_text
+from .loading import Interrupted, run_unless
 from .memory import fix_mmap_threshold, trim_heap
 from .params import (CONFIGURE_TIME, MAX_QUEUE_SIZE, PARAMETERS, SPECS, ParamSpec,
                      RequestDefaults, settings_from_parameters)
@@ -185,6 +187,7 @@ class EdgeLLMNode(LifecycleNode):
         self._inflight = 0
         self._inflight_cond = threading.Condition()
         self._closing = ""                   # why the node is going away ("" = it is not)
+        self._closed = threading.Event()     # set with _closing: a configure stops waiting
         self._configure_tried = False
         self._cancel_reason = "the node was cleaned up or shut down"
         #: Done when the node reaches the finalized state (main() then exits).
@@ -199,6 +202,7 @@ class EdgeLLMNode(LifecycleNode):
         group = ReentrantCallbackGroup()
         self._ask = self.create_service(Ask, ASK_SERVICE, self._on_ask, qos_profile=ASK_QOS,
                                         callback_group=group)
+        deliver_retrying(self._ask, self.get_logger().warning)   # a caller still being discovered
         # Running and waiting requests -> whether their caller is still there.
         self._callers: Dict[TokenStream, CallerWatch] = {}
         self._generate = GenerateServer(
@@ -361,12 +365,20 @@ class EdgeLLMNode(LifecycleNode):
                      f"backend={settings.engine.backend} "
                      f"max_seq_len={settings.engine.max_seq_len}")
             from ..runtime.engine import open_engine  # heavy imports only when configuring
-            engine = open_engine(settings.engine, log=log.info)
+            # in a thread of its own, so that a signal answers this transition's caller at once
+            engine = run_unless(lambda: open_engine(settings.engine, log=log.info), self._closed,
+                                discard=lambda late: late.close())
             try:
                 engine.set_eagle(settings.eagle)
             except EdgeLLMError:
                 engine.close()
                 raise
+        except Interrupted:
+            log.warning(f"configure given up: the node is {self._closing} "
+                        "(an export in progress is cut off with the process and leaves nothing)")
+            with self._lock:
+                self._state = "unconfigured"
+            return TransitionCallbackReturn.FAILURE
         except Exception as exc:
             log.error(f"configure failed ({type(exc).__name__}): {exc}")
             with self._lock:
@@ -458,6 +470,7 @@ class EdgeLLMNode(LifecycleNode):
         deadline = time.monotonic() + timeout
         with self._lock:
             self._closing = why
+        self._closed.set()
         # the worker gets part of the time, so that an abandoned call is still answered in it
         self._release(why, stop_timeout=0.6 * timeout)
         with self._inflight_cond:

@@ -10,8 +10,10 @@ and lets the node answer everything before the context goes.
 A signal ends the process within :data:`EXIT_DEADLINE_S` seconds whatever the
 node is doing. A configure that exports or loads an engine cannot be
 interrupted (the export runs in native code), so once the deadline passes the
-process leaves with ``os._exit`` after answering what it could; an export cut
-short leaves only its temporary folder, which the next export ignores. The
+process leaves with ``os._exit`` after answering what it could (the configure
+caller included: on_configure stops waiting for the load and fails); an export
+cut short leaves nothing behind (its staging folder and lock file are removed
+first, and nothing more is moved into place). The
 lifecycle services run in a callback group of their own, and the executor has
 threads to spare, so ``get_state`` and the parameter services answer while a
 configure runs.
@@ -31,6 +33,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
+from ..runtime.staging import discard_owned
+
 #: Seconds from a SIGINT / SIGTERM to the end of the process, at the latest.
 EXIT_DEADLINE_S = 1.5
 #: Seconds after a first signal during which another one is taken as a repeat of it.
@@ -41,9 +45,15 @@ MIN_EXECUTOR_THREADS = 4
 
 
 def _leave(why: str = "") -> NoReturn:
-    """End the process now (status 0), with the logs flushed; see run_node."""
+    """End the process now (status 0), with the logs flushed; see run_node.
+
+    An export still running in another thread is cut off: its staging folder
+    and lock file are removed first (runtime/staging.discard_owned).
+    """
+    removed = discard_owned()
     if why:
-        print(f"[edgellm_node] {why}", file=sys.stderr)
+        print(f"[edgellm_node] {why}" + (f"; removed {removed} unfinished export file(s)"
+                                         if removed else ""), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -93,6 +93,7 @@ class GenerationWorker:
         self.drop_waiting(error)
         self._thread.join(timeout)
         if not self._thread.is_alive():
+            self._engine = None   # the caller frees it; this worker must not keep it alive
             return True
         # A step that outlasts the timeout (a long prefill chunk on a busy CPU): its caller is
         # answered now with what was streamed; the thread's own outcome is dropped later.

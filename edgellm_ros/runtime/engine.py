@@ -17,6 +17,7 @@ import numpy as np
 from ..backends import open_backend
 from ..contract import Backend, DecoderStep, TextTokenizer, read_manifest
 from ..errors import ConfigError, ModelLoadError
+from ..loaders import resolve_model_source
 from ..models.eagle import draft_layers, load_draft, read_config
 from ..models.spec import ModelConfig
 from .chat import probe_template
@@ -144,7 +145,8 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
         config.quantization == "int4" and config.int4_compute == "float32")
     if config.quantization != "none" or fused or vocab is not None:
         manifest = ensure_family(folder, config.quantization, fused, log,
-                                 rope_rows=config.max_seq_len + limits.max_expanded, vocab=vocab)
+                                 rope_rows=config.max_seq_len + limits.max_expanded,
+                                 source=resolve_model_source(config.model), vocab=vocab)
     graph = graph_name(bool(config.lora_adapters), eagle3, config.quantization, fused, digest)
     plain = graph_name(False, False, config.quantization, fused, digest)
     entry = manifest["graphs"][graph]
@@ -239,23 +241,34 @@ class Engine:
         mods = art.manifest["graphs"][art.graph]["lora_modules"]
         slots = [(i, m) for i in range(mcfg.num_layers) for m in mods]
         # the plain variant runs the steps that need neither an adapter nor EAGLE's features
-        decoder = backend.open_decoder(art.folder, art.graph, mcfg, np.asarray(art.embeddings), config.max_seq_len,
-                                       max(chunk, 1 + limits.max_tree), slots, config.max_lora_rank,
-                                       art.plain_graph)
-        for ad in registry.adapters.values():
-            decoder.add_adapter(ad.name, ad.weights)
-        drafter = open_drafter(art, backend, decoder, config, limits, chunk) if art.draft is not None else None
-        log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
-            f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
-            f"backend {backend.name}")
-        vision = None
-        if art.has_vision:
-            vision = VisionPipeline.from_folder(
-                art.folder, split_images=None if config.split_images else False, backend=backend)
-            log(f"vision encoder loaded ({vision.backend})")
-        else:
-            log("text-only model: requests with images are refused")
-        return cls(config, art.folder, mcfg, tokenizer, decoder, backend.name, registry, drafter, vision)
+        try:
+            decoder = backend.open_decoder(art.folder, art.graph, mcfg, np.asarray(art.embeddings),
+                                           config.max_seq_len, max(chunk, 1 + limits.max_tree), slots,
+                                           config.max_lora_rank, art.plain_graph)
+        except BaseException:
+            tokenizer.close()
+            raise
+        # from here on, a failure (a hostile draft, a broken vision encoder) frees what was opened
+        engine = cls(config, art.folder, mcfg, tokenizer, decoder, backend.name, registry)
+        try:
+            for ad in registry.adapters.values():
+                decoder.add_adapter(ad.name, ad.weights)
+            if art.draft is not None:
+                engine.attach_drafter(open_drafter(art, backend, decoder, config, limits, chunk))
+            log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
+                f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
+                f"backend {backend.name}")
+            if art.has_vision:
+                engine.vision = VisionPipeline.from_folder(
+                    art.folder, split_images=None if config.split_images else False, backend=backend)
+                engine.attach_drafter(engine.drafter)   # the generator reads the vision pipeline
+                log(f"vision encoder loaded ({engine.vision.backend})")
+            else:
+                log("text-only model: requests with images are refused")
+        except BaseException:
+            engine.close()
+            raise
+        return engine
 
     @property
     def model_label(self) -> str:
@@ -355,8 +368,14 @@ class Engine:
         close_tokenizer = getattr(self.tokenizer, "close", None)
         if close_tokenizer is not None:   # the chat template's worker process
             close_tokenizer()
+        # drop the references to what is left (adapter and draft weights, the draft and vision
+        # objects): a closed engine still referenced somewhere (a finished worker, a frame) then
+        # holds nothing of size
         self.decoder = None
         self.generator = None  # type: ignore[assignment]
+        self.drafter = None
+        self.vision = None
+        self.adapters = LoraRegistry()
 
 
 def open_engine(config: EngineConfig, log: Log = print) -> Any:

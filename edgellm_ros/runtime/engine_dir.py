@@ -40,7 +40,7 @@ from ..contract import MANIFEST, decoder_io_names, read_manifest
 from ..loaders.files import check_model_files, folder_files, open_regular, read_bounded
 from ..models.eagle import default_target_layers
 from ..models.spec import PROJECTIONS
-from .staging import OWNER, folder_lock, publish, remove_abandoned, staging_folder
+from .staging import OWNER, commit, folder_lock, publish, remove_abandoned, staging_folder
 from .vocab import VocabReduction
 
 #: Bump when the folder layout changes. Changes of the exporting code are caught
@@ -200,13 +200,16 @@ def _family_missing(manifest: Dict[str, Any], quantization: str, fused: bool, ro
 
 def ensure_family(folder: str, quantization: str, fused: bool,
                   log: Callable[[str], object] = print, rope_rows: int = 0,
-                  vocab: Optional[VocabReduction] = None) -> Dict[str, Any]:
+                  source: str = "", vocab: Optional[VocabReduction] = None) -> Dict[str, Any]:
     """Add a graph family to a current engine folder when it lacks it; return the manifest.
 
     A fused family whose rotary tables cover fewer than ``rope_rows`` positions
     is exported again with enough rows. Files are written into a staging
-    folder and moved in, the manifest last, under the folder's lock. vocab:
-    the family whose LM head keeps those ids (one family per set).
+    folder and moved in, the manifest last, under the folder's lock.
+    source: where the model is now (ensure_engine checked its hash against the
+    manifest); "" = the path the manifest recorded at export, which is gone
+    once the model has moved. vocab: the family whose LM head keeps those ids
+    (one family per set).
     """
     digest = vocab.digest if vocab is not None else ""
     manifest = read_manifest(folder)
@@ -223,21 +226,22 @@ def ensure_family(folder: str, quantization: str, fused: bool,
         t0 = time.perf_counter()
         log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs"
             f"{f' with the {vocab.size}-token LM head of {vocab.source}' if vocab is not None else ''} into {folder}")
-        weights = _load_source(manifest["source"])[0]
+        weights = _load_source(source or manifest["source"])[0]
         with staging_folder(folder, "family") as tmp:
             graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused, rope_rows,
                                    vocab)
-            for name in os.listdir(tmp):
-                if name != OWNER:
-                    os.replace(os.path.join(tmp, name), os.path.join(folder, name))
             manifest["graphs"].update(graphs)
-            origins = graphs[graph_name(False, False, quantization, fused, digest)]["weight_origins"]
-            log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
-                f"(weights per graph: {origins or 'float32'})")
             part = os.path.join(tmp, MANIFEST)
             with open(part, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1)
-            os.replace(part, os.path.join(folder, MANIFEST))
+            with commit():   # all moved, the manifest last, or none (a process leaving)
+                for name in os.listdir(tmp):
+                    if name not in (OWNER, MANIFEST):
+                        os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+                os.replace(part, os.path.join(folder, MANIFEST))
+            origins = graphs[graph_name(False, False, quantization, fused, digest)]["weight_origins"]
+            log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
+                f"(weights per graph: {origins or 'float32'})")
     return manifest
 
 
