@@ -36,9 +36,9 @@ setup(
                 if f.endswith(".py"))),
         ("share/" + PACKAGE + "/config", ["config/edgellm.yaml"]),
     ] + [
-        # shipped LoRA adapters and EAGLE drafts, one data_files entry per folder
+        # shipped LoRA adapters, EAGLE drafts and reduced vocabularies, one data_files entry per folder
         ("share/" + PACKAGE + "/" + root, [os.path.join(root, f) for f in files])
-        for top in ("adapters", "drafts") if os.path.isdir(os.path.join(HERE, top))
+        for top in ("adapters", "drafts", "vocab") if os.path.isdir(os.path.join(HERE, top))
         for root, _, files in sorted(os.walk(top)) if files
     ],
     entry_points={"console_scripts": ["edgellm = edgellm_ros.cli:main"]},

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Dict, List
@@ -71,7 +72,8 @@ class Ours:
     EAGLE exact, docs/EAGLE.md), so "<q>" is the node with EAGLE off and
     "<q>+eagle" must give its very tokens;
     each "/field=value" sets one more EngineConfig field (``int4/int4_compute=float32``,
-    ``int4/fused_ops=false``; values read as JSON where they parse, else as text).
+    ``int4/fused_ops=false``, ``int4-sym/vocab_reduction=shipped``; values read as JSON where
+    they parse, else as text, and may hold "/": ``int4/vocab_reduction=/data/vocab.json``).
     """
 
     def __init__(self, spec: Dict[str, Any]) -> None:
@@ -80,7 +82,8 @@ class Ours:
         from edgellm_ros.runtime.engine import Engine
         from edgellm_ros.runtime.speculative import EagleConfig
 
-        head, *settings = spec["variant"].split("/")
+        # a value may hold "/" (a path): a setting starts at "/name="
+        head, *settings = re.split(r"/(?=[A-Za-z_][A-Za-z0-9_]*=)", spec["variant"])
         quant, _, extra = head.partition("+")
         if extra not in ("", "eagle"):
             raise Skipped(f"unknown variant suffix {extra!r} (use <quantization> or <quantization>+eagle)")

@@ -105,7 +105,9 @@ def speed_rows(data: Dict[str, Any]) -> List[Dict[str, Any]]:
                 cfg = r.get("engine_config", {})
                 quant = cfg.get("quantization", variant.split("+")[0].split("/")[0])
                 key = f"{quant}/{'fused' if cfg.get('fused_ops', True) else 'plain'}" + (
-                    f"/{cfg.get('int4_compute', 'int8')}" if quant != "none" else "")
+                    f"/{cfg.get('int4_compute', 'int8')}" if quant != "none" else "") + (
+                    # a reduced LM head is another variant: never the whole head's quality
+                    f"/vocab={cfg['vocab_reduction']}" if cfg.get("vocab_reduction") else "")
                 rt = ratios.get(name, {})
                 metrics = ("decode_tok_s", "prefill_tok_s", "ttft_s")
                 row.update(kind="ours", variant=variant, quality=key,

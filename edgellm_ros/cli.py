@@ -48,6 +48,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eagle-draft", default="default",
                    help="EAGLE draft folder ('default' = the shipped one for the embedded model, "
                         "'' = none)")
+    p.add_argument("--vocab-reduction", default="", metavar="FILE",
+                   help="JSON list of the token ids the LM head keeps ('shipped' = the embedded model's set; "
+                        "docs/VOCAB_REDUCTION.md)")
     p.add_argument("-v", "--verbose", action="store_true", help="log engine loading")
 
 
@@ -57,7 +60,7 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
                         quantization=a.quantization, int4_compute=a.int4_compute,
                         fused_ops=not a.plain_ops,
                         lora_adapters=tuple(a.lora_adapter), lora=a.lora,
-                        eagle_draft=a.eagle_draft,
+                        eagle_draft=a.eagle_draft, vocab_reduction=a.vocab_reduction,
                         remote=RemoteConfig(url=a.remote_url, model=a.remote_model,
                                             api_key_env=a.remote_api_key_env))
 

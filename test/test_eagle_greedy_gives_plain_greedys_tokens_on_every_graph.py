@@ -7,7 +7,8 @@ near-ties. An engine with a draft runs one-token steps padded to two rows
 and verifies greedy requests along the tree's best chain, so every token's
 row is computed bit for bit alike (docs/EAGLE.md). Held-out prompts (the
 draft was not trained on them), the quantized and float graphs, fused and
-plain ops, with a LoRA adapter and with the prompt cache.
+plain ops, with a LoRA adapter, with the prompt cache and with the shipped
+vocabulary reduction (whose draft never proposes a token outside the set).
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def test_a_token_row_gets_the_same_bits_in_one_and_many_row_steps(default_engine
 
 CASES = [dict(quantization="int4"), dict(quantization="int4-sym"), dict(quantization="int8"),
          dict(quantization="none"), dict(quantization="int4", fused_ops=False),
-         dict(quantization="int4", lora_adapters=(ADAPTER,), lora="radiology")]
+         dict(quantization="int4", lora_adapters=(ADAPTER,), lora="radiology"),
+         dict(quantization="int4-sym", vocab_reduction="shipped")]
 
 
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: "-".join(

@@ -28,7 +28,7 @@ def test_colcon_installed_the_executable_launch_config_and_interfaces():
     share = get_package_share_directory("edgellm_ros")
     assert os.access(os.path.join(prefix, "lib", "edgellm_ros", "edgellm_node"), os.X_OK)
     for rel in ("package.xml", "launch/llm.launch.py", "launch/vlm.launch.py",
-                "config/edgellm.yaml", "msg/Token.msg", "srv/Ask.srv"):
+                "config/edgellm.yaml", "msg/Token.msg", "srv/Ask.srv", "vocab/smollm2-135m-instruct.json"):
         assert os.path.isfile(os.path.join(share, rel)), rel
     with open(os.path.join(prefix, "share", "ament_index", "resource_index",
                            "rosidl_interfaces", "edgellm_ros")) as f:

@@ -51,7 +51,7 @@ def test_configure_time_parameters_are_the_engine_ones():
                               "quantization", "int4_compute", "fused_ops", "remote.url", "remote.model",
                               "remote.api_key_env", "remote.timeout_s", "remote.max_retries",
                               "remote.lora_models", "remote.image_max_side", "remote.grammar_field",
-                              "remote.schema_format"}
+                              "remote.schema_format", "vocab_reduction"}
 
 
 def test_every_parameter_has_a_description_and_a_range_holding_its_default():
@@ -120,3 +120,20 @@ def test_lora_and_eagle_parameters_are_validated_with_the_reason():
         settings_from_parameters({"eagle.confidence_threshold": 1.5})
     assert settings_from_parameters({"model": "/m.gguf", "allowed_roots": ["/"]}
                                     ).engine.lora_adapters == ()
+
+
+def test_vocab_reduction_maps_to_the_config_inside_allowed_roots(tmp_path):
+    """'shipped' and paths pass through (relative ones resolve against the share folder); a
+    path outside allowed_roots is refused naming the parameter; remote refuses any."""
+    assert settings_from_parameters({}).engine.vocab_reduction == ""
+    assert settings_from_parameters({"vocab_reduction": "shipped"}).engine.vocab_reduction == "shipped"
+    rel = settings_from_parameters({"vocab_reduction": "vocab/smollm2-135m-instruct.json"})
+    assert rel.engine.vocab_reduction == os.path.join(share_dir(), "vocab", "smollm2-135m-instruct.json")
+    mine = str(tmp_path / "ids.json")
+    s = settings_from_parameters({"vocab_reduction": mine, "allowed_roots": ["default", str(tmp_path)]})
+    assert s.engine.vocab_reduction == mine
+    with pytest.raises(ConfigError, match="vocab_reduction .*outside allowed_roots"):
+        settings_from_parameters({"vocab_reduction": mine, "allowed_roots": ["default"]})
+    with pytest.raises(ConfigError, match="vocab_reduction: backend remote"):
+        settings_from_parameters({"backend": "remote", "remote.url": "http://h:1/v1",
+                                  "vocab_reduction": "shipped"})

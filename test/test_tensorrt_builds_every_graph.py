@@ -166,3 +166,36 @@ def test_fp32_islands_are_found(tiny_engine):
     assert sum("input_layernorm/" in n for n in names) >= layers
     assert any("/model/norm/" in n for n in names) and any("/rotary/Cos" in n for n in names)
     assert not any("q_proj" in n or "mlp" in n for n in names)
+
+
+@pytest.mark.parametrize("quantization", ["none", "int4"])
+def test_the_reduced_vocabulary_graph_is_what_tensorrt_builds(tiny_engine, tmp_path, quantization):
+    """A vocab_reduction family (ScatterElements into a -inf [L, V] row) parses and builds, and the
+    TensorRT backend's configuration resolves to it (the plain-op family of that set)."""
+    import json
+
+    from edgellm_ros.runtime.config import EagleLimits, EngineConfig
+    from edgellm_ros.runtime.engine import resolve_artifacts
+    from edgellm_ros.runtime.tokenizer import Tokenizer
+    from edgellm_ros.runtime.vocab import load_vocab_reduction, required_ids
+
+    manifest = read_manifest(tiny_engine)
+    vocab = manifest["model"]["vocab_size"]
+    tok = Tokenizer.from_hf_folder(tiny_engine)
+    ids = sorted(i for i in set(range(0, vocab, 7)) | set(required_ids(tok)) if i < vocab)
+    tok.close()
+    path = str(tmp_path / "ids.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(ids, f)
+    digest = load_vocab_reduction(path, vocab).digest
+    config = EngineConfig(model=manifest["source"], engine_dir=tiny_engine, backend="tensorrt",
+                          quantization=quantization, eagle_draft="", vocab_reduction=path)
+    art = resolve_artifacts(config, "tensorrt", EagleLimits(), log=lambda m: None)
+    assert art.graph == graph_name(False, False, quantization, False, digest) and art.vocab.digest == digest
+    g = art.manifest["graphs"][art.graph]
+    assert g["vocab_reduction"]["kept"] == len(ids) and not g["fused"]
+    out = str(tmp_path / "reduced.plan")
+    info = build_engine(os.path.join(tiny_engine, g["file"]), out,
+                        decoder_profiles(g, art.manifest["model"], MAX_SEQ_LEN, MAX_CHUNK, MAX_LORA_RANK),
+                        precision="fp16", log=lambda m: None)
+    _check(info, out)

@@ -29,6 +29,10 @@ Outputs
 | present_key.{i}    | float32 | [1, T, KVH, D]     | keys of the T new tokens (rotary applied)        |
 | present_value.{i}  | float32 | [1, T, KVH, D]     | values of the T new tokens                       |
 
+Vocabulary reduction (``vocab``, runtime/vocab.py): the LM head keeps the
+rows of K kept ids; ``logits`` stays [L, V], -inf off the kept ids
+(lm_head.to_model_ids).
+
 Two variants share one weights file: ``decoder.onnx`` and
 ``decoder_lora.onnx``, whose every projection m in (q, k, v, o, gate, up,
 down)_proj computes ``x @ W + (x @ a) @ b`` with r dynamic per slot.
@@ -43,6 +47,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 from onnx import TensorProto
 
 from ..models.spec import ModelWeights
@@ -68,9 +73,12 @@ class DecoderGraph(LayerBuilder):
 
     def __init__(self, weights: ModelWeights, g: GraphBuilder, lora_modules: Sequence[str] = (),
                  feature_layers: Sequence[int] = (), quantization: str = "none",
-                 fused: bool = False, requant: Optional[Requantizer] = None, rope_rows: int = 0):
+                 fused: bool = False, requant: Optional[Requantizer] = None, rope_rows: int = 0,
+                 vocab: Optional[np.ndarray] = None):
         super().__init__(weights, g, quantization, fused, requant, lora_modules, rope_rows)
         self.feature_layers = tuple(feature_layers)
+        #: [K] model ids the LM head keeps (None: the whole vocabulary)
+        self.vocab = vocab
         #: whether the graph reads the embedding table as lm_head_rows (lm_head.head_modes)
         self.head_rows = False
 
@@ -113,7 +121,7 @@ class DecoderGraph(LayerBuilder):
         picked = g.op("Gather", [hidden, lidx], "/model/lm_head", axis=1)       # [1, L, H]
         # [L, H] before the head, so its last node writes the bound logits output itself
         picked = g.op("Squeeze", [picked, g.const([0])], "/model/lm_head")      # [L, H]
-        logits, self.head_rows = lm_head(self.proj, picked)                      # [L, V]
+        logits, self.head_rows = lm_head(self.proj, picked, self.vocab)          # [L, V]
         g.output(logits, "logits", F32, ["num_logits", c.vocab_size])
         if self.feature_layers:   # EAGLE-3 features: residual stream after chosen layers
             feats = g.op("Concat", [layer_out[i] for i in self.feature_layers], "/model/features",
@@ -149,7 +157,8 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
                    name: str = "decoder", lora_modules: Sequence[str] = (),
                    feature_layers: Sequence[int] = (), quantization: str = "none",
                    fused: bool = False, info: Optional[Dict[str, Any]] = None,
-                   requant: Optional[Requantizer] = None, rope_rows: int = 0) -> str:
+                   requant: Optional[Requantizer] = None, rope_rows: int = 0,
+                   vocab: Optional[np.ndarray] = None) -> str:
     """Write ``{name}.onnx`` into out_dir (weights into weight_file); return the path.
 
     quantization: "none" (float32 weights, opset 17), "int4" (block-wise
@@ -164,13 +173,15 @@ def export_decoder(weights: ModelWeights, out_dir: str, weight_file: WeightFile,
     requant: how weights without usable file blocks are re-quantized (and a
     cache shared by the variants of one family); plain round to nearest if None.
     rope_rows: positions the fused graph's rotary tables must cover (layers.rope_table_rows).
+    vocab: [K] ascending model ids a reduced LM head keeps (None: the whole head).
     """
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.onnx")
     g = GraphBuilder(name, weights=weight_file, opset=17 if quantization == "none" else 21)
-    dec = DecoderGraph(weights, g, lora_modules, feature_layers, quantization, fused, requant, rope_rows)
+    dec = DecoderGraph(weights, g, lora_modules, feature_layers, quantization, fused, requant, rope_rows,
+                       vocab)
     dec.build()
     if info is not None:
         info["weight_origins"] = dict(dec.proj.quant_origins)

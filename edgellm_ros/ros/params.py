@@ -13,6 +13,7 @@ message, and all of it is testable without ROS. No rclpy import here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Optional, Tuple, Union
 
@@ -21,6 +22,7 @@ from ..runtime.config import (BACKENDS, INT4_COMPUTE, QUANTIZATIONS, EagleConfig
                               SCHEMA_FORMATS, check_ranges, parse_adapter_spec, range_of, ranged)
 from ..errors import ConfigError
 from ..runtime.resources import share_dir
+from ..runtime.vocab import SHIPPED
 from .roots import DEFAULT as DEFAULT_ROOTS
 from .roots import check_inside, resolve_roots
 
@@ -141,7 +143,8 @@ DEMO_ADAPTER = "radiology:adapters/radiology"
 
 PARAMETERS: Tuple[ParamSpec, ...] = (
     ParamSpec("allowed_roots", [DEFAULT_ROOTS],
-              "folders that model, engine_dir, lora_adapters and eagle.draft must resolve into "
+              "folders that model, engine_dir, lora_adapters, eagle.draft and vocab_reduction must "
+              "resolve into "
               "(real paths); 'default' = the package share, the user cache (~/.cache, "
               "EDGELLM_CACHE), the Hugging Face cache and the embedded model's folder; the "
               "package share is always allowed. Read-only: set it at start",
@@ -244,6 +247,10 @@ PARAMETERS: Tuple[ParamSpec, ...] = (
               "draft nodes whose path probability under the draft is below this are neither "
               "expanded nor verified (0 = the whole tree)",
               range=_span(range_of(EagleConfig, "confidence_threshold"))),
+    ParamSpec("vocab_reduction", _ENGINE.vocab_reduction,
+              "file of the token ids the LM head keeps (one JSON list; relative paths resolve "
+              "against the package share); 'shipped' = the embedded model's shipped set; "
+              "empty = the whole head. docs/VOCAB_REDUCTION.md", configure_time=True),
     ParamSpec("split_images", _ENGINE.split_images,
               "vision models: split large frames into tiles as the model's processor does "
               "(more detail, ~15x the encoder work); false = one resized tile per image",
@@ -306,6 +313,16 @@ def _check_paths(v: Mapping[str, Any], adapters: Tuple[str, ...]) -> None:
         check_inside(f"lora_adapters entry {name!r}:", path, roots)
     if v["eagle.draft"] not in ("", "default"):
         check_inside("eagle.draft", v["eagle.draft"], roots)
+    if v["vocab_reduction"] not in ("", SHIPPED):
+        check_inside("vocab_reduction", _vocab_path(v["vocab_reduction"]), roots)
+
+
+def _vocab_path(setting: str) -> str:
+    """vocab_reduction as the node reads it: relative paths resolve against the package share."""
+    if setting in ("", SHIPPED):
+        return setting
+    path = os.path.expanduser(setting)
+    return path if os.path.isabs(path) else os.path.join(share_dir(), path)
 
 
 def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
@@ -338,6 +355,7 @@ def settings_from_parameters(values: Mapping[str, Any]) -> NodeSettings:
         prompt_cache_bytes=v["prompt_cache_bytes"], num_threads=v["num_threads"],
         lora_adapters=adapters, lora_base_dir=share_dir(), max_lora_rank=v["max_lora_rank"],
         lora=v["lora"], eagle_draft=v["eagle.draft"], split_images=v["split_images"],
+        vocab_reduction=_vocab_path(v["vocab_reduction"]),
         eagle_limits=EagleLimits(v["eagle.max_top_k"], v["eagle.max_step"], v["eagle.max_tree"]),
         remote=RemoteConfig(
             url=v["remote.url"], model=v["remote.model"], api_key_env=v["remote.api_key_env"],
@@ -372,6 +390,9 @@ def _refuse_local_only(v: Mapping[str, Any]) -> None:
             raise ConfigError(f"{name}: backend remote runs no local EAGLE draft (the server does its "
                               "own speculative decoding); leave the eagle.* parameters at their "
                               f"defaults, got {v[name]!r}")
+    if v["vocab_reduction"]:
+        raise ConfigError(f"vocab_reduction: backend remote runs no local LM head (got "
+                          f"{v['vocab_reduction']!r}); leave it empty")
     local = [a for a in v["lora_adapters"] if a and a != DEMO_ADAPTER]
     if local:
         raise ConfigError(f"lora_adapters: backend remote loads no local adapter (got {local[0]!r}); "

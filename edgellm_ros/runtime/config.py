@@ -273,6 +273,10 @@ class EngineConfig:
     fused_ops: bool = True
     # ONNX Runtime INT4 kernels: "int8" activations (fast) or "float32" (exact).
     int4_compute: str = "int8"
+    # Vocabulary reduction: a file of the token ids the LM head keeps (one JSON list of
+    # integers; runtime/vocab.py), "shipped" = the embedded default model's shipped set,
+    # "" = the whole head. The end tokens and the 256 byte tokens must be among them.
+    vocab_reduction: str = ""
     # Vision models: split large images into tiles as the model's processor does
     # (True) or encode one resized tile per image (False: ~15x less work per frame).
     split_images: bool = False
@@ -291,6 +295,8 @@ class EngineConfig:
             raise ConfigError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
         if self.int4_compute not in INT4_COMPUTE:
             raise ConfigError(f"int4_compute must be one of {INT4_COMPUTE}, got {self.int4_compute!r}")
+        if not isinstance(self.vocab_reduction, str):
+            raise ConfigError(f"vocab_reduction must be a path (a string), got {self.vocab_reduction!r}")
         object.__setattr__(self, "lora_adapters", tuple(self.lora_adapters))
         names = tuple(parse_adapter_spec(spec)[0] for spec in self.lora_adapters)
         for name in names:

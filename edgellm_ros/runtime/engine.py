@@ -32,6 +32,7 @@ from .speculative import Drafter, EagleConfig, EagleLimits, SpecStats
 from .staging import folder_lock, publish, staging_folder
 from .tokenizer import Tokenizer
 from .vision import VisionPipeline
+from .vocab import VocabReduction, load_vocab_reduction, required_ids, resolve_vocab_path
 
 Log = Callable[[str], object]
 
@@ -88,10 +89,27 @@ class Artifacts:
     draft_dir: str                  # the EAGLE draft's checkpoint folder, "" = none
     draft: Optional[Tuple[Any, Dict[str, np.ndarray]]]   # (DraftConfig, weights) of it
     has_vision: bool                # vision.json: a vision-language model
+    vocab: Optional[VocabReduction] = None   # the ids a reduced LM head keeps, None = all
+
+
+def read_vocab(path: str, folder: str, mcfg: ModelConfig, log: Log = print) -> Optional[VocabReduction]:
+    """The checked vocabulary reduction in ``path`` ("": None); ConfigError naming the file."""
+    if not path:
+        return None
+    tok = Tokenizer.from_hf_folder(folder)
+    try:
+        need = [i for i in required_ids(tok) if i < mcfg.vocab_size]   # ids the head can give
+        vocab = load_vocab_reduction(path, mcfg.vocab_size, need)
+    finally:
+        tok.close()
+    log(f"vocabulary reduction {path}: the LM head keeps {vocab.size} of {mcfg.vocab_size} tokens "
+        f"(set {vocab.digest})")
+    return vocab
 
 
 def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, log: Log = print) -> Artifacts:
     """Export (when missing or stale) and check the files ``config`` asks for on ``backend``."""
+    vocab_path = resolve_vocab_path(config.vocab_reduction, config.model)
     draft_dir = resolve_draft(config.eagle_draft, config.model)
     draft_json = os.path.join(draft_dir, "config.json") if draft_dir else ""
     layers = draft_layers(read_config(draft_dir), draft_json) if draft_dir else None
@@ -109,6 +127,8 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
         raise ModelLoadError(
             f"{folder}: embeddings.npy has shape {embeddings.shape}, "
             f"expected {(mcfg.vocab_size, mcfg.hidden_size)}")
+    vocab = read_vocab(vocab_path, folder, mcfg, log)
+    digest = vocab.digest if vocab is not None else ""
     draft = load_draft(draft_dir, mcfg) if draft_dir else None
     eagle3 = False
     if draft is not None:
@@ -123,23 +143,26 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
     # float32) runs the plain graph, whose offsets are float32
     fused = config.fused_ops and backend == "onnxruntime" and not (
         config.quantization == "int4" and config.int4_compute == "float32")
-    if config.quantization != "none" or fused:
+    if config.quantization != "none" or fused or vocab is not None:
         manifest = ensure_family(folder, config.quantization, fused, log,
                                  rope_rows=config.max_seq_len + limits.max_expanded,
-                                 source=resolve_model_source(config.model))
-    graph = graph_name(bool(config.lora_adapters), eagle3, config.quantization, fused)
-    plain = graph_name(False, False, config.quantization, fused)
+                                 source=resolve_model_source(config.model), vocab=vocab)
+    graph = graph_name(bool(config.lora_adapters), eagle3, config.quantization, fused, digest)
+    plain = graph_name(False, False, config.quantization, fused, digest)
     entry = manifest["graphs"][graph]
+    if (entry.get("vocab_reduction") or {}).get("sha256", "") != digest:
+        raise ModelLoadError(f"{folder}: {graph} was exported with vocabulary reduction "
+                             f"{entry.get('vocab_reduction')}, expected set {digest or 'none'}")
     if fused and config.max_seq_len + limits.max_expanded > entry["rope_rows"]:
         raise ConfigError(f"max_seq_len={config.max_seq_len} (+{limits.max_expanded} EAGLE rows) "
                           f"exceeds the {entry['rope_rows']} positions of {graph}'s rotary "
                           "tables; lower it or set fused_ops false")
     log(f"decoder graph {graph} ({config.quantization} weights"
         f"{', ' + config.int4_compute + ' compute' if config.quantization != 'none' else ''}"
-        f"{', fused ops' if fused else ''})")
+        f"{', fused ops' if fused else ''}{f', LM head of {vocab.size} tokens' if vocab else ''})")
     return Artifacts(folder, manifest, mcfg, embeddings, graph,
                      plain if plain != graph and plain in manifest["graphs"] else "", draft_dir, draft,
-                     os.path.exists(os.path.join(folder, "vision.json")))
+                     os.path.exists(os.path.join(folder, "vision.json")), vocab)
 
 
 def load_adapters(config: EngineConfig, mcfg: ModelConfig, log: Log = print) -> LoraRegistry:
@@ -164,7 +187,8 @@ def open_drafter(art: Artifacts, backend: Backend, decoder: DecoderStep, config:
     step, fc = backend.open_draft(art.folder, os.path.relpath(sub, art.folder), cfg, vocab,
                                   np.asarray(art.embeddings), config.max_seq_len + limits.max_expanded,
                                   max(chunk, limits.max_top_k), decoder)
-    return Drafter(cfg, weights, step, fc, limits)
+    kept = art.vocab.mask(art.model_config.vocab_size) if art.vocab is not None else None
+    return Drafter(cfg, weights, step, fc, limits, kept)
 
 
 class Engine:

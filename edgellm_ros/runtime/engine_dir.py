@@ -12,6 +12,9 @@ Layout::
     decoder*_int4[_fused].onnx, weights_int4[_fused].data, ...
                          other graph families (quantization x fused ops), the
                          same four variants each, exported when first needed
+    decoder*[...]_v<digest8>.onnx, weights[...]_v<digest8>.data, vocab_<digest>.json
+                         a family whose LM head keeps the token ids of
+                         vocab_<digest>.json only (runtime/vocab.py)
     embeddings.npy       [V, H] float32 token embeddings (looked up by the runtime)
     tokenizer.json, tokenizer_config.json
 
@@ -38,6 +41,7 @@ from ..loaders.files import check_model_files, folder_files, open_regular, read_
 from ..models.eagle import default_target_layers
 from ..models.spec import PROJECTIONS
 from .staging import OWNER, commit, folder_lock, publish, remove_abandoned, staging_folder
+from .vocab import VocabReduction
 
 #: Bump when the folder layout changes. Changes of the exporting code are caught
 #: by exporter_digest() as well, so a graph edit never meets a stale folder.
@@ -60,16 +64,21 @@ def exporter_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def family_suffix(quantization: str = "none", fused: bool = False) -> str:
-    """The graph family's file-name suffix: "" for the float plain-op family, else e.g. "_int4_fused"."""
+def family_suffix(quantization: str = "none", fused: bool = False, vocab: str = "") -> str:
+    """The graph family's file-name suffix: "" for the float plain-op family, else e.g. "_int4_fused".
+
+    vocab: the digest of a vocabulary reduction (VocabReduction.digest), "_v" + its first
+    8 digits; "" = the whole head.
+    """
     return ("" if quantization == "none" else "_" + quantization.replace("-", "_")) + \
-        ("_fused" if fused else "")
+        ("_fused" if fused else "") + (f"_v{vocab[:8]}" if vocab else "")
 
 
-def graph_name(lora: bool, eagle3: bool, quantization: str = "none", fused: bool = False) -> str:
+def graph_name(lora: bool, eagle3: bool, quantization: str = "none", fused: bool = False,
+               vocab: str = "") -> str:
     """File stem of the decoder variant."""
     return "decoder" + ("_eagle3" if eagle3 else "") + ("_lora" if lora else "") + \
-        family_suffix(quantization, fused)
+        family_suffix(quantization, fused, vocab)
 
 
 def source_hash(path: str) -> str:
@@ -112,10 +121,11 @@ def load_tokenizer_for(weights: Any) -> Any:
 
 
 def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantization: str,
-                  fused: bool, rope_rows: int = 0) -> Dict[str, Any]:
+                  fused: bool, rope_rows: int = 0, vocab: Optional[VocabReduction] = None) -> Dict[str, Any]:
     """Write the four decoder variants (LoRA x EAGLE-3) of one family; their manifest entries.
 
     rope_rows: positions the fused graphs' rotary tables must cover (max_seq_len + EAGLE rows).
+    vocab: the kept ids of a reduced LM head, written beside the graphs as its file_name.
     """
     # the exporter (and onnx) is imported only when something is exported
     from ..export.calibration import CALIBRATION_SHA256, calibration_ids, input_mean_squares
@@ -138,19 +148,23 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
 
     requant = Requantizer(calibrate)
     graphs = {}
-    suffix = family_suffix(quantization, fused)
+    digest = vocab.digest if vocab is not None else ""
+    suffix = family_suffix(quantization, fused, digest)
     data = f"weights{suffix}.data"
+    if vocab is not None:
+        with open(os.path.join(out_dir, vocab.file_name), "w", encoding="utf-8") as f:
+            f.write(vocab.canonical_json())
     wf = WeightFile(os.path.join(out_dir, data))
     try:
         for lora in (False, True):
             for eagle3 in (False, True):
-                name = graph_name(lora, eagle3, quantization, fused)
+                name = graph_name(lora, eagle3, quantization, fused, digest)
                 mods = PROJECTIONS if lora else ()
                 info: Dict[str, Any] = {}
                 export_decoder(weights, out_dir, wf, name=name, lora_modules=mods,
                                feature_layers=layers if eagle3 else (),
                                quantization=quantization, fused=fused, info=info, requant=requant,
-                               rope_rows=rope_rows)
+                               rope_rows=rope_rows, vocab=vocab.ids if vocab is not None else None)
                 graphs[name] = {"file": f"{name}.onnx", "weights_file": data,
                                 "dtype": "float32", "quantization": quantization, "fused": fused,
                                 "weight_origins": info["weight_origins"],
@@ -159,6 +173,8 @@ def export_family(weights: Any, out_dir: str, layers: Sequence[int], quantizatio
                                 "feature_layers": layers if eagle3 else [],
                                 **decoder_io_names(weights.config.num_layers, mods,
                                                    info["head_rows"])}
+                if vocab is not None:
+                    graphs[name]["vocab_reduction"] = vocab.manifest_entry()
                 if calibration:   # the activation-weighted INT4 scales came from this text
                     graphs[name]["calibration"] = dict(calibration)
     finally:
@@ -176,14 +192,15 @@ def _load_source(source: str) -> Tuple[Any, Any, Any]:
     return load_model(source), None, None
 
 
-def _family_missing(manifest: Dict[str, Any], quantization: str, fused: bool, rope_rows: int) -> bool:
-    entry = manifest.get("graphs", {}).get(graph_name(False, False, quantization, fused))
+def _family_missing(manifest: Dict[str, Any], quantization: str, fused: bool, rope_rows: int,
+                    vocab: str = "") -> bool:
+    entry = manifest.get("graphs", {}).get(graph_name(False, False, quantization, fused, vocab))
     return entry is None or (fused and int(entry.get("rope_rows", 0)) < rope_rows)
 
 
 def ensure_family(folder: str, quantization: str, fused: bool,
                   log: Callable[[str], object] = print, rope_rows: int = 0,
-                  source: str = "") -> Dict[str, Any]:
+                  source: str = "", vocab: Optional[VocabReduction] = None) -> Dict[str, Any]:
     """Add a graph family to a current engine folder when it lacks it; return the manifest.
 
     A fused family whose rotary tables cover fewer than ``rope_rows`` positions
@@ -191,24 +208,28 @@ def ensure_family(folder: str, quantization: str, fused: bool,
     folder and moved in, the manifest last, under the folder's lock.
     source: where the model is now (ensure_engine checked its hash against the
     manifest); "" = the path the manifest recorded at export, which is gone
-    once the model has moved.
+    once the model has moved. vocab: the family whose LM head keeps those ids
+    (one family per set).
     """
+    digest = vocab.digest if vocab is not None else ""
     manifest = read_manifest(folder)
     if manifest is None:
         raise ModelLoadError(f"{folder}: manifest.json is unreadable")
-    if not _family_missing(manifest, quantization, fused, rope_rows):
+    if not _family_missing(manifest, quantization, fused, rope_rows, digest):
         return manifest
     with folder_lock(folder):
         manifest = read_manifest(folder)   # another process may have added it meanwhile
         if manifest is None:
             raise ModelLoadError(f"{folder}: manifest.json is unreadable")
-        if not _family_missing(manifest, quantization, fused, rope_rows):
+        if not _family_missing(manifest, quantization, fused, rope_rows, digest):
             return manifest
         t0 = time.perf_counter()
-        log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs into {folder}")
+        log(f"exporting the {quantization}{' fused' if fused else ''} decoder graphs"
+            f"{f' with the {vocab.size}-token LM head of {vocab.source}' if vocab is not None else ''} into {folder}")
         weights = _load_source(source or manifest["source"])[0]
         with staging_folder(folder, "family") as tmp:
-            graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused, rope_rows)
+            graphs = export_family(weights, tmp, manifest["feature_layers"], quantization, fused, rope_rows,
+                                   vocab)
             manifest["graphs"].update(graphs)
             part = os.path.join(tmp, MANIFEST)
             with open(part, "w", encoding="utf-8") as f:
@@ -218,7 +239,7 @@ def ensure_family(folder: str, quantization: str, fused: bool,
                     if name not in (OWNER, MANIFEST):
                         os.replace(os.path.join(tmp, name), os.path.join(folder, name))
                 os.replace(part, os.path.join(folder, MANIFEST))
-            origins = graphs[graph_name(False, False, quantization, fused)]["weight_origins"]
+            origins = graphs[graph_name(False, False, quantization, fused, digest)]["weight_origins"]
             log(f"{len(graphs)} graphs written in {time.perf_counter() - t0:.1f} s "
                 f"(weights per graph: {origins or 'float32'})")
     return manifest

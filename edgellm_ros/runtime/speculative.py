@@ -183,17 +183,33 @@ def accept_sampling(tree: Tree, logits: np.ndarray, dist: Callable[[np.ndarray],
             return rows, bonus
 
 
+def best_k(lp: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest finite entries of ``lp`` (fewer when fewer are finite)."""
+    top = np.argpartition(-lp, k - 1)[:k] if k < lp.shape[0] else np.arange(lp.shape[0])
+    return top[np.isfinite(lp[top])]
+
+
 class Drafter:
-    """An EAGLE draft on a backend: catch-up on committed tokens, tree expansion."""
+    """An EAGLE draft on a backend: catch-up on committed tokens, tree expansion.
+
+    kept: [V] bool over the base vocabulary when the base's LM head is reduced
+    (runtime/vocab.py): draft tokens whose base id is not kept get score -inf,
+    so they are never proposed (the base could never pick them).
+    """
 
     def __init__(self, cfg: Any, weights: Dict[str, np.ndarray], draft_step: Any,
-                 fc: Optional[ArrayFunction], limits: EagleLimits):
+                 fc: Optional[ArrayFunction], limits: EagleLimits, kept: Optional[np.ndarray] = None):
         self.cfg = cfg
         self.step = draft_step          # OrtDraft (or another backend's equivalent)
         self.fc = fc                    # EAGLE-3 features [n, F] -> [n, H]; None for EAGLE-1
         self.limits = limits
         self.d2t = weights.get("d2t")   # draft id -> base id offset (EAGLE-3)
         self.done = 0                   # draft KV rows valid (committed positions)
+        #: [Vd] draft ids whose base id a reduced base head never gives (None: none)
+        self.banned: Optional[np.ndarray] = None
+        if kept is not None:
+            vd = self.d2t.shape[0] if self.d2t is not None else kept.shape[0]
+            self.banned = ~kept[self.to_base(np.arange(vd))]
 
     def to_base(self, draft_ids: np.ndarray) -> np.ndarray:
         return draft_ids + self.d2t[draft_ids] if self.d2t is not None else draft_ids
@@ -225,7 +241,9 @@ class Drafter:
         k, steps, n_verify, floor = ec.drafting_top_k, ec.drafting_step, ec.verify_tree_size, ec.min_score
         P = self.done
         lp = log_softmax(root_logits.astype(np.float64))
-        top = np.argpartition(-lp, k - 1)[:k] if k < lp.shape[0] else np.arange(lp.shape[0])
+        if self.banned is not None:
+            lp[self.banned] = -np.inf
+        top = best_k(lp, k)
         top = top[lp[top] >= floor]
         tok: List[int] = list(self.to_base(top))
         score: List[float] = list(lp[top])
@@ -256,10 +274,12 @@ class Drafter:
                                 positions=np.array([P - 1 + depth[c] for c in order]),
                                 mask=mask, logits_rows="all")
             lps = log_softmax(logits.astype(np.float64))
+            if self.banned is not None:
+                lps[:, self.banned] = -np.inf
             level = []
             for i, c in enumerate(order):
                 hid[c] = st.hidden[i].copy()
-                kids = np.argpartition(-lps[i], k - 1)[:k] if k < lps.shape[1] else np.arange(lps.shape[1])
+                kids = best_k(lps[i], k)
                 for dk, bk in zip(kids, self.to_base(kids)):
                     tok.append(int(bk))
                     score.append(score[c] + float(lps[i, dk]))

@@ -293,6 +293,13 @@ class Tokenizer:
         """The id of a vocabulary entry, or None."""
         return self._backend.token_to_id(token)
 
+    def byte_token_ids(self) -> List[int]:
+        """Ids of the single-byte tokens (256 in a byte-level BPE; none otherwise)."""
+        if not self._byte_level:
+            return []
+        ids = (self._backend.token_to_id(_CHAR_OF_BYTE[b]) for b in range(256))
+        return sorted(i for i in ids if i is not None)
+
     def stream(self, skip_special_tokens: bool = False) -> "StreamDecoder":
         """A fresh incremental decoder for one generation."""
         return StreamDecoder(self, skip_special_tokens)
