@@ -293,12 +293,13 @@ class Bench:
                 lat.append(secs)
             else:
                 failed[res.message[:60]] = failed.get(res.message[:60], 0) + 1
-            if i + 1 == warm or i + 1 == a.asks:
+            if (i + 1) % warm == 0 or i + 1 == a.asks:
                 rss.append(n.rss_mib())
-        growth = 100 * (rss[-1] - rss[0]) / rss[0] if len(rss) == 2 else None
+        growth = 100 * (rss[-1] - rss[0]) / rss[0] if len(rss) >= 2 else None
         return {"asks": a.asks, "answered": len(lat), "failed": failed, "truncated": len(lat) + sum(failed.values())
                 < a.asks, "rss_mib_after_first_10pct": round(rss[0], 1) if rss else None,
                 "rss_mib_end": round(rss[-1], 1) if rss else None,
+                "rss_mib_every_10pct": [round(r, 1) for r in rss],
                 "rss_growth_pct": round(growth, 2) if growth is not None else None,
                 "latency_s": {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": round(max(lat), 3) if lat else None}}
 
