@@ -110,7 +110,7 @@ def speed_rows(data: Dict[str, Any]) -> List[Dict[str, Any]]:
                     f"/vocab={cfg['vocab_reduction']}" if cfg.get("vocab_reduction") else "")
                 rt = ratios.get(name, {})
                 metrics = ("decode_tok_s", "prefill_tok_s", "ttft_s")
-                row.update(kind="ours", variant=variant, quality=key,
+                row.update(kind="ours", variant=variant, quality=key, engine_config=cfg,
                            ratios=[rt.get(m, {}).get("ours_over_best") for m in metrics],
                            eagle=variant.split("/")[0].endswith("+eagle"),
                            agreement=r.get("agreement", {}))
@@ -145,6 +145,13 @@ def label(row: Dict[str, Any], data: Dict[str, Any]) -> str:
     if row["kind"] == "ours":
         text = f"ours, `{row['variant']}`" + (" (default; the GGUF's own Q4_1 blocks)"
                                               if row["variant"] == "int4" else "")
+        cfg = row.get("engine_config", {})
+        if "eagle_draft" in cfg and not row.get("eagle"):   # runs that recorded their config
+            text += " (EAGLE draft loaded, EAGLE off, as the default node: two-row steps)" \
+                if cfg["eagle_draft"] else " (no EAGLE draft loaded: one-row steps)"
+        if cfg.get("vocab_reduction"):
+            text += f" (LM head reduced to the `{cfg['vocab_reduction']}` set: its quality against " \
+                    "the whole head in docs/VOCAB_REDUCTION.md)"
         agreement = row.get("agreement", {})
         if row.get("eagle") and "leading_identical_vs_base" in agreement:
             text += f" (greedy ids equal to the base's for {agreement['leading_identical_vs_base']} of " \
