@@ -31,8 +31,9 @@ bound, --section-timeout; --quick shrinks every size):
   answered / rejected with a reason / lost, and whether every answered request's
   Token stream equals its text (contiguous indices, one done).
 - ``configure_cycles``: --cycles configure/cleanup cycles, RSS after each cleanup:
-  warm-up = the floor of cycles 2-4 against the first, growth = the floor of the
-  last three against the floor of cycles 2-4 (WARMUP_CYCLES).
+  warm-up = the median of cycles 2-11 against the first, growth = the median of
+  the last ten against the median of cycles 2-11 (WARMUP_CYCLES, SPAN; every
+  cycle's RSS is in the JSON).
 - ``signals``: SIGINT and SIGTERM during a generation with a goal waiting, and
   SIGINT during an export (engine_dir in a scratch folder): seconds to exit
   (goal 2), callers answered, exit status, child processes and files left behind,
@@ -77,6 +78,8 @@ STORY = "Tell me a long story about a robot."
 DROPPED = "failed to send response (timeout)"
 #: Configure/cleanup cycles before RSS growth is measured (the first loads the libraries).
 WARMUP_CYCLES = 1
+#: Cycles whose median RSS is compared: cycles 2-11 against the last ten (--quick: 2-5, last 4).
+SPAN = 10
 
 
 def log(msg: str) -> None:
@@ -366,16 +369,17 @@ class Bench:
             secs.append(time.perf_counter() - t0)
             rss.append(n.rss_mib())
         out: Dict[str, Any] = {"cycles": len(rss), "asked": a.cycles, "failed": failures,
-                               "seconds_per_cycle": round(statistics.median(secs), 2) if secs else None,
-                               "rss_mib_per_cycle_first_last": [round(r, 1) for r in rss[:3] + rss[-3:]]}
-        if len(rss) >= WARMUP_CYCLES + 6:
-            # the first cycle loads ONNX Runtime and the rest (reported as warm-up); growth is
-            # measured after it
-            base = min(rss[WARMUP_CYCLES:WARMUP_CYCLES + 3])
+                               "seconds_per_cycle": round(statistics.median(secs), 2) if secs else None}
+        span = min(SPAN, (len(rss) - WARMUP_CYCLES) // 2)   # --quick's 10 cycles: 4
+        if span >= 3:
+            # medians of SPAN cycles: single readings scatter by a few MiB (and spike by 10-50 for
+            # a cycle), which floors and single samples mistake for growth; a leak moves the median
+            base = statistics.median(rss[WARMUP_CYCLES:WARMUP_CYCLES + span])
+            late = statistics.median(rss[-span:])
             out["rss_warmup_mib"] = round(base - rss[0], 1)
-            out["rss_growth_pct"] = round(100 * (min(rss[-3:]) - base) / base, 2)
-            out["rss_floor_mib"] = [round(base, 1), round(min(rss[-3:]), 1)]
-            out["rss_mib_every_10th_cycle"] = [round(r, 1) for r in rss[::10]]
+            out["rss_growth_pct"] = round(100 * (late - base) / base, 2)
+            out["rss_median_mib"] = [round(base, 1), round(late, 1)]
+        out["rss_mib_per_cycle"] = [round(r, 1) for r in rss]
         return out
 
     def signals(self) -> Dict[str, Any]:
