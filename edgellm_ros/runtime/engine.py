@@ -253,18 +253,16 @@ class Engine:
         try:
             for ad in registry.adapters.values():
                 decoder.add_adapter(ad.name, ad.weights)
-            if art.draft is not None:
-                engine.attach_drafter(open_drafter(art, backend, decoder, config, limits, chunk))
+            if art.has_vision:   # before the draft: attach_drafter builds the generator with it
+                engine.vision = VisionPipeline.from_folder(
+                    art.folder, split_images=None if config.split_images else False, backend=backend)
+            engine.attach_drafter(open_drafter(art, backend, decoder, config, limits, chunk)
+                                  if art.draft is not None else None)
             log(f"engine ready in {time.perf_counter() - t0:.1f} s: {mcfg.num_layers} layers, "
                 f"KV cache {decoder.kv.nbytes / 2**20:.1f} MiB for {config.max_seq_len} tokens, "
                 f"backend {backend.name}")
-            if art.has_vision:
-                engine.vision = VisionPipeline.from_folder(
-                    art.folder, split_images=None if config.split_images else False, backend=backend)
-                engine.attach_drafter(engine.drafter)   # the generator reads the vision pipeline
-                log(f"vision encoder loaded ({engine.vision.backend})")
-            else:
-                log("text-only model: requests with images are refused")
+            log(f"vision encoder loaded ({engine.vision.backend})" if engine.vision is not None
+                else "text-only model: requests with images are refused")
         except BaseException:
             engine.close()
             raise

@@ -18,6 +18,7 @@ graph family per set (engine_dir.family_suffix).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,8 +45,12 @@ class VocabReduction:
     """A checked, sorted set of kept token ids."""
 
     ids: np.ndarray       # [K] int64, ascending model ids
-    digest: str           # sha256 of canonical_json(), 16 hex digits
     source: str           # the file it was read from
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 of canonical_json(), 16 hex digits."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
 
     @property
     def size(self) -> int:
@@ -130,8 +135,7 @@ def load_vocab_reduction(path: str, vocab_size: int, required: Iterable[int] = (
                           f"256 byte tokens), e.g. {missing[:8]}")
     if uniq.size == vocab_size:
         raise ConfigError(f"{where}: keeps all {vocab_size} tokens; leave {FIELD} empty instead")
-    digest = hashlib.sha256(json.dumps(uniq.tolist(), separators=(",", ":")).encode()).hexdigest()[:16]
-    return VocabReduction(ids=uniq, digest=digest, source=path)
+    return VocabReduction(ids=uniq, source=path)
 
 
 def required_ids(tokenizer: object) -> List[int]:
