@@ -66,11 +66,11 @@ def _measure(one_run, chat_ids: List[int], prefill_ids: List[int], n: int) -> Di
 class Ours:
     """edgellm_ros' Engine; spec["variant"] = "<quantization>[+eagle][/field=value...]".
 
-    The quantization is ``EngineConfig.quantization``; "+eagle" turns EAGLE on.
-    Every variant loads the shipped EAGLE draft, as the default node does: with
-    a draft the engine pads one-token steps to two rows (what makes greedy
-    EAGLE exact, docs/EAGLE.md), so "<q>" is the node with EAGLE off and
-    "<q>+eagle" must give its very tokens;
+    The quantization is ``EngineConfig.quantization``; "+eagle" loads the shipped
+    EAGLE draft and turns EAGLE on. "<q>" is the default node (no draft: one-row
+    steps); "<q>/eagle_draft=default" the node with the draft loaded and EAGLE off
+    (one-token steps padded to two rows, what makes greedy EAGLE exact,
+    docs/EAGLE.md), whose very tokens "<q>+eagle" must give;
     each "/field=value" sets one more EngineConfig field (``int4/int4_compute=float32``,
     ``int4/fused_ops=false``, ``int4-sym/vocab_reduction=shipped``; values read as JSON where
     they parse, else as text, and may hold "/": ``int4/vocab_reduction=/data/vocab.json``).
@@ -90,7 +90,9 @@ class Ours:
         self.eagle = extra == "eagle"
         fields = {f.name for f in dataclasses.fields(EngineConfig)}
         kw: Dict[str, Any] = dict(model=spec.get("model", ""), num_threads=spec["threads"], max_seq_len=1024,
-                                  prefill_chunk=512, prompt_cache_bytes=0, eagle_draft="default")
+                                  prefill_chunk=512, prompt_cache_bytes=0)
+        if self.eagle:
+            kw["eagle_draft"] = "default"
         if "quantization" in fields:
             kw["quantization"] = quant
         elif quant != "none":

@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--no-eagle", action="store_true", help="skip the EAGLE decode timing")
     args = ap.parse_args()
-    cfg = EngineConfig() if not args.no_eagle else EngineConfig(eagle_draft="")
+    cfg = EngineConfig(eagle_draft="" if args.no_eagle else "default")
     eng = Engine.load(cfg, log=lambda m: None)
     t0 = time.perf_counter()
     compiler = GrammarCompiler(eng.tokenizer, eng.model_config.vocab_size)

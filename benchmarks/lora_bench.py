@@ -11,12 +11,13 @@
 - decode tokens/s, alternating over --rounds rounds (medians): the plain graph
   alone (an engine without adapters and draft), with one-row steps and with
   the two-row steps an engine with a draft runs (docs/EAGLE.md); the default node's engine
-  (the demo adapter and the EAGLE-3 draft loaded, so its graph is
-  decoder_eagle3_lora_<family>) with lora "" and EAGLE off, which runs the
-  plain session over the same weights; the same engine forced onto its
-  LoRA/features graph with "" (rank-1 zero slots, the cost the plain session
-  removes); the LoRA graph with the adapter; the features graph with EAGLE
-  off (an engine with the draft and no adapters, forced onto it);
+  (the demo adapter loaded, no EAGLE draft, so its graph is decoder_lora_<family>)
+  with lora "", which runs the plain session over the same weights; the same
+  engine forced onto its LoRA graph with "" (rank-1 zero slots, the cost the
+  plain session removes); the LoRA graph with the adapter; a node's engine with
+  the draft loaded too (eagle.draft "default": graph decoder_eagle3_lora_<family>)
+  with lora "" and EAGLE off (the plain session, two-row steps); the features
+  graph with EAGLE off (an engine with the draft and no adapters, forced onto it);
 - resident memory: what the plain session adds to the default engine (its
   own ONNX Runtime session over the same weights file).
 """
@@ -95,8 +96,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="alternating decode rounds (medians)")
     a = ap.parse_args()
     plain = Engine.load(EngineConfig(eagle_draft=""), log=lambda m: None)
-    feats = Engine.load(EngineConfig(), log=lambda m: None)      # the draft, no adapters
+    feats = Engine.load(EngineConfig(eagle_draft="default"), log=lambda m: None)   # the draft, no adapters
     eng = Engine.load(EngineConfig(lora_adapters=(ADAPTER,)), log=lambda m: None)   # the default node's
+    drafted = Engine.load(EngineConfig(lora_adapters=(ADAPTER,), eagle_draft="default"), log=lambda m: None)
     # what a second session over the plain graph adds (the one the decoder opened)
     before = rss_mib()
     extra = make_session(eng.decoder._plain_session._model_path)
@@ -107,6 +109,7 @@ def main() -> None:
         "machine": machine(),
         "default_engine_graph": os.path.basename(eng.decoder.onnx_path),
         "plain_session": os.path.basename(eng.decoder._plain_session._model_path),
+        "engine_with_draft_graph": os.path.basename(drafted.decoder.onnx_path),
         "engine_set_adapter": timed(lambda i: eng.set_adapter(names[i % 2]), a.switches),
         "decoder_select_adapter_binding": timed(
             lambda i: eng.decoder.set_adapter(names[i % 2]), a.switches),
@@ -121,6 +124,7 @@ def main() -> None:
             "default_engine_lora_off_eagle_off": lambda: decode_tps(eng),
             "default_engine_forced_on_its_lora_features_graph": lambda: decode_tps(eng, plain=False),
             "radiology": lambda: (eng.set_adapter("radiology"), decode_tps(eng), eng.set_adapter(""))[1],
+            "engine_with_draft_lora_off_eagle_off": lambda: decode_tps(drafted),
             "features_graph_eagle_off": lambda: decode_tps(feats, plain=False)}
     tps: dict = {k: [] for k in rows}
     for r in range(a.rounds):
@@ -134,6 +138,7 @@ def main() -> None:
     eng.decoder.prefer_plain = True
     plain.close()
     feats.close()
+    drafted.close()
     eng.close()
     if a.ros:
         out["ros_set_parameters_to_in_effect"] = ros_switch(a.switches)

@@ -143,11 +143,11 @@ def fmt(x: Any, digits: int) -> str:
 
 def label(row: Dict[str, Any], data: Dict[str, Any]) -> str:
     if row["kind"] == "ours":
-        text = f"ours, `{row['variant']}`" + (" (default; the GGUF's own Q4_1 blocks)"
-                                              if row["variant"] == "int4" else "")
         cfg = row.get("engine_config", {})
+        default = row["variant"] == "int4" and not cfg.get("eagle_draft")
+        text = f"ours, `{row['variant']}`" + (" (default; the GGUF's own Q4_1 blocks)" if default else "")
         if "eagle_draft" in cfg and not row.get("eagle"):   # runs that recorded their config
-            text += " (EAGLE draft loaded, EAGLE off, as the default node: two-row steps)" \
+            text += " (EAGLE draft loaded, EAGLE off: two-row steps)" \
                 if cfg["eagle_draft"] else " (no EAGLE draft loaded: one-row steps)"
         if cfg.get("vocab_reduction"):
             text += f" (LM head reduced to the `{cfg['vocab_reduction']}` set: its quality against " \

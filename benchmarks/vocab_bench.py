@@ -25,7 +25,7 @@ the text the sets are made from.
   share of answers that ever leave it; for the shipped set also the share of
   reduced-greedy answers identical to full-greedy ones (run on the reduced graph);
 - decode tokens/s, int4 and int4-sym fused graphs, greedy, --threads threads,
-  the shipped draft loaded (as the default node and cpu_bench load it: one-token
+  the shipped draft loaded (as a node with eagle.draft "default" loads it: one-token
   steps padded to two rows), EAGLE off: full head and the sets of
   --speed-priors, alternating every round (medians, min, max); and this
   process's CPU time per token, with one thread for the full and the shipped

@@ -45,9 +45,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-adapter", action="append", default=[], metavar="NAME:PATH",
                    help="load a PEFT LoRA adapter (repeatable)")
     p.add_argument("--lora", default="", help="adapter to use (default: the base model)")
-    p.add_argument("--eagle-draft", default="default",
-                   help="EAGLE draft folder ('default' = the shipped one for the embedded model, "
-                        "'' = none)")
+    p.add_argument("--eagle-draft", default="",
+                   help="EAGLE draft folder ('default' = the shipped one for the embedded model; "
+                        "default: none, or the shipped one with --eagle)")
     p.add_argument("--vocab-reduction", default="", metavar="FILE",
                    help="JSON list of the token ids the LM head keeps ('shipped' = the embedded model's set; "
                         "docs/VOCAB_REDUCTION.md)")
@@ -60,7 +60,9 @@ def _engine_config(a: argparse.Namespace) -> EngineConfig:
                         quantization=a.quantization, int4_compute=a.int4_compute,
                         fused_ops=not a.plain_ops,
                         lora_adapters=tuple(a.lora_adapter), lora=a.lora,
-                        eagle_draft=a.eagle_draft, vocab_reduction=a.vocab_reduction,
+                        # --eagle with no --eagle-draft: the shipped draft
+                        eagle_draft=a.eagle_draft or ("default" if getattr(a, "eagle", False) else ""),
+                        vocab_reduction=a.vocab_reduction,
                         remote=RemoteConfig(url=a.remote_url, model=a.remote_model,
                                             api_key_env=a.remote_api_key_env))
 

@@ -156,8 +156,9 @@ def tiny_vlm_loaded(tiny_vlm):
 def engine(default_engine_dir):
     from edgellm_ros.runtime.config import EngineConfig
     from edgellm_ros.runtime.engine import Engine
-    eng = Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=256, quantization="none"),
-                      log=lambda m: None)
+    # float weights (EAGLE bit-exact there) with the shipped draft, for the EAGLE tests
+    eng = Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=256, quantization="none",
+                                   eagle_draft="default"), log=lambda m: None)
     yield eng
     eng.close()
 

@@ -70,7 +70,7 @@ def _valid(text: str, schema: dict) -> None:
 def int4_engine(default_engine_dir):
     """The default engine (int4 weights, shipped EAGLE draft loaded)."""
     from edgellm_ros.runtime.engine import Engine
-    eng = Engine.load(EngineConfig(max_seq_len=512), log=lambda m: None)
+    eng = Engine.load(EngineConfig(max_seq_len=512, eagle_draft="default"), log=lambda m: None)
     yield eng
     eng.close()
 

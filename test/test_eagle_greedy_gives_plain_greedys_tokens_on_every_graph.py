@@ -36,6 +36,7 @@ def held_out_prompts(n: int):
 
 def _load(**kw):
     from edgellm_ros.runtime.engine import Engine
+    kw.setdefault("eagle_draft", "default")   # the shipped draft unless the test says
     return Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=64, **kw), log=lambda m: None)
 
 

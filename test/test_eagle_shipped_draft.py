@@ -1,4 +1,4 @@
-"""The shipped EAGLE-3 draft of the default model: loaded by default, exact, and
+"""The shipped EAGLE-3 draft of the default model (eagle.draft "default"): exact, and
 accepted well above one token per verify step on the shipped held-out prompts."""
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ def eval_prompts():
     return [r["prompt"] for r in rows if r.get("split") == "eval"][:4]
 
 
-def test_shipped_draft_is_loaded_by_default_and_accepts_well_above_one(
+def test_shipped_draft_loads_as_eagle_draft_default_and_accepts_well_above_one(
         default_engine_dir, eval_prompts):
     from edgellm_ros.runtime.engine import Engine
     # float weights: EAGLE's output is bit-exact there (see test_quantized_and_fused_graphs.py)
-    eng = Engine.load(EngineConfig(max_seq_len=512, quantization="none"), log=lambda m: None)
+    eng = Engine.load(EngineConfig(max_seq_len=512, quantization="none", eagle_draft="default"), log=lambda m: None)
     try:
         assert eng.drafter is not None and eng.drafter.cfg.layout == "eagle3"
         plain = [eng.generate(GenerationRequest(prompt=p, max_new_tokens=48)).token_ids
@@ -60,7 +60,7 @@ def test_confidence_threshold_verifies_only_what_the_draft_trusts_and_stays_exac
         trees.append((ec.confidence_threshold, tree))
         return tree
     monkeypatch.setattr(Drafter, "build_tree", recording)
-    eng = Engine.load(EngineConfig(max_seq_len=512, quantization="none"), log=lambda m: None)
+    eng = Engine.load(EngineConfig(max_seq_len=512, quantization="none", eagle_draft="default"), log=lambda m: None)
     try:
         plain = [eng.generate(GenerationRequest(prompt=p, max_new_tokens=48)).token_ids
                  for p in eval_prompts]

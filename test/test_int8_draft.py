@@ -17,6 +17,7 @@ PROMPT = "List the checks a robot runs before it leaves the charging dock."
 
 def _load(**kw):
     from edgellm_ros.runtime.engine import Engine
+    kw.setdefault("eagle_draft", "default")   # the shipped draft unless the test says
     return Engine.load(EngineConfig(max_seq_len=512, prefill_chunk=128, **kw), log=lambda m: None)
 
 

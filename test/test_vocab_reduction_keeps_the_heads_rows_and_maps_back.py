@@ -28,6 +28,7 @@ TEXT = "The robot arm picks up the red cube, checks the gripper's force sensor a
 
 def _load(**kw):
     from edgellm_ros.runtime.engine import Engine
+    kw.setdefault("eagle_draft", "default")   # the shipped draft unless the test says
     return Engine.load(EngineConfig(max_seq_len=256, prefill_chunk=64, **kw), log=lambda m: None)
 
 

@@ -309,7 +309,8 @@ class EdgeLLMNode(LifecycleNode):
             if engine is not None:
                 if settings.eagle.enabled and engine.drafter is None:
                     return SetParametersResult(successful=False, reason=(
-                        "eagle.enabled: no EAGLE draft is loaded (eagle.draft)"))
+                        "eagle.enabled: no EAGLE draft is loaded. Set eagle.draft ('default' = "
+                        "the shipped draft) while the node is unconfigured, then configure"))
         except EdgeLLMError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
