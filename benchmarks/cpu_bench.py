@@ -318,6 +318,7 @@ def main() -> None:
     threshold = float(eagle[3]) if len(eagle) == 4 else 0.0
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     result: Dict[str, Any] = {"benchmark": "cpu_bench (issue 8)", "date": time.strftime("%Y-%m-%d"),
+                              "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),   # orders runs of a day
                               "commit": git.stdout.strip() or None,
                               "command": " ".join(["python", "benchmarks/cpu_bench.py", *sys.argv[1:]]),
                               "machine": machine(), "settings": {
