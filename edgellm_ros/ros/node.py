@@ -336,13 +336,12 @@ class EdgeLLMNode(LifecycleNode):
             self._limit_descriptors()
         if any(p.name in SPECS for p in params):
             try:
-                defaults = settings_from_parameters(self._values()).defaults
+                settings = settings_from_parameters(self._values())
             except EdgeLLMError as exc:  # _check_parameters lets no such change through
                 self.get_logger().error(f"parameters not applied: {exc}")
                 return
-            settings = settings_from_parameters(self._values())
             with self._lock:
-                self._defaults = defaults
+                self._defaults = settings.defaults
                 self._image_age = settings.max_image_age
             engine = self._engine
             if engine is not None:  # the next request uses them

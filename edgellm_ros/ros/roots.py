@@ -11,6 +11,7 @@ share folder (the shipped adapters and drafts) is always allowed. No rclpy here.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Iterable, Optional, Tuple
@@ -30,12 +31,24 @@ def _embedded_model_dir() -> Optional[str]:
     return os.path.dirname(spec.origin) if spec is not None and spec.origin else None
 
 
+#: The environment variables default_roots reads.
+_ROOT_ENV = ("XDG_CACHE_HOME", "HOME", "EDGELLM_CACHE", "HF_HUB_CACHE", "HF_HOME")
+
+
 def default_roots() -> Tuple[str, ...]:
     """The roots that the entry "default" stands for, as real paths.
 
     The package share, the user cache (XDG_CACHE_HOME or ~/.cache, EDGELLM_CACHE), the
-    Hugging Face cache (HF_HUB_CACHE, HF_HOME) and the embedded model's folder.
+    Hugging Face cache (HF_HUB_CACHE, HF_HOME) and the embedded model's folder. Worked
+    out once per environment: every parameter change checks the path parameters against
+    them, and six realpath calls and a module search took a parameter switch from
+    0.2 to 0.9 ms.
     """
+    return _default_roots(tuple(os.environ.get(k) for k in _ROOT_ENV))
+
+
+@functools.lru_cache(maxsize=8)
+def _default_roots(_env: Tuple[Optional[str], ...]) -> Tuple[str, ...]:
     env = os.environ
     user_cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     roots = [share_dir(), user_cache, env.get("EDGELLM_CACHE", ""), hf_hub_cache(),
