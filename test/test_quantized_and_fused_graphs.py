@@ -325,6 +325,7 @@ def test_untied_fused_graph_keeps_the_single_8_bit_head(tiny_q4_1):
 def _load(**kw):
     from edgellm_ros.runtime.config import EngineConfig
     from edgellm_ros.runtime.engine import Engine
+    kw.setdefault("eagle_draft", "default")   # the shipped draft unless the test says
     return Engine.load(EngineConfig(max_seq_len=1024, prefill_chunk=128, **kw), log=lambda m: None)
 
 

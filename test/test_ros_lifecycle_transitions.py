@@ -5,7 +5,6 @@ unconfigured; a good configure then works; configure/cleanup cycles do not
 grow a node process's memory; shutdown finalizes.
 """
 
-import statistics
 import tempfile
 import time
 
@@ -72,14 +71,16 @@ def test_configure_cleanup_cycles_do_not_grow_memory(tmp_path):
             rss.append(node.memory_info().rss / 2**20)
     print(f"node RSS after each configure/cleanup cycle (MiB): {[round(r, 1) for r in rss]}, "
           f"{(time.monotonic() - t0) / CYCLES:.1f} s per cycle")
-    # Medians of five cycles, since single readings scatter by a MiB or two. Measured: cycle 1
-    # 240.2, then medians 241.8 (cycles 2-6) and 242.9 (last five) MiB. Two failures:
+    # Floors (minimum) of five cycles, which a rare spike does not move and a leak raises.
+    # Until the node capped glibc's malloc arenas (memory.cap_arenas) its anonymous memory
+    # jumped by 20-65 MiB for one to ten cycles at a time (CI at a9d0b7c: 321.5, 331.3,
+    # 331.5, 331.5, 322.2 ...); now 40 cycles go 228.3 -> 231.9 MiB smoothly. Two failures:
     # - a warm-up: a closed engine kept alive (the worker holding its last engine, a closed
     #   engine keeping its adapter and draft weights) adds 10-13 MiB after cycle 1;
-    # - a leak: 1 MiB per cycle moves the late median by ~10 MiB.
-    early, late = statistics.median(rss[1:6]), statistics.median(rss[-5:])
+    # - a leak: 1 MiB per cycle raises the late floor by ~10 MiB.
+    early, late = min(rss[1:6]), min(rss[-5:])
     assert early - rss[0] < 4, f"RSS {rss[0]:.1f} after cycle 1, then {early:.1f} MiB: {rss}"
-    assert late - early < 3, f"median RSS {early:.1f} -> {late:.1f} MiB over {CYCLES} cycles: {rss}"
+    assert late - early < 4, f"RSS floor {early:.1f} -> {late:.1f} MiB over {CYCLES} cycles: {rss}"
 
 
 def test_shutdown_finalizes_the_node(ros_graph):

@@ -60,7 +60,8 @@ def test_status_and_diagnostics_carry_state_model_queue_speed_and_counts(ros_gra
         # the queue depth while a generation runs
         started = threading.Event()
         c.on_token = lambda m: started.set()
-        running = c.ask_async("Tell me a long story about a robot.", max_new_tokens=80)
+        # long enough to outlast a status period (the default node decodes ~170 tokens/s here)
+        running = c.ask_async("Tell me a long story about a robot.", max_new_tokens=400)
         assert started.wait(60)
         assert c.status(until=lambda s: s.queue_depth == 1).state == "active"
         c.result(running)

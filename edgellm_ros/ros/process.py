@@ -34,6 +34,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 from ..runtime.staging import discard_owned
+from .memory import cap_arenas
 
 #: Seconds from a SIGINT / SIGTERM to the end of the process, at the latest.
 EXIT_DEADLINE_S = 1.5
@@ -72,6 +73,7 @@ def run_node(make_node: Callable[[], Any], args: Optional[List[str]] = None) -> 
     exporting an engine, say) is left behind by ``os._exit``.
     The process then exits with status 0.
     """
+    cap_arenas()    # before rclpy and the middleware start their threads (memory.py)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = make_node()
     executor = MultiThreadedExecutor(
