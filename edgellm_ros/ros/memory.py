@@ -51,9 +51,9 @@ def cap_arenas(count: int = 1) -> None:
 
     glibc fixes the limit when the first thread asks for an arena, so this must run
     before any thread is made: the ``edgellm_node`` executable calls it first
-    (CMakeLists.txt); later calls (run_node, the node's constructor: a node made in a
-    process of yours) take effect only where no thread has asked yet. Setting
-    MALLOC_ARENA_MAX=1 in the environment does the same from the start.
+    (CMakeLists.txt), and run_node again (``python -m edgellm_ros.ros.node``), where it
+    takes effect only if no thread has asked yet. A node made in a process of yours is
+    left to that process's settings: MALLOC_ARENA_MAX=1 in its environment does the same.
     """
     try:
         ctypes.CDLL(None).mallopt(-8, count)   # M_ARENA_MAX

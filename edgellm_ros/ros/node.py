@@ -67,7 +67,7 @@ from .camera import LatestFrame
 from .delivery import deliver_retrying
 from .generate import GENERATE_ACTION, GenerateServer, rejection_text
 from .loading import Interrupted, run_unless
-from .memory import cap_arenas, fix_mmap_threshold, trim_heap
+from .memory import fix_mmap_threshold, trim_heap
 from .params import (CONFIGURE_TIME, MAX_QUEUE_SIZE, PARAMETERS, SPECS, ParamSpec,
                      RequestDefaults, settings_from_parameters)
 from .process import run_node
@@ -165,7 +165,6 @@ class EdgeLLMNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         fix_mmap_threshold()
-        cap_arenas()
         # What LifecycleNode.__init__ does, but with the lifecycle services in a group of
         # their own: in the node's default group (where the parameter services are) a
         # configure would keep get_state and the parameter services from answering.
