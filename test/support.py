@@ -1,7 +1,7 @@
 """Helpers the tests import by name (fixtures live in conftest.py, which tests never import).
 
 REPO, the golden reference files under test/data (written by tools/reference/*.py),
-this process's resident memory, a client of an edgellm_node subprocess, and a
+the memory this process's allocators hold, a client of an edgellm_node subprocess, and a
 watcher of a node's /rosout lines.
 """
 
@@ -22,10 +22,24 @@ def load_json(name: str):
         return json.load(f)
 
 
-def rss_mib() -> float:
-    """Resident memory of this process."""
-    import psutil
-    return psutil.Process().memory_info().rss / 2**20
+def heap_in_use() -> tuple:
+    """(bytes this process's malloc has handed out and not had back, Python's small-object
+    blocks in use), after a full garbage collection. Unlike RSS, neither hides an allocation
+    behind free memory the heap already holds, nor moves when the heap returns pages."""
+    import ctypes
+    import gc
+    import sys
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    gc.collect()
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()                       # glibc >= 2.33, every arena
+    return info.uordblks + info.hblkhd, sys.getallocatedblocks()
 
 
 @contextlib.contextmanager

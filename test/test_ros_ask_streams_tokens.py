@@ -4,7 +4,7 @@ import threading
 import time
 
 import pytest
-from support import rss_mib
+from support import heap_in_use
 
 from edgellm_ros.srv import Ask
 
@@ -107,22 +107,30 @@ def test_full_queue_and_inactive_node_get_clear_errors_while_running_completes(a
 
 
 def test_200_sequential_asks_keep_memory_bounded(active):
+    """Counts what the allocators hold, not RSS: RSS neither sees a leak that fits in the
+    free memory the heap already holds (a planted 50 KB per ask, 10 MB in all, left an
+    edgellm_node's RSS unchanged) nor stays still inside the suite's 3 GB process (CI at
+    541c646: +3.5 MiB over 200 leak-free asks). RSS over a 1,000-ask soak is the
+    reliability benchmark's figure."""
     def ask():
         res = active.ask("Hi!", max_new_tokens=2)
         assert res.success, res.message
         active.tokens(res.request_id)
 
-    for _ in range(20):                               # warm-up: caches, allocator pools
+    # Warm-up: the heap in use grows by less with each ask (per 50 asks after 20: +74, +62,
+    # +41, +32, +25, +19, +15, +10, +15, +6 KB; Python blocks -106 to +471), a leak by the same.
+    for _ in range(200):
         ask()
-    before = rss_mib()
+    heap, blocks = heap_in_use()
     t0 = time.monotonic()
     for _ in range(200):
         ask()
-    grown = rss_mib() - before
-    print(f"200 asks in {time.monotonic() - t0:.1f} s, RSS {before:.0f} MiB, grew {grown:.1f} MiB")
-    # Measured: +0.3 MiB over these 200 asks, +0.09% (about 0.6 MiB) over a 1,000-ask soak
-    # (issue 22). 3 MiB is 15 KB per ask: a per-request leak of that size fails.
-    assert grown < 3, f"RSS grew {grown:.1f} MiB over 200 asks ({grown * 2**20 / 200 / 1e3:.0f} KB per ask)"
+    heap_after, blocks_after = heap_in_use()
+    grown, more = (heap_after - heap) / 1e3, blocks_after - blocks
+    print(f"200 asks in {time.monotonic() - t0:.1f} s: heap {heap / 2**20:.1f} MiB in use, "
+          f"{grown:+.1f} KB; Python blocks {blocks}, {more:+d}")
+    assert grown < 200, f"the heap holds {grown:.1f} KB more after 200 asks ({grown / 200:.2f} KB per ask)"
+    assert more < 400, f"{more} more Python objects after 200 asks ({more / 200:.1f} per ask)"
 
 
 def test_a_conversation_turn_restores_the_earlier_turns_with_their_answers(active):
