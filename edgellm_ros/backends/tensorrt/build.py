@@ -20,10 +20,12 @@ Differences handled here:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import importlib
 import os
+import tempfile
 import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -242,6 +244,23 @@ def keep_fp32_layers(network: Any) -> List[int]:
             if any(s in network.get_layer(i).name for s in FP32_SCOPES)]
 
 
+def write_whole(path: str, data: Union[bytes, memoryview]) -> None:
+    """Write ``path`` whole or not at all: into a temporary sibling of its own name, moved
+    into place once written; on any failure (a full disk, an exception) the temporary
+    file is removed and ``path`` keeps what it had."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def _check_external_data(onnx_path: str) -> None:
     """Name a missing external weights file (TensorRT's parser only names the first initializer)."""
     try:
@@ -349,15 +368,9 @@ def build_engine(onnx_path: str, out_path: str, profiles: Union[Profile, Sequenc
         raise ModelLoadError(f"TensorRT failed to build {onnx_path}: "
                              + ("; ".join(logger.errors[-5:]) or "no engine returned"))
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = out_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(memoryview(plan))
-    os.replace(tmp, out_path)
+    write_whole(out_path, memoryview(plan))
     if cache is not None:
-        ser = config.get_timing_cache().serialize()
-        with open(timing_cache + ".tmp", "wb") as f:
-            f.write(memoryview(ser))
-        os.replace(timing_cache + ".tmp", timing_cache)
+        write_whole(timing_cache, memoryview(config.get_timing_cache().serialize()))
     info = {"trt": trt.__name__, "version": getattr(trt, "__version__", "?"), "precision": applied,
             "timing_cache": timing_cache if cache is not None else "",
             "seconds": round(time.perf_counter() - t0, 3), "size": os.path.getsize(out_path),

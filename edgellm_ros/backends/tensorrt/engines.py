@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...errors import BackendUnavailable, ModelLoadError
 from .build import (Profile, build_engine, decoder_profiles, draft_fc_profiles, draft_profiles,
-                    import_tensorrt, is_rtx, vision_profiles)
+                    import_tensorrt, is_rtx, vision_profiles, write_whole)
 
 SUBDIR = "trt"
 MANIFEST = "manifest.json"
@@ -97,10 +97,7 @@ def read_entries(folder: str) -> Dict[str, Dict[str, Any]]:
 
 
 def _write_entries(folder: str, entries: Mapping[str, Any]) -> None:
-    path = os.path.join(folder, SUBDIR, MANIFEST)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(entries, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_whole(os.path.join(folder, SUBDIR, MANIFEST), json.dumps(entries, indent=1).encode("utf-8"))
 
 
 def stale_reasons(entry: Optional[Mapping[str, Any]], wanted: Mapping[str, Any], plan_path: str) -> List[str]:
