@@ -185,3 +185,26 @@ def test_the_cli_flag_and_the_config_field_name_the_set():
     assert _engine_config(build_parser().parse_args(["generate", "hi"])).vocab_reduction == ""
     with pytest.raises(ConfigError, match="vocab_reduction must be a path"):
         EngineConfig(vocab_reduction=["a"])
+
+
+@pytest.mark.parametrize("vocab", ["", SHIPPED])
+def test_a_load_reads_the_tokenizer_once(default_engine_dir, monkeypatch, vocab):
+    """The reduction's required ids come from the tokenizer the engine keeps (a second read
+    cost about 0.2 s of configure)."""
+    from edgellm_ros.runtime.tokenizer import Tokenizer
+    reads = []
+    real = Tokenizer.from_hf_folder.__func__
+
+    def counted(cls, folder):
+        reads.append(folder)
+        return real(cls, folder)
+    monkeypatch.setattr(Tokenizer, "from_hf_folder", classmethod(counted))
+    from edgellm_ros.runtime.engine import Engine
+    lines = []
+    eng = Engine.load(EngineConfig(max_seq_len=256, prefill_chunk=64, quantization="int4",
+                                   vocab_reduction=vocab), log=lines.append)
+    try:
+        assert reads == [eng.folder], reads
+        assert any(line.startswith("vocabulary reduction") for line in lines) == bool(vocab)
+    finally:
+        eng.close()

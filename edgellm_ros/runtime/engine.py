@@ -107,23 +107,26 @@ class Artifacts:
     vocab: Optional[VocabReduction] = None   # the ids a reduced LM head keeps, None = all
 
 
-def read_vocab(path: str, folder: str, mcfg: ModelConfig, log: Log = print) -> Optional[VocabReduction]:
-    """The checked vocabulary reduction in ``path`` ("": None); ConfigError naming the file."""
+def read_vocab(path: str, tokenizer: Tokenizer, mcfg: ModelConfig, log: Log = print) -> Optional[VocabReduction]:
+    """The checked vocabulary reduction in ``path`` ("": None); ConfigError naming the file.
+    ``tokenizer`` (the engine folder's) says which ids every kept set must hold."""
     if not path:
         return None
-    tok = Tokenizer.from_hf_folder(folder)
-    try:
-        need = [i for i in required_ids(tok) if i < mcfg.vocab_size]   # ids the head can give
-        vocab = load_vocab_reduction(path, mcfg.vocab_size, need)
-    finally:
-        tok.close()
+    need = [i for i in required_ids(tokenizer) if i < mcfg.vocab_size]   # ids the head can give
+    vocab = load_vocab_reduction(path, mcfg.vocab_size, need)
     log(f"vocabulary reduction {path}: the LM head keeps {vocab.size} of {mcfg.vocab_size} tokens "
         f"(set {vocab.digest})")
     return vocab
 
 
-def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, log: Log = print) -> Artifacts:
-    """Export (when missing or stale) and check the files ``config`` asks for on ``backend``."""
+def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, log: Log = print,
+                      tokenizer_of: Optional[Callable[[str], Tokenizer]] = None) -> Artifacts:
+    """Export (when missing or stale) and check the files ``config`` asks for on ``backend``.
+
+    tokenizer_of(folder): the engine folder's tokenizer, when a vocabulary reduction needs
+    it; Engine.load passes one that keeps what it opened for the engine (opened and closed
+    here when None).
+    """
     vocab_path = resolve_vocab_path(config.vocab_reduction, config.model)
     draft_dir = resolve_draft(config.eagle_draft, config.model)
     draft_json = os.path.join(draft_dir, "config.json") if draft_dir else ""
@@ -143,7 +146,14 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
             f"{folder}: embeddings.npy has shape {embeddings.shape}, "
             f"expected {(mcfg.vocab_size, mcfg.hidden_size)}")
     map_resident(embeddings)
-    vocab = read_vocab(vocab_path, folder, mcfg, log)
+    vocab = None
+    if vocab_path:
+        tok = (tokenizer_of or Tokenizer.from_hf_folder)(folder)
+        try:
+            vocab = read_vocab(vocab_path, tok, mcfg, log)
+        finally:
+            if tokenizer_of is None:
+                tok.close()
     digest = vocab.digest if vocab is not None else ""
     draft = load_draft(draft_dir, mcfg) if draft_dir else None
     eagle3 = False
@@ -244,9 +254,21 @@ class Engine:
         t0 = time.perf_counter()
         backend = open_backend(config.backend, config.num_threads, config.int4_compute, log)
         limits = config.eagle_limits
-        art = resolve_artifacts(config, backend.name, limits, log)
+        opened: Dict[str, Tokenizer] = {}      # one tokenizer per load, read once
+
+        def tokenizer_of(folder: str) -> Tokenizer:
+            if folder not in opened:
+                opened[folder] = Tokenizer.from_hf_folder(folder)
+            return opened[folder]
+
+        try:
+            art = resolve_artifacts(config, backend.name, limits, log, tokenizer_of)
+            tokenizer = tokenizer_of(art.folder)
+        except BaseException:
+            for tok in opened.values():
+                tok.close()
+            raise
         mcfg = art.model_config
-        tokenizer = Tokenizer.from_hf_folder(art.folder)
         try:
             probe_template(tokenizer, art.has_vision, art.folder)
             registry = load_adapters(config, mcfg, log)
