@@ -11,6 +11,10 @@
 #   3. runtime: the runtime tests that need no ROS (a fixed subset: RUNTIME_TESTS
 #      below says which and why), and `edgellm generate` on the embedded model from
 #      outside the source tree (the installed package), pass on that interpreter.
+# The remote backend's extra (`pip install .[remote]`) has a set of its own per robot
+# set, requirements/<set>-remote.txt: resolved with the set (1b: exactly both files),
+# installed with both as constraints (2b), and its tests, against a real server
+# (.venv-remote-server, made by scripts/setup.sh), run in step 3.
 #   bash scripts/robot_sets_check.sh [jetpack6|jetpack7 ...] [--all-tests] [--resolve-only]
 # --all-tests runs every no-ROS test module instead of the subset (~ minutes more);
 # --resolve-only stops after step 1.
@@ -49,6 +53,7 @@ RUNTIME_TESTS=(
   test/test_sampling_rules.py                  # sampling (numpy)
   test/test_gguf_loader_rejects_bad_files.py   # the gguf reader
   test/test_cli_and_engine_folder.py           # the command line, the engine folder
+  test/test_remote_engine_streams_the_servers_answer.py   # backend remote: the set's openai client, a real server
 )
 # ... less the slowest quality and EAGLE measurements (0.5-3 minutes each on 2 cores;
 # the dev suite runs them; the default int4 graph's quality test stays):
@@ -137,9 +142,38 @@ find_python() {   # $1 = 3.10 → path of an interpreter of that version, or not
   return 1
 }
 
+# exact_set PY DIR PINFILE...: the wheels in DIR are exactly the pins of the files.
+exact_set() {
+  local py="$1" dl="$2"
+  shift 2
+  "$py" - "$dl" "$@" <<'PY'
+import os, re, sys
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+pins = {}
+for path in sys.argv[2:]:
+    for ln in open(path, encoding="utf-8"):
+        ln = ln.split("#")[0].strip()
+        if ln:
+            name, ver = ln.split("==")
+            pins[norm(name)] = ver
+got = {}
+for f in os.listdir(sys.argv[1]):
+    if not f.endswith(".whl"):
+        print(f"not a wheel: {f}"); sys.exit(1)
+    name, ver = f.split("-")[:2]
+    got[norm(name)] = ver
+bad = [f"{n}: pinned {v}, resolved {got.get(n, 'nothing')}" for n, v in pins.items() if got.get(n) != v]
+bad += [f"{n}=={v}: pulled in but not pinned in the set" for n, v in got.items() if n not in pins]
+for b in bad:
+    print("  " + b)
+print(f"{len(got)} wheels, {len(pins)} pins: " + ("the set is closed and exact" if not bad else "MISMATCH"))
+sys.exit(1 if bad else 0)
+PY
+}
+
 check_set() {
   SET="$1"
-  local file="requirements/$SET.txt" pyver glibc
+  local file="requirements/$SET.txt" remote="requirements/$SET-remote.txt" pyver glibc
   case "$SET" in
     jetpack6) pyver=3.10 glibc=35 ;;   # Ubuntu 22.04: glibc 2.35
     jetpack7) pyver=3.12 glibc=39 ;;   # Ubuntu 24.04: glibc 2.39
@@ -179,31 +213,23 @@ check_set() {
   else
     echo "wheels for aarch64 / cp${pyver/./}:"
     (cd "$dl" && ls -1) | sed 's/^/  /'
-    if "$py" - "$file" "$dl" <<'PY'
-import os, re, sys
-norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-pins = {}
-for ln in open(sys.argv[1], encoding="utf-8"):
-    ln = ln.split("#")[0].strip()
-    if ln:
-        name, ver = ln.split("==")
-        pins[norm(name)] = ver
-got = {}
-for f in os.listdir(sys.argv[2]):
-    if not f.endswith(".whl"):
-        print(f"not a wheel: {f}"); sys.exit(1)
-    name, ver = f.split("-")[:2]
-    got[norm(name)] = ver
-bad = [f"{n}: pinned {v}, resolved {got.get(n, 'nothing')}" for n, v in pins.items() if got.get(n) != v]
-bad += [f"{n}=={v}: pulled in but not pinned in the set" for n, v in got.items() if n not in pins]
-for b in bad:
-    print("  " + b)
-print(f"{len(got)} wheels, {len(pins)} pins: " + ("the set is closed and exact" if not bad else "MISMATCH"))
-sys.exit(1 if bad else 0)
-PY
-    then ok "resolve ($(ls "$dl" | wc -l) aarch64 wheels for cp${pyver/./})"
+    if exact_set "$py" "$dl" "$file"; then
+      ok "resolve ($(ls "$dl" | wc -l) aarch64 wheels for cp${pyver/./})"
     else bad "resolve (the set is not exactly what pip resolves)"
     fi
+  fi
+  rm -rf "$dl"
+
+  step "1b. resolve the remote extra: the same, -r $file -r $remote"
+  dl="$(mktemp -d)"
+  # shellcheck disable=SC2046
+  if ! quiet "$py" -m pip download -q --only-binary=:all: $(platforms "$glibc") --python-version "$pyver" \
+       --implementation cp -d "$dl" -r "$file" -r "$remote"; then
+    bad "resolve remote (pip download failed)"
+  elif exact_set "$py" "$dl" "$file" "$remote"; then
+    ok "resolve remote ($(ls "$dl" | wc -l) aarch64 wheels for cp${pyver/./})"
+  else
+    bad "resolve remote (the two files are not exactly what pip resolves)"
   fi
   rm -rf "$dl"
   [ "$RESOLVE_ONLY" = 0 ] || return
@@ -232,6 +258,14 @@ PY
     ok "install (pip install -c $file .)"
   else
     bad "install (pip install -c $file . / pip check)"
+  fi
+  step "2b. install the remote extra: pip install -c $file -c $remote '<the package>[remote]'"
+  if quiet "$py" -m pip install -q -c "$file" -c "$remote" "$src[remote]" && pip_check "$py" \
+      && "$py" -c 'import openai, sys; print("openai", openai.__version__); sys.exit(openai.__version__ != sys.argv[1])' \
+           "$(sed -n 's/^openai==//p' "$remote")"; then
+    ok "install remote (pip install -c $file -c $remote .[remote])"
+  else
+    bad "install remote (pip install -c $file -c $remote .[remote] / pip check / the pinned openai)"
   fi
   rm -rf "$src"
 

@@ -69,10 +69,20 @@ def test_setup_py_installs_the_runtime_and_the_edgellm_command():
     # ranges (requirements/runtime.txt), so that pip install . takes any pinned set as
     # constraints: each set's pins (the development set and both robot sets) satisfy them
     assert "onnxruntime>=1.23.2" in kw["install_requires"]
-    for name in ("constraints.txt", "jetpack6.txt", "jetpack7.txt"):
+
+    def pins_of(name):
         with open(os.path.join(REPO, "requirements", name), encoding="utf-8") as f:
-            pins = dict((canonicalize_name(n), v) for n, v in
+            return dict((canonicalize_name(n), v) for n, v in
                         (ln.split("#")[0].strip().split("==") for ln in f if ln.split("#")[0].strip()))
+
+    for name in ("constraints.txt", "jetpack6.txt", "jetpack7.txt"):
+        pins = pins_of(name)
         for r in map(Requirement, kw["install_requires"]):
+            assert pins[canonicalize_name(r.name)] in r.specifier, (name, str(r))
+    # the remote extra: the development set and each robot set's remote file pin it
+    assert [Requirement(r).name for r in kw["extras_require"]["remote"]] == ["openai"]
+    for name in ("constraints.txt", "jetpack6-remote.txt", "jetpack7-remote.txt"):
+        pins = pins_of(name)
+        for r in map(Requirement, kw["extras_require"]["remote"]):
             assert pins[canonicalize_name(r.name)] in r.specifier, (name, str(r))
     assert {"edgellm_ros", "edgellm_ros.ros"} <= set(kw["packages"])
