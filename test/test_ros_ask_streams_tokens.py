@@ -129,8 +129,10 @@ def test_200_sequential_asks_keep_memory_bounded(active):
     grown, more = (heap_after - heap) / 1e3, blocks_after - blocks
     print(f"200 asks in {time.monotonic() - t0:.1f} s: heap {heap / 2**20:.1f} MiB in use, "
           f"{grown:+.1f} KB; Python blocks {blocks}, {more:+d}")
-    assert grown < 200, f"the heap holds {grown:.1f} KB more after 200 asks ({grown / 200:.2f} KB per ask)"
-    assert more < 400, f"{more} more Python objects after 200 asks ({more / 200:.1f} per ask)"
+    # Clean, five runs: +65 to +93 KB, -246 to +248 blocks. A 2 KB buffer kept per ask gives
+    # +525 KB; a request record kept per ask (the caller table never forgetting) +11,226 blocks.
+    assert grown < 300, f"the heap holds {grown:.1f} KB more after 200 asks ({grown / 200:.2f} KB per ask)"
+    assert more < 1000, f"{more} more Python objects after 200 asks ({more / 200:.1f} per ask)"
 
 
 def test_a_conversation_turn_restores_the_earlier_turns_with_their_answers(active):
