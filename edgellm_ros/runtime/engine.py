@@ -109,7 +109,9 @@ class Artifacts:
 
 def read_vocab(path: str, tokenizer: Tokenizer, mcfg: ModelConfig, log: Log = print) -> Optional[VocabReduction]:
     """The checked vocabulary reduction in ``path`` ("": None); ConfigError naming the file.
-    ``tokenizer`` (the engine folder's) says which ids every kept set must hold."""
+
+    ``tokenizer`` (the engine folder's) says which ids every kept set must hold.
+    """
     if not path:
         return None
     need = [i for i in required_ids(tokenizer) if i < mcfg.vocab_size]   # ids the head can give

@@ -245,9 +245,12 @@ def keep_fp32_layers(network: Any) -> List[int]:
 
 
 def write_whole(path: str, data: Union[bytes, memoryview]) -> None:
-    """Write ``path`` whole or not at all: into a temporary sibling of its own name, moved
-    into place once written; on any failure (a full disk, an exception) the temporary
-    file is removed and ``path`` keeps what it had."""
+    """Write ``path`` whole or not at all.
+
+    The data goes into a temporary sibling of its own name, moved into place once
+    written; on any failure (a full disk, an exception) the temporary file is removed
+    and ``path`` keeps what it had.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
