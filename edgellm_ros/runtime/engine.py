@@ -107,13 +107,11 @@ class Artifacts:
     vocab: Optional[VocabReduction] = None   # the ids a reduced LM head keeps, None = all
 
 
-def read_vocab(path: str, tokenizer: Tokenizer, mcfg: ModelConfig, log: Log = print) -> Optional[VocabReduction]:
-    """The checked vocabulary reduction in ``path`` ("": None); ConfigError naming the file.
+def read_vocab(path: str, tokenizer: Tokenizer, mcfg: ModelConfig, log: Log = print) -> VocabReduction:
+    """The checked vocabulary reduction in ``path``; ConfigError naming the file.
 
     ``tokenizer`` (the engine folder's) says which ids every kept set must hold.
     """
-    if not path:
-        return None
     need = [i for i in required_ids(tokenizer) if i < mcfg.vocab_size]   # ids the head can give
     vocab = load_vocab_reduction(path, mcfg.vocab_size, need)
     log(f"vocabulary reduction {path}: the LM head keeps {vocab.size} of {mcfg.vocab_size} tokens "
@@ -148,7 +146,7 @@ def resolve_artifacts(config: EngineConfig, backend: str, limits: EagleLimits, l
             f"{folder}: embeddings.npy has shape {embeddings.shape}, "
             f"expected {(mcfg.vocab_size, mcfg.hidden_size)}")
     map_resident(embeddings)
-    vocab = None
+    vocab: Optional[VocabReduction] = None
     if vocab_path:
         tok = (tokenizer_of or Tokenizer.from_hf_folder)(folder)
         try:
